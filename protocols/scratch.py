@@ -1,0 +1,274 @@
+"""The Scratch / TurboWarp cloud-variable protocol (shared/specs/scratch-cloud.md).
+
+Pure parts (parsing, validation, serialisation) live in `protocols.js` and
+`protocols.validators`; this module turns one connection's messages into room operations and
+chooses the close codes. It never touches a socket: the core's connection object does the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.connection import OPEN
+from server.logsafe import printable
+from server.rooms import RoomCodec
+
+from .js import MISSING, JSONError, js_number_to_string, js_string, js_stringify, parse_json
+from .validators import is_valid_room_id, is_valid_username, is_valid_value, load_username_filters
+
+if TYPE_CHECKING:
+    from server.config import ScratchSection
+    from server.connection import Connection
+    from server.rooms import Room, RoomRegistry
+
+log = logging.getLogger("stratus.scratch")
+
+NAMESPACE = "scratch"
+
+# Close codes (spec §10).
+GENERIC_ERROR = 4000
+USERNAME_ERROR = 4002
+OVERLOADED = 4003
+PROJECT_UNAVAILABLE = 4004
+SECURITY = 4005
+IDENTIFY = 4006
+
+COOKIE_WARNING = (
+    "The cloud data library you are using is putting your Scratch account at risk by sending us "
+    "your login token for no reason. Change your Scratch password immediately, then contact the "
+    "maintainers of that library for further information. This connection is being refused to "
+    "protect your security."
+)
+
+CLOUD_PREFIXES = ("☁ ", ":cloud: ")
+MAX_RENAME_LENGTH = 1024
+
+
+class ProtocolViolation(Exception):
+    """A message the protocol answers by closing the connection with `code`."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+# Wire format
+
+
+def variable_key(name: Any) -> str:
+    """The room key of a variable name: its JSON text, or "" when the name was missing."""
+    if name is MISSING:
+        return ""
+    # Printable text has no control characters or lone surrogates, so it needs no escaping
+    # unless it holds a quote or backslash.
+    if type(name) is str and name.isprintable() and '"' not in name and "\\" not in name:
+        return '"' + name + '"'
+    return js_stringify(name)
+
+
+def encode_value(value: Any) -> str:
+    """A valid value as JSON text (numeric strings need no escaping)."""
+    if type(value) is str:
+        if value.isprintable() and '"' not in value and "\\" not in value:
+            return '"' + value + '"'
+        return js_stringify(value)
+    return js_number_to_string(value)
+
+
+def encode_set(key: str, value: Any) -> str:
+    """The `set` line peers receive: key order method, name, value; `name` omitted if missing."""
+    if key:
+        return '{"method":"set","name":' + key + ',"value":' + encode_value(value) + "}"
+    return '{"method":"set","value":' + encode_value(value) + "}"
+
+
+CODEC = RoomCodec(encode_set, "\n")
+
+
+# Options
+
+
+@dataclass
+class ScratchOptions:
+    """Settings of the [scratch] table, prepared for the hot path."""
+
+    section: ScratchSection
+    blocked_rooms: frozenset[str] = frozenset()
+    username_filters: list[re.Pattern] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, section: ScratchSection) -> ScratchOptions:
+        """Load filter lists and block lists named by config; raises ValueError naming them."""
+        blocked = set(section.blocked_rooms)
+        if section.blocked_rooms_file:
+            path = Path(section.blocked_rooms_file)
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(
+                    f"[scratch] blocked_rooms_file {str(path)!r} cannot be read: {exc}"
+                ) from None
+            blocked.update(line.strip() for line in lines if line.strip())
+        try:
+            filters = load_username_filters(section.username_filters)
+        except ValueError as exc:
+            raise ValueError(f"[scratch] username_filters: {exc}") from None
+        return cls(section, frozenset(blocked), filters)
+
+
+def connect_refusal(connection: Connection, options: ScratchOptions) -> tuple[str, int] | None:
+    """The (text, close code) a new connection is refused with before any message, if any."""
+    section = options.section
+    if section.cookie_tripwire and connection.header("Cookie").startswith("scratchsessionsid="):
+        return COOKIE_WARNING, SECURITY
+    if section.require_user_agent and not connection.header("User-Agent").strip():
+        return section.user_agent_message, IDENTIFY
+    return None
+
+
+# Session
+
+
+class ScratchSession:
+    """One connection speaking the Scratch cloud protocol."""
+
+    __slots__ = ("connection", "rooms", "options", "room", "username")
+
+    def __init__(self, connection: Connection, rooms: RoomRegistry, options: ScratchOptions):
+        self.connection = connection
+        self.rooms = rooms
+        self.options = options
+        self.room: Room | None = None
+        self.username: str | None = None
+
+    @property
+    def identified(self) -> bool:
+        """True once the handshake put the connection in a room."""
+        return self.room is not None
+
+    def on_text(self, text: str) -> None:
+        """Handle one text message; protocol violations close the connection."""
+        try:
+            try:
+                message = parse_json(text)
+            except JSONError:
+                if self.options.section.split_newline_messages and "\n" in text.strip():
+                    for line in text.split("\n"):
+                        if line.strip() and self.connection.state == OPEN:
+                            self._dispatch(self._parse_line(line))
+                    return
+                raise ProtocolViolation(GENERIC_ERROR, "invalid JSON") from None
+            self._dispatch(message)
+        except ProtocolViolation as violation:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("closing %s with %d: %s", printable(self.connection.peer),
+                          violation.code, violation)
+            self.close(violation.code)
+
+    @staticmethod
+    def _parse_line(line: str) -> Any:
+        try:
+            return parse_json(line)
+        except JSONError:
+            raise ProtocolViolation(GENERIC_ERROR, "invalid JSON") from None
+
+    def _dispatch(self, message: Any) -> None:
+        if type(message) is not dict:
+            raise ProtocolViolation(GENERIC_ERROR, "message is not an object")
+        method = message.get("method")
+        if method == "set" or method == "create":
+            self._set(message)
+        elif method == "handshake":
+            self._handshake(message)
+        elif method == "delete" or method == "rename":
+            self._delete_or_rename(method, message)
+        elif type(method) is not str:
+            raise ProtocolViolation(GENERIC_ERROR, "missing or non-string method")
+        else:
+            raise ProtocolViolation(GENERIC_ERROR, "unknown message method")
+
+    def _handshake(self, message: dict) -> None:
+        if self.room is not None:
+            raise ProtocolViolation(GENERIC_ERROR, "second handshake")
+        section = self.options.section
+        room_id = js_string(message.get("project_id", MISSING))
+        if not is_valid_room_id(room_id, section.max_room_id_length):
+            raise ProtocolViolation(section.invalid_room_close_code, "invalid room id")
+        if room_id in self.options.blocked_rooms:
+            raise ProtocolViolation(PROJECT_UNAVAILABLE, "blocked room id")
+        username = message.get("user", MISSING)
+        if not is_valid_username(username, self.options.username_filters):
+            raise ProtocolViolation(USERNAME_ERROR, "invalid username")
+        room = self.rooms.open(room_id)
+        if room is None:
+            raise ProtocolViolation(OVERLOADED, "too many rooms")
+        if not room.join(self.connection):
+            raise ProtocolViolation(GENERIC_ERROR, "room is full")
+        self.room = room
+        self.username = username
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s joined %s (%d members)", printable(username), printable(room_id),
+                     len(room.members))
+
+    def _set(self, message: dict) -> None:
+        room = self.room
+        if room is None:
+            raise ProtocolViolation(GENERIC_ERROR, "set before handshake")
+        value = message.get("value", MISSING)
+        section = self.options.section
+        if not is_valid_value(value, section.max_value_length, section.allow_non_numeric_values):
+            return
+        name = message.get("name", MISSING)
+        if section.strict_variable_names and not (
+            type(name) is str and name.startswith(CLOUD_PREFIXES) and name not in CLOUD_PREFIXES
+        ):
+            return
+        key = variable_key(name)
+        if not room.set(key, value, encode_set(key, value), self.connection):
+            raise ProtocolViolation(GENERIC_ERROR, "too many variables")
+
+    def _delete_or_rename(self, method: str, message: dict) -> None:
+        section = self.options.section
+        enabled = section.allow_delete if method == "delete" else section.allow_rename
+        if not enabled:
+            return
+        room = self.room
+        if room is None:
+            raise ProtocolViolation(GENERIC_ERROR, f"{method} before handshake")
+        key = variable_key(message.get("name", MISSING))
+        if method == "delete":
+            if not room.delete(key):
+                raise ProtocolViolation(GENERIC_ERROR, "delete of a missing variable")
+            return
+        new_name = message.get("new_name", MISSING)
+        if not (
+            type(new_name) is str
+            and new_name.startswith(CLOUD_PREFIXES)
+            and new_name not in CLOUD_PREFIXES
+            and len(new_name.encode("utf-16-le", "surrogatepass")) // 2 <= MAX_RENAME_LENGTH
+        ):
+            raise ProtocolViolation(GENERIC_ERROR, "invalid new name")
+        new_key = variable_key(new_name)
+        if key not in room.values:
+            raise ProtocolViolation(GENERIC_ERROR, "rename of a missing variable")
+        if not room.rename(key, new_key, encode_set(new_key, room.values[key])):
+            raise ProtocolViolation(GENERIC_ERROR, "rename onto an existing variable")
+
+    def close(self, code: int) -> None:
+        """Leave the room and close the connection with `code`."""
+        self.leave()
+        self.connection.close(code)
+
+    def leave(self) -> None:
+        """Leave the room (on close or disconnect); no message is sent to peers."""
+        room = self.room
+        if room is not None:
+            room.leave(self.connection)
+
+    def on_close(self) -> None:
+        """The connection ended."""
+        self.leave()

@@ -1,0 +1,58 @@
+"""Command line: `python -m server [--config FILE] [--host H] [--port P] [--log-level L]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Stratus cloud-variable server for Scratch/TurboWarp projects.",
+    )
+    parser.add_argument("--config", help="TOML config file (see config.toml for every key)")
+    parser.add_argument("--host", help="address to listen on (overrides config and HOST)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides config and PORT)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (overrides config)")
+    parser.add_argument("--version", action="version", version=f"Stratus {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, dict] = {"server": {}}
+    for key in ("host", "port", "log_level"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides["server"][key] = value
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"stratus: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from .app import serve
+
+    try:
+        asyncio.run(serve(config))
+    except ValueError as exc:  # settings that are only checked while loading (files, lists)
+        print(f"stratus: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"stratus: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

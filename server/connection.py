@@ -1,0 +1,390 @@
+"""One client socket: the HTTP upgrade, WebSocket framing, liveness and outbound flow control.
+
+The opening handshake goes through websockets' Sans-I/O `ServerProtocol` (request parsing,
+header validation, the 101 response). After it, frames are scanned here directly: the common
+case, a small masked text frame, costs one header decode, one C unmask and one UTF-8 decode,
+with no task, future or queue per message. Control frames, fragmentation and every framing
+error follow RFC 6455 with the close codes the Scratch spec names (1002, 1007, 1009).
+
+Outbound data is written straight to the transport as pre-encoded frames, so a room can encode
+a batch once and write the same bytes to every member. asyncio's write-buffer limits tell us
+when a client stops reading (`paused`); rooms then keep only *which* variables it is missing
+and send their newest values when it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.speedups import apply_mask
+
+from .framing import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    PING_FRAME,
+    close_frame,
+    encode_text,
+    frame_header,
+    parse_close_payload,
+)
+from .logsafe import printable
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger("stratus.connection")
+
+# Connection states.
+CONNECTING, OPEN, CLOSING, CLOSED = range(4)
+
+# Close codes for framing violations (RFC 6455 7.4.1).
+PROTOCOL_ERROR = 1002
+INVALID_DATA = 1007
+MESSAGE_TOO_BIG = 1009
+
+_websockets_logger = logging.getLogger("websockets.server")
+_websockets_logger.setLevel(logging.WARNING)  # its INFO lines duplicate ours, per connection
+
+
+class Connection(asyncio.Protocol):
+    """A client connection; `session` is the protocol handler picked by its first message."""
+
+    __slots__ = (
+        "server",
+        "transport",
+        "state",
+        "peer",
+        "request_headers",
+        "session",
+        "room",
+        "created",
+        "pong_pending",
+        "close_deadline",
+        "close_code",
+        "paused",
+        "backlog",
+        "_handshake",
+        "_buffer",
+        "_fragments",
+        "_fragments_size",
+        "_fragments_text",
+        "__weakref__",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.state = CONNECTING
+        self.peer = ""
+        self.request_headers: Headers | None = None
+        self.session: Any = None
+        self.room: Any = None
+        self.created = time.monotonic()
+        self.pong_pending = False
+        self.close_deadline = 0.0
+        self.close_code: int | None = None
+        self.paused = False
+        self.backlog: Any = None
+        self._handshake: ServerProtocol | None = ServerProtocol(
+            max_size=server.config.server.max_message_bytes, logger=_websockets_logger
+        )
+        self._buffer: bytearray | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self._fragments_text = False
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        high = self.server.config.server.write_buffer_high
+        transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.server.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == OPEN:
+            self._receive_frames(data)
+        elif self.state == CONNECTING:
+            self._receive_handshake(data)
+        elif self.state == CLOSING:
+            self._receive_frames(data)
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.state
+        self.state = CLOSED
+        self._buffer = self._fragments = None
+        self.backlog = None
+        if previous != CONNECTING:
+            self.server.connection_closed(self)
+        else:
+            self.server.connection_dropped(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        room = self.room
+        if room is not None and self.state == OPEN:
+            room.catch_up(self)
+
+    # Opening handshake (HTTP)
+
+    def _receive_handshake(self, data: bytes) -> None:
+        handshake = self._handshake
+        assert handshake is not None
+        handshake.receive_data(data)
+        for event in handshake.events_received():
+            if isinstance(event, Request):
+                self._handle_request(handshake, event)
+                break
+        self._write_handshake_output(handshake)
+        if self.state == OPEN:
+            leftover = bytes(handshake.reader.buffer)
+            self._handshake = None  # frees the parser; frames are scanned here from now on
+            self.server.connection_upgraded(self)
+            if leftover and self.state == OPEN:
+                self._receive_frames(leftover)
+
+    def _handle_request(self, handshake: ServerProtocol, request: Request) -> None:
+        server = self.server
+        headers = request.headers
+        self.peer = server.client_address(self.peer, headers)
+        if "websocket" not in headers.get("Upgrade", "").lower():
+            handshake.send_response(server.http_response(request))
+            return
+        refusal = server.refuse_upgrade(self)
+        if refusal is not None:
+            handshake.send_response(refusal)
+            return
+        response = handshake.accept(request)
+        if response.status_code == 101:
+            self.request_headers = headers
+            handshake.send_response(response)
+            self.state = OPEN
+        else:
+            handshake.send_response(response)
+
+    def _write_handshake_output(self, handshake: ServerProtocol) -> None:
+        transport = self.transport
+        assert transport is not None
+        close_after = False
+        for chunk in handshake.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:
+                close_after = True  # SEND_EOF: the HTTP exchange is over
+        if close_after and self.state == CONNECTING:
+            transport.close()
+
+    # Frames
+
+    def _receive_frames(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            data = buffer  # type: ignore[assignment]
+        end = len(data)
+        pos = 0
+        max_size = self.server.config.server.max_message_bytes
+        while end - pos >= 2:
+            first = data[pos]
+            second = data[pos + 1]
+            length = second & 0x7F
+            header = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                header = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                header = 10
+            if not second & 0x80:
+                self.fail(PROTOCOL_ERROR)  # clients must mask every frame
+                return
+            if first & 0x70:
+                self.fail(PROTOCOL_ERROR)  # no extension negotiated, so no RSV bits
+                return
+            if length > max_size - self._fragments_size:
+                self.fail(MESSAGE_TOO_BIG)
+                return
+            header += 4
+            frame_end = pos + header + length
+            if frame_end > end:
+                break
+            if first == 0x81 and self._fragments is None:
+                mask = data[pos + header - 4 : pos + header]
+                payload = apply_mask(data[pos + header : frame_end], mask)
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.fail(INVALID_DATA)
+                    return
+                if self.state == OPEN:
+                    self.server.text_received(self, text)
+            elif first == 0x8A:
+                self.pong_pending = False
+            else:
+                mask = data[pos + header - 4 : pos + header]
+                self._other_frame(first, apply_mask(data[pos + header : frame_end], mask))
+            if self.state == CLOSED or self.transport is None:
+                return
+            pos = frame_end
+        if pos == end:
+            self._buffer = None
+        elif pos or buffer is None:
+            self._buffer = bytearray(data[pos:])
+
+    def _other_frame(self, first: int, payload: bytes) -> None:
+        """Everything but an unfragmented text frame or a pong: the rare, stricter path."""
+        opcode = first & 0x0F
+        fin = bool(first & 0x80)
+        if opcode >= 0x8:  # control frame
+            if not fin or len(payload) > 125 or opcode not in (OP_CLOSE, OP_PING, OP_PONG):
+                self.fail(PROTOCOL_ERROR)
+            elif opcode == OP_CLOSE:
+                self._close_received(payload)
+            elif opcode == OP_PING and self.state == OPEN:
+                self.transport.write(frame_header(OP_PONG, len(payload)) + payload)
+            elif opcode == OP_PONG:
+                self.pong_pending = False
+            return
+        if self.state != OPEN:
+            return  # data after our close frame is discarded (RFC 6455 1.4)
+        if opcode == OP_CONTINUATION:
+            if self._fragments is None:
+                self.fail(PROTOCOL_ERROR)
+                return
+            self._fragments.append(payload)
+            self._fragments_size += len(payload)
+            if fin:
+                self._finish_fragmented_message()
+            return
+        if opcode not in (OP_TEXT, OP_BINARY) or self._fragments is not None:
+            self.fail(PROTOCOL_ERROR)  # reserved opcode, or a new message inside a fragmented one
+            return
+        if fin:
+            return  # an unfragmented binary message: ignored, as the spec says
+        self._fragments = [payload]
+        self._fragments_size = len(payload)
+        self._fragments_text = opcode == OP_TEXT
+
+    def _finish_fragmented_message(self) -> None:
+        fragments, is_text = self._fragments, self._fragments_text
+        self._fragments = None
+        self._fragments_size = 0
+        if not is_text:
+            return
+        try:
+            text = b"".join(fragments).decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(INVALID_DATA)
+            return
+        self.server.text_received(self, text)
+
+    def _close_received(self, payload: bytes) -> None:
+        if self.state == CLOSING:
+            self.transport.close()  # the client answered our close frame
+            return
+        try:
+            code = parse_close_payload(payload)
+        except UnicodeDecodeError:
+            self.fail(INVALID_DATA)
+            return
+        except ValueError:
+            self.fail(PROTOCOL_ERROR)
+            return
+        # Echo the client's code (an empty close gets an empty close), then end TCP.
+        self.close_code = code
+        self.transport.write(close_frame(code))
+        self.state = CLOSING
+        self.transport.close()
+
+    # Sending
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write one pre-encoded frame if the connection is open."""
+        if self.state == OPEN:
+            self.transport.write(frame)
+
+    def send_text(self, text: str) -> None:
+        """Encode and send one text message."""
+        if self.state == OPEN:
+            self.transport.write(encode_text(text))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; TCP ends on the client's answer or after a timeout."""
+        if self.state != OPEN:
+            if self.state == CONNECTING and self.transport is not None:
+                self.transport.close()
+            return
+        self.close_code = code
+        self.state = CLOSING
+        self.close_deadline = time.monotonic() + self.server.config.server.close_timeout
+        self.transport.write(close_frame(code, reason))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("closing %s with %d", printable(self.peer), code)
+
+    def fail(self, code: int) -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame, then end TCP at once."""
+        if self.state == OPEN:
+            self.close_code = code
+            self.transport.write(close_frame(code))
+        self.state = CLOSING
+        self._buffer = None
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def ping(self) -> bool:
+        """Send a keepalive ping; False if the previous one is still unanswered."""
+        if self.pong_pending:
+            return False
+        self.pong_pending = True
+        self.transport.write(PING_FRAME)
+        return True
+
+    def header(self, name: str) -> str:
+        """A request header (repeated headers joined with "; "), or ""."""
+        headers = self.request_headers
+        if headers is None:
+            return ""
+        values = headers.get_all(name)
+        return "; ".join(values) if values else ""
+
+
+def plain_response(status: int, reason: str, body: bytes, content_type: str,
+                   extra: dict[str, str] | None = None, head: bool = False) -> Response:
+    """An HTTP response with the security headers every Stratus page carries."""
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["X-Frame-Options"] = "DENY"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["Cache-Control"] = "no-store"
+    headers["Connection"] = "close"
+    for key, value in (extra or {}).items():
+        headers[key] = value
+    return Response(status, reason, headers, b"" if head else body)

@@ -1,0 +1,376 @@
+"""Rooms of cloud variables: ordered values, members, batched fan-out and persistence marks.
+
+A room knows variables as (key, value) pairs plus one pre-encoded *update* per variable, which
+the protocol supplies (the wire text that says "this variable now has this value"); it never
+parses or builds wire text itself. Fan-out is batched per room: a write marks the variable
+dirty, and a flush turns all dirty variables into one message that is encoded once and written
+to every member that did not author it (authors get their own copy without their writes).
+
+Flush timing adapts to load: a quiet room flushes on the next event-loop turn, a busy one at
+most `batch_hz` times a second. A member whose socket buffer is full (`paused`) gets nothing
+until it drains; in "latest" mode the room only remembers *which* variables it missed and
+sends their current values then, so a stalled reader costs at most one entry per variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .framing import encode_text
+from .logsafe import printable
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .store import Store
+
+log = logging.getLogger("stratus.rooms")
+
+TRY_AGAIN_LATER = 1013  # a client too far behind in "all" mode; it reconnects and gets a dump
+
+
+@dataclass(frozen=True)
+class RoomLimits:
+    """Per-namespace limits and batching policy."""
+
+    max_variables: int = 128
+    max_clients: int = 128
+    max_rooms: int = 16384
+    batch_hz: float = 60.0
+    coalesce: str = "latest"
+    max_pending_lines: int = 4096
+    idle_timeout: float = 3600.0
+
+
+class RoomCodec:
+    """What a protocol tells its rooms about its wire format."""
+
+    def __init__(self, encode_update: Callable[[str, Any], str], batch_separator: str) -> None:
+        self.encode_update = encode_update
+        self.batch_separator = batch_separator
+
+    def batch(self, updates: list[str]) -> bytes:
+        """One frame carrying `updates`."""
+        return encode_text(self.batch_separator.join(updates))
+
+
+class Room:
+    """One room: variables in insertion order, members, and pending fan-out."""
+
+    __slots__ = (
+        "registry",
+        "id",
+        "values",
+        "updates",
+        "positions",
+        "next_position",
+        "members",
+        "dirty",
+        "flush_handle",
+        "last_flush",
+        "empty_since",
+        "unsaved",
+        "removed",
+        "save_ticket",
+        "variable_hooks",
+    )
+
+    def __init__(self, registry: RoomRegistry, room_id: str) -> None:
+        self.registry = registry
+        self.id = room_id
+        self.values: dict[str, Any] = {}
+        self.updates: dict[str, str] = {}
+        self.positions: dict[str, int] = {}
+        self.next_position = 0
+        self.members: dict[Connection, None] = {}
+        self.dirty: Any = {} if registry.keep_latest else []
+        self.flush_handle: asyncio.Handle | None = None
+        self.last_flush = -1e9
+        self.empty_since = registry.loop.time()
+        self.unsaved: dict[str, None] = {}
+        self.removed: set[str] = set()
+        self.save_ticket = 0
+        self.variable_hooks: list[Callable[..., Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<Room {printable(self.id, 40)} {len(self.members)} members>"
+
+    # Membership
+
+    def join(self, member: Connection) -> bool:
+        """Add `member` and send it every variable at once; False if the room is full."""
+        if len(self.members) >= self.registry.limits.max_clients:
+            return False
+        if self.updates:
+            # The dump goes out before the member is registered for batches, so every
+            # batched update it receives is at least as new as the dump.
+            member.send_frame(self.registry.codec.batch(list(self.updates.values())))
+        self.members[member] = None
+        member.room = self
+        return True
+
+    def leave(self, member: Connection) -> None:
+        """Remove `member`; an empty room starts its idle clock."""
+        if self.members.pop(member, 0) is None:
+            member.room = None
+            member.backlog = None
+            if not self.members:
+                self.empty_since = self.registry.loop.time()
+
+    # Variables
+
+    def set(self, key: str, value: Any, update: str, author: Connection | None) -> bool:
+        """Store a value and queue it for every other member; False at the variable limit."""
+        values = self.values
+        if key not in values:
+            if len(values) >= self.registry.limits.max_variables:
+                return False
+            self.positions[key] = self.next_position
+            self.next_position += 1
+        values[key] = value
+        self.updates[key] = update
+        if len(self.members) > 1 or author is None:
+            dirty = self.dirty
+            if not dirty and self.flush_handle is None:
+                self._schedule_flush()
+            if self.registry.keep_latest:
+                dirty[key] = author
+                if author is not None and author.backlog:
+                    author.backlog.pop(key, None)  # never echo a member's own newest write
+            else:
+                dirty.append((key, update, author))
+        if not self.unsaved:
+            self.registry.mark_unsaved(self)
+        self.unsaved[key] = None
+        return True
+
+    def delete(self, key: str) -> bool:
+        """Remove a variable (not broadcast); False if it does not exist."""
+        if key not in self.values:
+            return False
+        del self.values[key]
+        del self.updates[key]
+        del self.positions[key]
+        if self.registry.keep_latest:
+            self.dirty.pop(key, None)
+        self._mark_removed(key)
+        return True
+
+    def rename(self, key: str, new_key: str, new_update: str) -> bool:
+        """Give a variable a new key in place (not broadcast); False if missing or taken."""
+        if key not in self.values or new_key in self.values:
+            return False
+        position = self.positions[key]
+        self.values = {new_key if k == key else k: v for k, v in self.values.items()}
+        self.updates = {
+            new_key if k == key else k: new_update if k == key else u
+            for k, u in self.updates.items()
+        }
+        del self.positions[key]
+        self.positions[new_key] = position
+        if self.registry.keep_latest:
+            self.dirty.pop(key, None)
+        self._mark_removed(key)
+        self.unsaved[new_key] = None
+        return True
+
+    def _mark_removed(self, key: str) -> None:
+        """Record for the store that `key` no longer exists."""
+        self.unsaved.pop(key, None)
+        if not self.unsaved and not self.removed:
+            self.registry.mark_unsaved(self)
+        self.removed.add(key)
+
+    def load(self, rows: list[tuple[str, int, Any]]) -> None:
+        """Fill a new room from stored (key, position, value) rows, in stored order."""
+        encode = self.registry.codec.encode_update
+        for key, position, value in sorted(rows, key=lambda row: row[1]):
+            self.values[key] = value
+            self.updates[key] = encode(key, value)
+            self.positions[key] = position
+        self.next_position = max((row[1] for row in rows), default=-1) + 1
+
+    # Fan-out
+
+    def _schedule_flush(self) -> None:
+        registry = self.registry
+        loop = registry.loop
+        interval = registry.flush_interval
+        due = self.last_flush + interval
+        if interval == 0 or loop.time() >= due:
+            self.flush_handle = loop.call_soon(self.flush)
+        else:
+            self.flush_handle = loop.call_at(due, self.flush)
+
+    def flush(self) -> None:
+        """Send every pending update to every member that has not seen it."""
+        self.flush_handle = None
+        self.last_flush = self.registry.loop.time()
+        dirty = self.dirty
+        if not dirty:
+            return
+        if self.registry.keep_latest:
+            self.dirty = {}
+            self._flush_latest(dirty)
+        else:
+            self.dirty = []
+            self._flush_all(dirty)
+
+    def _flush_latest(self, dirty: dict[str, Connection | None]) -> None:
+        updates = self.updates
+        codec = self.registry.codec
+        authored: dict[Connection, int] = {}
+        for author in dirty.values():
+            if author is not None:
+                authored[author] = authored.get(author, 0) + 1
+        common: bytes | None = None
+        count = len(dirty)
+        for member in self.members:
+            if member.paused:
+                backlog = member.backlog
+                if backlog is None:
+                    backlog = member.backlog = {}
+                for key, author in dirty.items():
+                    if author is not member:
+                        backlog[key] = None
+                continue
+            own = authored.get(member)
+            if own is None:
+                if common is None:
+                    common = codec.batch([updates[key] for key in dirty])
+                member.send_frame(common)
+            elif own < count:
+                lines = [updates[key] for key, author in dirty.items() if author is not member]
+                member.send_frame(codec.batch(lines))
+
+    def _flush_all(self, dirty: list[tuple[str, str, Connection | None]]) -> None:
+        codec = self.registry.codec
+        authors = {author for _, _, author in dirty}
+        limit = self.registry.limits.max_pending_lines
+        common: bytes | None = None
+        for member in list(self.members):
+            lines = (
+                [update for _, update, _ in dirty]
+                if member not in authors
+                else [update for _, update, author in dirty if author is not member]
+            )
+            if not lines:
+                continue
+            if member.paused:
+                backlog = member.backlog
+                if backlog is None:
+                    backlog = member.backlog = []
+                backlog.extend(lines)
+                if len(backlog) > limit:
+                    log.info("closing a client %d lines behind in %r", len(backlog), self)
+                    member.close(TRY_AGAIN_LATER)
+                continue
+            if member not in authors:
+                if common is None:
+                    common = codec.batch(lines)
+                member.send_frame(common)
+            else:
+                member.send_frame(codec.batch(lines))
+
+    def catch_up(self, member: Connection) -> None:
+        """Send a member that stopped reading what it missed, once its buffer drained."""
+        backlog = member.backlog
+        member.backlog = None
+        if not backlog:
+            return
+        if isinstance(backlog, dict):
+            updates = self.updates
+            lines = [updates[key] for key in backlog if key in updates]
+        else:
+            lines = backlog
+        if lines:
+            member.send_frame(self.registry.codec.batch(lines))
+
+
+class RoomRegistry:
+    """All rooms of one namespace (e.g. Scratch projects), with limits, store and janitor."""
+
+    def __init__(
+        self,
+        namespace: str,
+        codec: RoomCodec,
+        limits: RoomLimits,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.namespace = namespace
+        self.codec = codec
+        self.limits = limits
+        self.store = store
+        self.loop = loop
+        self.rooms: dict[str, Room] = {}
+        self.keep_latest = limits.coalesce == "latest"
+        self.flush_interval = 1.0 / limits.batch_hz if limits.batch_hz > 0 else 0.0
+        self.unsaved_rooms: dict[Room, None] = {}
+
+    def get(self, room_id: str) -> Room | None:
+        """The room if it exists in memory (loading it from the store if it was stored)."""
+        return self.rooms.get(room_id)
+
+    def open(self, room_id: str) -> Room | None:
+        """The room, created (and loaded from the store) if needed; None at the room limit."""
+        room = self.rooms.get(room_id)
+        if room is not None:
+            return room
+        if len(self.rooms) >= self.limits.max_rooms:
+            return None
+        room = Room(self, room_id)
+        rows = self.store.load(self.namespace, room_id)
+        if rows:
+            room.load(rows)
+        self.rooms[room_id] = room
+        log.debug("room %s created (%d stored variables)", printable(room_id), len(rows))
+        return room
+
+    def mark_unsaved(self, room: Room) -> None:
+        self.unsaved_rooms[room] = None
+
+    def persist(self) -> None:
+        """Hand every room's unsaved changes to the store (which may write them later)."""
+        if not self.unsaved_rooms:
+            return
+        rooms = list(self.unsaved_rooms)
+        changes = []
+        for room in rooms:
+            values, positions = room.values, room.positions
+            upserts = [(key, positions[key], values[key]) for key in room.unsaved if key in values]
+            deletes = [key for key in room.removed if key not in values]
+            room.unsaved = {}
+            room.removed = set()
+            changes.append((self.namespace, room.id, upserts, deletes))
+        self.unsaved_rooms = {}
+        ticket = self.store.save(changes)
+        for room in rooms:
+            room.save_ticket = ticket
+
+    def sweep_idle(self, now: float, committed_ticket: int) -> int:
+        """Drop rooms empty for longer than the idle timeout whose values are safely stored."""
+        idle = self.limits.idle_timeout
+        dropped = 0
+        for room_id, room in list(self.rooms.items()):
+            if (
+                not room.members
+                and now - room.empty_since >= idle
+                and room not in self.unsaved_rooms
+                and room.save_ticket <= committed_ticket
+            ):
+                if room.flush_handle is not None:
+                    room.flush_handle.cancel()
+                del self.rooms[room_id]
+                dropped += 1
+        return dropped
+
+    def flush_all(self) -> None:
+        """Flush every room's pending fan-out now (used at shutdown)."""
+        for room in list(self.rooms.values()):
+            if room.flush_handle is not None:
+                room.flush_handle.cancel()
+                room.flush()
