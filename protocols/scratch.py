@@ -7,6 +7,7 @@ chooses the close codes. It never touches a socket: the core's connection object
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.connection import OPEN
 from server.logsafe import printable
+from server.plugins import DROP, PluginManager, Refuse, VariableWrite
 from server.rooms import RoomCodec
 
 from .js import MISSING, JSONError, js_number_to_string, js_string, js_stringify, parse_json
@@ -68,6 +70,11 @@ def variable_key(name: Any) -> str:
     if type(name) is str and name.isprintable() and '"' not in name and "\\" not in name:
         return '"' + name + '"'
     return js_stringify(name)
+
+
+def key_to_name(key: str) -> Any:
+    """The variable name a room key stands for (None when the name was missing)."""
+    return parse_json(key) if key else None
 
 
 def encode_value(value: Any) -> str:
@@ -136,14 +143,20 @@ def connect_refusal(connection: Connection, options: ScratchOptions) -> tuple[st
 class ScratchSession:
     """One connection speaking the Scratch cloud protocol."""
 
-    __slots__ = ("connection", "rooms", "options", "room", "username")
+    __slots__ = ("connection", "rooms", "options", "plugins", "room", "username", "queued")
 
-    def __init__(self, connection: Connection, rooms: RoomRegistry, options: ScratchOptions):
+    protocol_name = "scratch"
+
+    def __init__(self, connection: Connection, rooms: RoomRegistry, options: ScratchOptions,
+                 plugins: PluginManager | None = None):
         self.connection = connection
         self.rooms = rooms
         self.options = options
+        self.plugins = plugins
         self.room: Room | None = None
         self.username: str | None = None
+        # While an asynchronous handshake hook decides, later messages wait here (spec §1).
+        self.queued: list[str] | None = None
 
     @property
     def identified(self) -> bool:
@@ -152,6 +165,9 @@ class ScratchSession:
 
     def on_text(self, text: str) -> None:
         """Handle one text message; protocol violations close the connection."""
+        if self.queued is not None:
+            self._queue(text)
+            return
         try:
             try:
                 message = parse_json(text)
@@ -191,6 +207,16 @@ class ScratchSession:
         else:
             raise ProtocolViolation(GENERIC_ERROR, "unknown message method")
 
+    def _queue(self, text: str) -> None:
+        try:
+            message = parse_json(text)
+        except JSONError:
+            message = None
+        if type(message) is dict and message.get("method") == "handshake":
+            self.close(GENERIC_ERROR)  # a second handshake while the first is validated
+        else:
+            self.queued.append(text)
+
     def _handshake(self, message: dict) -> None:
         if self.room is not None:
             raise ProtocolViolation(GENERIC_ERROR, "second handshake")
@@ -203,13 +229,44 @@ class ScratchSession:
         username = message.get("user", MISSING)
         if not is_valid_username(username, self.options.username_filters):
             raise ProtocolViolation(USERNAME_ERROR, "invalid username")
+        self.username = username
+        if self.plugins is not None and self.plugins.hooks("handshake"):
+            outcome = self.plugins.handshake(self.connection, room_id)
+            if isinstance(outcome, Refuse):
+                raise ProtocolViolation(outcome.close_code, f"refused by a plugin: {outcome}")
+            if outcome is not None:
+                self.queued = []
+                task = asyncio.ensure_future(outcome)
+                task.add_done_callback(lambda done: self._handshake_decided(done, room_id))
+                return
+        self._join(room_id)
+
+    def _handshake_decided(self, decision: asyncio.Future, room_id: str) -> None:
+        queued, self.queued = self.queued, None
+        if self.connection.state != OPEN:
+            return  # the client left while the hooks decided
+        refusal = None if decision.cancelled() else decision.result()
+        if refusal is not None:
+            self.close(refusal.close_code)
+            return
+        try:
+            self._join(room_id)
+        except ProtocolViolation as violation:
+            self.close(violation.code)
+            return
+        for text in queued or ():
+            if self.connection.state != OPEN:
+                break
+            self.on_text(text)
+
+    def _join(self, room_id: str) -> None:
         room = self.rooms.open(room_id)
         if room is None:
             raise ProtocolViolation(OVERLOADED, "too many rooms")
         if not room.join(self.connection):
             raise ProtocolViolation(GENERIC_ERROR, "room is full")
         self.room = room
-        self.username = username
+        username = self.username
         if log.isEnabledFor(logging.INFO):
             log.info("%s joined %s (%d members)", printable(username), printable(room_id),
                      len(room.members))
@@ -227,9 +284,31 @@ class ScratchSession:
             type(name) is str and name.startswith(CLOUD_PREFIXES) and name not in CLOUD_PREFIXES
         ):
             return
+        if room.variable_hooks:
+            value = self._run_variable_hooks(room, name, value)
+            if value is DROP:
+                return
         key = variable_key(name)
         if not room.set(key, value, encode_set(key, value), self.connection):
             raise ProtocolViolation(GENERIC_ERROR, "too many variables")
+
+    def _run_variable_hooks(self, room: Room, name: Any, value: Any) -> Any:
+        """Let plugins transform or refuse a write; a changed value must still be valid."""
+        write = VariableWrite(self.plugins.client(self.connection), room.id,
+                              None if name is MISSING else name, value)
+        for hook in room.variable_hooks:
+            outcome = hook(write)
+            if outcome is DROP:
+                return DROP
+            write.value = outcome
+        section = self.options.section
+        if write.value is not value and not is_valid_value(
+            write.value, section.max_value_length, section.allow_non_numeric_values
+        ):
+            log.warning("a plugin turned a write into an invalid value %s; dropped",
+                        printable(write.value))
+            return DROP
+        return write.value
 
     def _delete_or_rename(self, method: str, message: dict) -> None:
         section = self.options.section

@@ -19,6 +19,7 @@ from . import __version__
 from .config import Config
 from .connection import CLOSING, CONNECTING, OPEN, Connection, plain_response
 from .logsafe import printable
+from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
 from .store import Store, open_store
 
@@ -40,6 +41,8 @@ class Server:
         self.store: Store | None = None
         self.scratch_rooms: RoomRegistry | None = None
         self.scratch_options = scratch.ScratchOptions.from_config(config.scratch)
+        self.plugins = PluginManager(self)
+        self.plugins.load_config(config.plugins)
         self.trusted_proxies = [
             ipaddress.ip_network(network, strict=False) for network in config.server.trusted_proxies
         ]
@@ -67,6 +70,9 @@ class Server:
         )
         self.scratch_rooms = RoomRegistry(scratch.NAMESPACE, scratch.CODEC, limits, self.store,
                                           self.loop)
+        if self.plugins.hooks("variable"):
+            self.scratch_rooms.variable_hooks_for = self.plugins.variable_hooks
+        await self.plugins.start()
         host: Any = cfg.server.host or None
         self._listener = await self.loop.create_server(
             lambda: Connection(self), host, cfg.server.port, reuse_address=True, backlog=4096
@@ -129,6 +135,7 @@ class Server:
         for connection in list(self.connections):
             connection.abort()
         await asyncio.sleep(0)
+        await self.plugins.stop()
         self._persist()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
@@ -182,9 +189,13 @@ class Server:
             log.info("refusing %s with %d", printable(connection.peer), code)
             connection.send_text(text)
             connection.close(code)
+            return
+        self.plugins.connected(connection)
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.pop(connection, None)
+        if self.plugins.hooks("disconnect"):
+            self.plugins.disconnected(connection)  # while the client still has its room
         session = connection.session
         if session is not None:
             session.on_close()
@@ -199,7 +210,8 @@ class Server:
 
     def select_protocol(self, connection: Connection, first_text: str) -> Any:
         """The session for a connection, chosen by its first message."""
-        return scratch.ScratchSession(connection, self.scratch_rooms, self.scratch_options)
+        return scratch.ScratchSession(connection, self.scratch_rooms, self.scratch_options,
+                                      self.plugins)
 
     # HTTP
 

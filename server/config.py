@@ -86,6 +86,9 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
     scratch: ScratchSection = field(default_factory=ScratchSection)
+    # [[plugins]] tables: use = "module:Class", optional rooms = [globs], then the plugin's
+    # own settings. Checked when the plugins load.
+    plugins: list[dict[str, Any]] = field(default_factory=list)
     source: str = "built-in defaults"
 
     @property
@@ -93,7 +96,9 @@ class Config:
         return Path(self.server.data_dir)
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source"}
+_SECTIONS = {
+    f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("source", "plugins")
+}
 
 
 def _type_name(annotation: str) -> str:
@@ -128,7 +133,7 @@ def _check_value(where: str, spec: dataclasses.Field, value: Any) -> Any:
 def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> None:
     section_type = _SECTIONS.get(table)
     if section_type is None:
-        known = ", ".join(f"[{name}]" for name in _SECTIONS)
+        known = ", ".join([f"[{name}]" for name in _SECTIONS] + ["[[plugins]]"])
         raise ConfigError(f"{origin}: unknown table [{table}] (known tables: {known})")
     if not isinstance(values, dict):
         raise ConfigError(f"{origin}: [{table}] must be a table")
@@ -169,6 +174,11 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{origin} is not valid TOML: {exc}") from None
         for table, values in document.items():
+            if table == "plugins":
+                if not (isinstance(values, list) and all(isinstance(v, dict) for v in values)):
+                    raise ConfigError(f"{origin}: plugins must be [[plugins]] tables")
+                config.plugins = values
+                continue
             _apply(config, table, values, origin)
         config.source = origin
     environ = os.environ if env is None else env

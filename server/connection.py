@@ -73,6 +73,7 @@ class Connection(asyncio.Protocol):
         "close_code",
         "paused",
         "backlog",
+        "plugin_client",
         "_handshake",
         "_buffer",
         "_fragments",
@@ -95,6 +96,7 @@ class Connection(asyncio.Protocol):
         self.close_code: int | None = None
         self.paused = False
         self.backlog: Any = None
+        self.plugin_client: Any = None
         self._handshake: ServerProtocol | None = ServerProtocol(
             max_size=server.config.server.max_message_bytes, logger=_websockets_logger
         )

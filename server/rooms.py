@@ -310,6 +310,8 @@ class RoomRegistry:
         self.keep_latest = limits.coalesce == "latest"
         self.flush_interval = 1.0 / limits.batch_hz if limits.batch_hz > 0 else 0.0
         self.unsaved_rooms: dict[Room, None] = {}
+        # Called with a new room's id; returns the plugin hooks for its variable writes.
+        self.variable_hooks_for: Callable[[str], list] | None = None
 
     def get(self, room_id: str) -> Room | None:
         """The room if it exists in memory (loading it from the store if it was stored)."""
@@ -326,6 +328,8 @@ class RoomRegistry:
         rows = self.store.load(self.namespace, room_id)
         if rows:
             room.load(rows)
+        if self.variable_hooks_for is not None:
+            room.variable_hooks = self.variable_hooks_for(room_id)
         self.rooms[room_id] = room
         log.debug("room %s created (%d stored variables)", printable(room_id), len(rows))
         return room

@@ -1,0 +1,482 @@
+"""The plugin API: classes whose decorated methods add commands and behaviour.
+
+A plugin is a subclass of `Plugin`. Its methods are registered with decorators:
+
+- `@on_connect` / `@on_disconnect` (client): a WebSocket connection opened / ended.
+- `@on_handshake` (client): a client identified itself (Scratch handshake, CL4 handshake).
+  Raise `Refuse` to turn it away; an `async def` hook may take its time (Scratch messages that
+  arrive meanwhile are queued and replayed in order).
+- `@on_variable(pattern)` (write): a Scratch variable write whose name matches the glob.
+  Return None to keep the value, a new value to replace it, or `DROP` to refuse the write.
+- `@on_command(name, schema=...)` (request): a CL4 command. `schema` is a cerberus schema for
+  the message; invalid messages are answered with E:101 and details. `replace=True` replaces
+  a built-in command of that name.
+- `@before_command(*names)` (client, message): runs before any CL4 command (or only the named
+  ones). Raise `Refuse(status)` to veto, return a dict to rewrite the message.
+
+Hooks of one kind run in a defined order: plugins in the order they were loaded (config order,
+then code registration order), and within a plugin in definition order. An exception in a hook
+is logged with the plugin's name and answered as an error (E:105 for CL4; a refused write for
+variables; an ignored hook for connect/handshake), never killing the connection or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import importlib
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import Server
+    from .connection import Connection
+
+log = logging.getLogger("stratus.plugins")
+
+_HOOKS = "__stratus_hooks__"
+
+
+class _Drop:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP: Any = _Drop()
+"""Returned by an `on_variable` hook to refuse a write (not stored, not relayed)."""
+
+
+class Refuse(Exception):
+    """Raised by a hook to turn a client or message away.
+
+    For CL4, `status` is the statuscode the sender gets (default E:108 Refused) with optional
+    `details`. For a Scratch handshake, the connection is closed with `close_code` (4002 by
+    default, which makes TurboWarp ask for another username).
+    """
+
+    def __init__(self, status: Any = None, *, details: Any = None, close_code: int = 4002):
+        super().__init__(details or status or "refused")
+        self.status = status
+        self.details = details
+        self.close_code = close_code
+
+
+@dataclass(frozen=True)
+class _Hook:
+    kind: str
+    target: Any = None
+    schema: Mapping | None = None
+    replace: bool = False
+    requires_username: bool = False
+
+
+def _tag(kind: str, **options: Any) -> Callable[[Callable], Callable]:
+    def decorate(method: Callable) -> Callable:
+        hooks = list(getattr(method, _HOOKS, ()))
+        hooks.append(_Hook(kind, **options))
+        setattr(method, _HOOKS, hooks)
+        return method
+
+    return decorate
+
+
+def on_connect(method: Callable) -> Callable:
+    """Call `method(client)` when a WebSocket connection opens."""
+    return _tag("connect")(method)
+
+
+def on_disconnect(method: Callable) -> Callable:
+    """Call `method(client)` when a connection ends."""
+    return _tag("disconnect")(method)
+
+
+def on_handshake(method: Callable) -> Callable:
+    """Call `method(client)` when a client identifies; raise `Refuse` to turn it away."""
+    return _tag("handshake")(method)
+
+
+def on_variable(pattern: str = "*") -> Callable[[Callable], Callable]:
+    """Call `method(write)` for Scratch variable writes whose name matches the glob `pattern`."""
+    return _tag("variable", target=re.compile(fnmatch.translate(pattern), re.DOTALL))
+
+
+def on_command(
+    name: str, *, schema: Mapping | None = None, replace: bool = False,
+    requires_username: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Handle the CL4 command `name`: `method(request)`; cerberus `schema` validates it."""
+    return _tag("command", target=name, schema=schema, replace=replace,
+                requires_username=requires_username)
+
+
+def before_command(*names: str) -> Callable[[Callable], Callable]:
+    """Call `method(client, message)` before CL4 commands (all, or the named ones)."""
+    return _tag("before_command", target=frozenset(names))
+
+
+@dataclass(slots=True)
+class VariableWrite:
+    """A Scratch variable write on its way into a room."""
+
+    client: Client | None
+    room: str
+    name: Any
+    value: Any
+
+
+class Client:
+    """What plugins see of one connection."""
+
+    __slots__ = ("_connection", "data")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.data: dict[str, Any] = {}  # free for plugins' per-client state
+
+    @property
+    def protocol(self) -> str | None:
+        """"scratch", "cl4", or None before the first message."""
+        session = self._connection.session
+        return getattr(session, "protocol_name", None)
+
+    @property
+    def address(self) -> str:
+        """The client's IP address (after trusted-proxy processing)."""
+        return self._connection.peer
+
+    @property
+    def username(self) -> str | None:
+        """The Scratch handshake username or CL4 username, if any (unauthenticated)."""
+        return getattr(self._connection.session, "username", None)
+
+    @property
+    def room(self) -> str | None:
+        """The Scratch room (project id) this client joined, if any."""
+        room = self._connection.room
+        return room.id if room is not None else None
+
+    @property
+    def open(self) -> bool:
+        """True while messages can be sent to the client."""
+        from .connection import OPEN
+
+        return self._connection.state == OPEN
+
+    def header(self, name: str) -> str:
+        """A request header of the WebSocket upgrade, or ""."""
+        return self._connection.header(name)
+
+    def send_variable(self, name: str, value: Any) -> None:
+        """Send this client alone a Scratch `set`, at once: not stored, not seen by others."""
+        from protocols.scratch import encode_set, variable_key
+
+        key = variable_key(name)
+        self._connection.send_text(encode_set(key, value))
+
+    def send(self, message: dict) -> None:
+        """Send a CL4 client one message."""
+        send = getattr(self._connection.session, "send_message", None)
+        if send is None:
+            raise TypeError("send() is for CL4 clients; use send_variable() for Scratch")
+        send(message)
+
+    def close(self, code: int = 1000) -> None:
+        """Close the connection with `code`."""
+        session = self._connection.session
+        if session is not None and hasattr(session, "close"):
+            session.close(code)
+        else:
+            self._connection.close(code)
+
+    def __repr__(self) -> str:
+        return f"<Client {self.protocol} {self.username!r} {self.address}>"
+
+
+class Plugin:
+    """Base class of plugins. `settings` holds the plugin's own keys from config.toml."""
+
+    name: str = ""
+
+    def __init__(self, host: PluginHost, settings: Mapping[str, Any] | None = None) -> None:
+        self.host = host
+        self.settings: dict[str, Any] = dict(settings or {})
+        self.log = logging.getLogger(f"stratus.plugin.{self.name or type(self).__name__}")
+
+    async def start(self) -> None:
+        """Called once the server listens."""
+
+    async def stop(self) -> None:
+        """Called when the server shuts down."""
+
+
+class PluginHost:
+    """What plugins can do with the server: read rooms, write variables, send messages."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._server.loop
+
+    def clients(self) -> list[Client]:
+        """Every connected client."""
+        return [self._server.plugins.client(c) for c in self._server.connections]
+
+    def scratch_rooms(self) -> list[str]:
+        """Ids of the Scratch rooms in memory."""
+        return list(self._server.scratch_rooms.rooms)
+
+    def scratch_variables(self, room_id: str) -> dict[Any, Any]:
+        """A copy of a Scratch room's variables by name, in order (loaded if stored)."""
+        from protocols.scratch import key_to_name
+
+        room = self._server.scratch_rooms.open(room_id)
+        if room is None:
+            return {}
+        return {key_to_name(key): value for key, value in room.values.items()}
+
+    def scratch_members(self, room_id: str) -> list[Client]:
+        """The clients in a Scratch room."""
+        room = self._server.scratch_rooms.get(room_id)
+        if room is None:
+            return []
+        return [self._server.plugins.client(member) for member in room.members]
+
+    def set_scratch_variable(self, room_id: str, name: str, value: Any) -> bool:
+        """Write a variable as the server: stored, and sent to every member of the room."""
+        from protocols.scratch import encode_set, variable_key
+
+        room = self._server.scratch_rooms.open(room_id)
+        if room is None:
+            return False
+        key = variable_key(name)
+        return room.set(key, value, encode_set(key, value), None)
+
+    def cl4_send_room(self, room: str, message: dict) -> int:
+        """Send a CL4 message to every member of a CL4 room; returns how many got it."""
+        return self._server.cl4.send_room(room, message)
+
+    def cl4_broadcast(self, message: dict) -> int:
+        """Send a CL4 message to every CL4 client."""
+        return self._server.cl4.broadcast(message)
+
+    def cl4_rooms(self) -> dict[str, list[Client]]:
+        """CL4 rooms and their members."""
+        return self._server.cl4.rooms_view()
+
+
+@dataclass
+class _Loaded:
+    plugin: Plugin
+    rooms: tuple[re.Pattern, ...]
+
+    def serves(self, room_id: str) -> bool:
+        return any(pattern.fullmatch(room_id) for pattern in self.rooms)
+
+
+def _room_patterns(rooms: Iterable[str] | None) -> tuple[re.Pattern, ...]:
+    return tuple(re.compile(fnmatch.translate(p), re.DOTALL) for p in (rooms or ["*"]))
+
+
+def import_object(spec: str) -> Any:
+    """The object named by a "module:Attr" string."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{spec!r} is not a 'module:Class' string")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for {spec!r}: {exc}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no {attribute!r} (from {spec!r})") from None
+
+
+class PluginManager:
+    """Loaded plugins and their hooks, in order; the core and protocols call into it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.host = PluginHost(server)
+        self.loaded: list[_Loaded] = []
+        self._hooks: dict[str, list[tuple[_Loaded, Callable, _Hook]]] = {}
+
+    # Registration
+
+    def add(self, plugin: type[Plugin] | Plugin, settings: Mapping[str, Any] | None = None,
+            rooms: Iterable[str] | None = None) -> Plugin:
+        """Register a plugin class (instantiated with `settings`) or instance."""
+        instance = plugin(self.host, settings) if isinstance(plugin, type) else plugin
+        if not isinstance(instance, Plugin):
+            raise TypeError(f"{plugin!r} is not a stratus Plugin")
+        loaded = _Loaded(instance, _room_patterns(rooms))
+        self.loaded.append(loaded)
+        # Plugins are added one after another and each one's methods are visited in definition
+        # order, so every hook list ends up in the documented order without sorting.
+        for name in _definition_order(type(instance)):
+            for hook in getattr(getattr(type(instance), name, None), _HOOKS, ()):
+                bound = getattr(instance, name)
+                self._hooks.setdefault(hook.kind, []).append((loaded, bound, hook))
+        return instance
+
+    def load_config(self, entries: list[dict[str, Any]]) -> None:
+        """Load `[[plugins]]` tables: `use = "module:Class"`, optional `rooms`, settings."""
+        for index, entry in enumerate(entries):
+            where = f"[[plugins]] #{index + 1}"
+            spec = entry.get("use")
+            if not isinstance(spec, str):
+                raise ValueError(f"{where} needs use = \"module:Class\"")
+            rooms = entry.get("rooms", ["*"])
+            if not (isinstance(rooms, list) and all(isinstance(r, str) for r in rooms)):
+                raise ValueError(f"{where} ({spec}): rooms must be a list of strings")
+            settings = {k: v for k, v in entry.items() if k not in ("use", "rooms")}
+            cls = import_object(spec)
+            if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+                raise ValueError(f"{where}: {spec} is not a Plugin subclass")
+            try:
+                self.add(cls, settings, rooms)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"{where} ({spec}): invalid settings: {exc}") from None
+
+    def hooks(self, kind: str) -> list[tuple[_Loaded, Callable, _Hook]]:
+        """Registered hooks of one kind, in order."""
+        return self._hooks.get(kind, [])
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        for loaded in self.loaded:
+            await loaded.plugin.start()
+
+    async def stop(self) -> None:
+        for loaded in reversed(self.loaded):
+            try:
+                await loaded.plugin.stop()
+            except Exception:
+                log.exception("plugin %s failed to stop", _name(loaded))
+
+    # Dispatch
+
+    def client(self, connection: Connection) -> Client:
+        """The plugin-facing view of a connection (one per connection)."""
+        view = connection.plugin_client
+        if view is None:
+            view = connection.plugin_client = Client(connection)
+        return view
+
+    def connected(self, connection: Connection) -> None:
+        for loaded, method, _ in self.hooks("connect"):
+            self._call(loaded, method, self.client(connection))
+
+    def disconnected(self, connection: Connection) -> None:
+        for loaded, method, _ in self.hooks("disconnect"):
+            if self._applies(loaded, connection):
+                self._call(loaded, method, self.client(connection))
+
+    def handshake(self, connection: Connection, room_id: str | None = None) -> Any:
+        """Run handshake hooks: None (accepted), a `Refuse`, or an awaitable of either."""
+        client = self.client(connection)
+        pending = []
+        for loaded, method, _ in self.hooks("handshake"):
+            if room_id is not None and not loaded.serves(room_id):
+                continue
+            try:
+                outcome = method(client)
+            except Refuse as refusal:
+                return refusal
+            except Exception:
+                log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+                continue
+            if inspect.isawaitable(outcome):
+                pending.append((loaded, method, outcome))
+        if pending:
+            return self._await_handshakes(pending)
+        return None
+
+    @staticmethod
+    async def _await_handshakes(pending: list) -> Refuse | None:
+        for loaded, method, outcome in pending:
+            try:
+                await outcome
+            except Refuse as refusal:
+                return refusal
+            except Exception:
+                log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+        return None
+
+    def variable_hooks(self, room_id: str) -> list[Callable[[VariableWrite], Any]]:
+        """Variable-write hooks that apply to one room, in order (computed once per room)."""
+        selected = []
+        for loaded, method, hook in self.hooks("variable"):
+            if loaded.serves(room_id):
+                selected.append(_VariableHook(loaded, method, hook.target))
+        return selected
+
+    def _applies(self, loaded: _Loaded, connection: Connection) -> bool:
+        room = connection.room
+        return room is None or loaded.serves(room.id)
+
+    @staticmethod
+    def _call(loaded: _Loaded, method: Callable, *args: Any) -> Any:
+        try:
+            outcome = method(*args)
+            if inspect.isawaitable(outcome):
+                return asyncio.ensure_future(_logged(loaded, method, outcome))
+            return outcome
+        except Exception:
+            log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+            return None
+
+
+class _VariableHook:
+    """One `on_variable` hook bound to a room: returns the new value, or DROP."""
+
+    __slots__ = ("loaded", "method", "pattern")
+
+    def __init__(self, loaded: _Loaded, method: Callable, pattern: re.Pattern) -> None:
+        self.loaded = loaded
+        self.method = method
+        self.pattern = pattern
+
+    def __call__(self, write: VariableWrite) -> Any:
+        name = write.name
+        if not (isinstance(name, str) and self.pattern.fullmatch(name)):
+            return write.value
+        try:
+            outcome = self.method(write)
+        except Exception:
+            log.exception("plugin %s failed in %s; write refused", _name(self.loaded),
+                          self.method.__name__)
+            return DROP
+        return write.value if outcome is None else outcome
+
+
+async def _logged(loaded: _Loaded, method: Callable, awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except Exception:
+        log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+        return None
+
+
+def _name(loaded: _Loaded) -> str:
+    plugin = loaded.plugin
+    return plugin.name or type(plugin).__qualname__
+
+
+def _definition_order(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in reversed(cls.__mro__):
+        for name in vars(klass):
+            if name in names:
+                names.remove(name)
+            names.append(name)
+    return names
