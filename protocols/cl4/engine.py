@@ -1,0 +1,568 @@
+"""The Sans-I/O CL4 engine: clients, rooms, dispatch and the plugin seams.
+
+The core owns the sockets. It calls `connect`, `receive` (one text message at a time) and
+`disconnect`; the engine answers through the injected `send(connection, message)` and
+`close(connection, code, reason)` callables and never blocks, sleeps or awaits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid as uuid_module
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
+
+from snowflake import SnowflakeGenerator
+
+from protocols.cl4.codes import Status, StatusCode
+from protocols.cl4.limits import TokenBucket
+from protocols.cl4.options import Cl4Options
+from protocols.cl4.schema import DEFAULT_SCHEMA, Cl4Schema
+from protocols.cl4.session import Cl4Client
+from protocols.cl4.wire import JsonError, encode_message, parse_json
+
+__all__ = [
+    "MISSING",
+    "Cl4Command",
+    "Cl4Engine",
+    "Cl4Request",
+    "Close",
+    "CommandHandler",
+    "GvarObserver",
+    "PreDispatchHook",
+    "Reject",
+    "Send",
+]
+
+logger = logging.getLogger("stratus.cl4")
+
+Send = Callable[[Hashable, "dict | str"], None]
+Close = Callable[[Hashable, int, str], None]
+CommandHandler = Callable[["Cl4Request"], None]
+GvarObserver = Callable[[str, str, Any], None]
+PreDispatchHook = Callable[[Cl4Client, dict], "dict | Reject | None"]
+
+SNOWFLAKE_INSTANCE = 42  # as the reference server (spec §6)
+DEFAULT_ROOM = "default"
+CLOSE_NORMAL = 1000
+_LISTENER_TYPES = (str, int, float, bool)
+# Compact JSON turns one character into at most 12 ("\ud83d\ude00"), so a message shorter than
+# max_val_bytes / 12 characters cannot carry a too-large val and skips the measurement.
+_MAX_EXPANSION = 12
+
+
+class _Missing:
+    """Type of MISSING: "no listener" (a listener may legitimately be "", 0 or false)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Any = _Missing()
+
+
+def _loggable(value: object, limit: int = 120) -> str:
+    """Client-supplied text for a log line: control characters escaped, length bounded."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reject:
+    """A pre-dispatch hook's veto: the sender gets `status` (+details, +listener)."""
+
+    status: Status
+    details: Any = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cl4Command:
+    """A command: its handler, optional schema, and whether it needs a username (E:111)."""
+
+    name: str
+    handler: CommandHandler
+    schema: Cl4Schema | None = None
+    requires_username: bool = False
+
+
+class Cl4Request:
+    """One validated message being handled, with helpers to answer it."""
+
+    __slots__ = ("engine", "message", "session")
+
+    def __init__(self, engine: Cl4Engine, session: Cl4Client, message: dict):
+        self.engine = engine
+        self.session = session
+        self.message = message
+
+    @property
+    def listener(self) -> Any:
+        """The request's listener if it had a valid one, else MISSING."""
+        return listener_of(self.message)
+
+    def reply(self, status: Status, *, details: Any = None, val: Any = None) -> None:
+        """Send the sender a statuscode carrying this request's listener."""
+        self.engine.reply(self.session, status, self.listener, details=details, val=val)
+
+
+def listener_of(message: Mapping) -> Any:
+    """The message's listener if it is a string, number or boolean, else MISSING."""
+    listener = message.get("listener", MISSING)
+    return listener if type(listener) in _LISTENER_TYPES else MISSING
+
+
+class Cl4Engine:
+    """CL4 clients and rooms (their own namespace, apart from Scratch rooms) and dispatch."""
+
+    def __init__(
+        self,
+        send: Send,
+        close: Close,
+        options: Cl4Options | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.options = options or Cl4Options()
+        self._send = send
+        self._close = close
+        self._clock = clock
+        self._sessions: dict[Hashable, Cl4Client] = {}
+        # Room name -> members in join order (dict as ordered set). Identified clients only.
+        self._rooms: dict[str, dict[Cl4Client, None]] = {}
+        self._by_uuid: dict[str, Cl4Client] = {}
+        self._by_snowflake: dict[str, Cl4Client] = {}
+        self._by_username: dict[str, dict[Cl4Client, None]] = {}
+        self._snowflakes = SnowflakeGenerator(SNOWFLAKE_INSTANCE)
+        self._last_snowflake = 0
+        self.disabled_commands: set[str] = set(self.options.disabled_commands)
+        self.pre_dispatch_hooks: list[PreDispatchHook] = []
+        self.gvar_observers: list[GvarObserver] = []
+        self._commands: dict[str, Cl4Command] = {}
+        # Imported here because the built-in handlers use this module's public API.
+        from protocols.cl4.commands import BUILTIN_COMMANDS
+
+        for command in BUILTIN_COMMANDS:
+            self._commands[command.name] = command
+
+    # -- lifecycle (called by the core) -------------------------------------------------------
+
+    def connect(self, connection: Hashable, ip: str) -> Cl4Client:
+        """Register a new connection (not yet identified as CL4); `ip` is the resolved address."""
+        existing = self._sessions.get(connection)
+        if existing is not None:
+            return existing
+        options = self.options
+        now = self._clock()
+        message_bucket = None
+        if options.messages_per_second > 0:
+            message_bucket = TokenBucket(options.messages_per_second, options.message_burst, now)
+        setid_bucket = None
+        if options.setid_per_minute > 0:
+            setid_bucket = TokenBucket(options.setid_per_minute / 60.0, options.setid_burst, now)
+        session = Cl4Client(
+            connection,
+            ip,
+            self._next_snowflake(),
+            str(uuid_module.uuid4()),
+            message_bucket,
+            setid_bucket,
+        )
+        self._sessions[connection] = session
+        return session
+
+    def receive(self, connection: Hashable, text: str) -> None:
+        """Handle one text message from `connection`; never raises."""
+        session = self._sessions.get(connection)
+        if session is None or session.closed:
+            logger.debug("CL4 message from an unknown or closed connection ignored")
+            return
+        try:
+            self._receive(session, text)
+        except Exception:
+            # Only a failing send/close callable gets here; the handlers have their own guard.
+            logger.exception("CL4 message handling failed for %r", session)
+
+    def disconnect(self, connection: Hashable) -> None:
+        """Forget `connection`: it leaves its rooms (named: `ulist remove` to those left)."""
+        session = self._sessions.pop(connection, None)
+        if session is None:
+            return
+        session.closed = True
+        self._forget_identity(session)
+        for room in list(session.rooms):
+            self.unsubscribe(session, room)
+            try:
+                self.announce_leave(session, room)
+            except Exception:
+                # A failing send must not leave the client behind in its other rooms.
+                logger.exception("CL4 ulist remove for %r failed", session)
+
+    def session(self, connection: Hashable) -> Cl4Client | None:
+        """The session of a connected connection, or None."""
+        return self._sessions.get(connection)
+
+    # -- plugin API ----------------------------------------------------------------------------
+
+    def register_command(
+        self,
+        name: str,
+        handler: CommandHandler,
+        schema: Cl4Schema | Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        requires_username: bool = False,
+        replace: bool = False,
+    ) -> Cl4Command:
+        """Add a command (or, with replace=True, replace a built-in or earlier one)."""
+        if name in self._commands and not replace:
+            raise ValueError(f"CL4 command {name!r} already exists; pass replace=True")
+        if schema is not None and not isinstance(schema, Cl4Schema):
+            schema = Cl4Schema(schema)
+        command = Cl4Command(name, handler, schema, requires_username)
+        self._commands[name] = command
+        return command
+
+    def unregister_command(self, name: str) -> Cl4Command | None:
+        """Remove a command (built-in or not); it then answers E:109. Returns what was removed."""
+        return self._commands.pop(name, None)
+
+    def command(self, name: str) -> Cl4Command | None:
+        """The command registered under `name`, e.g. to wrap a built-in handler."""
+        return self._commands.get(name)
+
+    def emit_gvar(self, room: str, name: str, value: str) -> int:
+        """Bridge a Scratch `set` into CL4 room `room` as a gvar; returns the recipient count.
+
+        JSON-string values are parsed (spec §12: "5" arrives as 5); other text stays a string.
+        Observers are not called, so a bridge cannot loop.
+        """
+        members = self._rooms.get(room)
+        if not members:
+            return 0
+        val: Any = value
+        try:
+            parsed = parse_json(value)
+        except JsonError:
+            pass
+        else:
+            # null would break the Python client, which rejects val: null (spec §9.3).
+            if parsed is not None:
+                val = parsed
+        message = {"cmd": "gvar", "name": name, "val": val, "rooms": room}
+        recipients = tuple(members)
+        for member in recipients:
+            self._send(member.connection, message)
+        return len(recipients)
+
+    def notify_gvar(self, room: str, name: str, val: Any) -> None:
+        """Tell every gvar observer about a CL4 gvar delivered in `room`."""
+        for observer in tuple(self.gvar_observers):
+            try:
+                observer(room, name, val)
+            except Exception:
+                logger.exception("CL4 gvar observer %r failed", observer)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, session: Cl4Client, message: dict | str) -> None:
+        """Queue one message for a client (a dict is one JSON text frame; treat it as frozen)."""
+        self._send(session.connection, message)
+
+    def reply(
+        self,
+        session: Cl4Client,
+        status: Status,
+        listener: Any = MISSING,
+        *,
+        details: Any = None,
+        val: Any = None,
+    ) -> None:
+        """Send a statuscode; keys in the observed order cmd, code, code_id, details,
+        listener, val."""
+        message: dict[str, Any] = {
+            "cmd": "statuscode",
+            "code": status.code,
+            "code_id": status.code_id,
+        }
+        if details is not None:
+            message["details"] = details
+        if listener is not MISSING:
+            message["listener"] = listener
+        if val is not None:
+            message["val"] = val
+        self._send(session.connection, message)
+
+    # -- rooms and lookups ---------------------------------------------------------------------
+
+    def rooms(self) -> tuple[str, ...]:
+        """Names of all CL4 rooms that have members."""
+        return tuple(self._rooms)
+
+    def room_members(self, room: str) -> tuple[Cl4Client, ...]:
+        """Members of a room in join order (a snapshot, safe to iterate while sending)."""
+        return tuple(self._rooms.get(room, ()))
+
+    def is_member(self, session: Cl4Client, room: str) -> bool:
+        """True if `session` is subscribed to `room`."""
+        return room in session.rooms
+
+    def user_list(self, room: str) -> list[dict[str, str]]:
+        """User objects of the named members of `room` (the `ulist set` payload)."""
+        return [member.user_object for member in self._rooms.get(room, ()) if member.named]
+
+    def subscribe(self, session: Cl4Client, room: str) -> bool:
+        """Add `session` to `room` silently (creating it); False if it was already there."""
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = {}
+        elif session in members:
+            return False
+        members[session] = None
+        session.rooms[room] = None
+        return True
+
+    def unsubscribe(self, session: Cl4Client, room: str) -> bool:
+        """Remove `session` from `room` silently (deleting it if empty); False if not there."""
+        members = self._rooms.get(room)
+        if members is None or session not in members:
+            return False
+        del members[session]
+        session.rooms.pop(room, None)
+        if not members:
+            del self._rooms[room]
+        return True
+
+    def announce_join(self, session: Cl4Client, room: str, *, notify_others: bool = True) -> None:
+        """`ulist add` to the other members (if notify_others), then `ulist set` to `session`."""
+        if notify_others:
+            added = {"cmd": "ulist", "mode": "add", "val": session.user_object, "rooms": room}
+            for member in self.room_members(room):
+                if member is not session:
+                    self._send(member.connection, added)
+        self._send(
+            session.connection,
+            {"cmd": "ulist", "mode": "set", "val": self.user_list(room), "rooms": room},
+        )
+
+    def announce_leave(self, session: Cl4Client, room: str) -> None:
+        """`ulist remove` to the members of a room `session` left, if it had a username."""
+        if not session.named:
+            return
+        removed = {"cmd": "ulist", "mode": "remove", "val": session.user_object, "rooms": room}
+        for member in self.room_members(room):
+            if member is not session:
+                self._send(member.connection, removed)
+
+    def find_by_username(self, username: str) -> tuple[Cl4Client, ...]:
+        """Every identified client with this username (any room)."""
+        return tuple(self._by_username.get(username, ()))
+
+    def find_by_uuid(self, value: str) -> Cl4Client | None:
+        """The identified client with this uuid, or None."""
+        return self._by_uuid.get(value)
+
+    def find_by_snowflake(self, value: str) -> Cl4Client | None:
+        """The identified client with this snowflake id, or None."""
+        return self._by_snowflake.get(value)
+
+    def set_username(self, session: Cl4Client, username: str) -> None:
+        """Name a client (the setid state change only; no messages)."""
+        if session.username is not None:
+            holders = self._by_username.get(session.username)
+            if holders is not None:
+                holders.pop(session, None)
+                if not holders:
+                    del self._by_username[session.username]
+        session.set_username(username)
+        self._by_username.setdefault(username, {})[session] = None
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _next_snowflake(self) -> str:
+        candidate = next(self._snowflakes)
+        # The generator returns None when 4096 ids were taken in one millisecond or the clock
+        # went back; strictly increasing ids stay unique either way.
+        if candidate is None or candidate <= self._last_snowflake:
+            candidate = self._last_snowflake + 1
+        self._last_snowflake = candidate
+        return str(candidate)
+
+    def _forget_identity(self, session: Cl4Client) -> None:
+        if self._by_uuid.get(session.uuid) is session:
+            del self._by_uuid[session.uuid]
+        if self._by_snowflake.get(session.snowflake) is session:
+            del self._by_snowflake[session.snowflake]
+        if session.username is not None:
+            holders = self._by_username.get(session.username)
+            if holders is not None:
+                holders.pop(session, None)
+                if not holders:
+                    del self._by_username[session.username]
+
+    def _take(self, bucket: TokenBucket | None) -> bool:
+        return bucket is None or bucket.take(self._clock())
+
+    def take_setid_token(self, session: Cl4Client) -> bool:
+        """Spend one of the client's setid attempts; False when over the setid rate."""
+        return self._take(session.setid_bucket)
+
+    def _receive(self, session: Cl4Client, text: str) -> None:
+        within_rate = self._take(session.message_bucket)
+        if session.identified:
+            message = self._decode(session, text, within_rate)
+        else:
+            message = self._identify(session, text)
+        if message is None:
+            return
+        if not within_rate:
+            self._reply_rate_limited(session, listener_of(message))
+            return
+        self._dispatch(session, message, len(text))
+
+    def _identify(self, session: Cl4Client, text: str) -> dict | None:
+        """First message on a CL4-only listener (spec §2); on a shared listener the core only
+        hands over messages for which `looks_like_cl4` is true."""
+        if not text:
+            self._refuse_protocol(session, "Empty message")
+            return None
+        try:
+            message = parse_json(text)
+        except JsonError:
+            self._refuse_protocol(session, "Invalid JSON")
+            return None
+        if type(message) is not dict or type(message.get("cmd")) is not str:
+            # Project: arrays, numbers and strings get the same answer as {"foo":"bar"}.
+            self._refuse_protocol(session, "Unable to identify protocol")
+            return None
+        session.identified = True
+        self._by_uuid[session.uuid] = session
+        self._by_snowflake[session.snowflake] = session
+        self.subscribe(session, DEFAULT_ROOM)
+        return message
+
+    def _refuse_protocol(self, session: Cl4Client, reason: str) -> None:
+        session.closed = True
+        self._send(session.connection, reason)
+        self._close(session.connection, CLOSE_NORMAL, reason)
+
+    def _decode(self, session: Cl4Client, text: str, within_rate: bool) -> dict | None:
+        """Parse a message after identification; answers E:106/E:114/E:101 itself."""
+        if text:
+            try:
+                message = parse_json(text)
+            except JsonError as exc:
+                status, details = StatusCode.JSON_ERROR, f"A JSON error was raised: {exc}"
+            else:
+                if type(message) is dict:
+                    return message
+                # §10 #13: 0.2.0 closed the connection silently.
+                status, details = StatusCode.SYNTAX, {"message": ["must be a JSON object"]}
+        else:
+            status, details = StatusCode.EMPTY_PACKET, None  # §10 #4
+        if within_rate:
+            self.reply(session, status, details=details)
+        else:
+            self._reply_rate_limited(session, MISSING)
+        return None
+
+    def _reply_rate_limited(self, session: Cl4Client, listener: Any) -> None:
+        self.reply(
+            session,
+            StatusCode.RATE_LIMITED,
+            listener,
+            details=f"Too many messages; the limit is {self.options.messages_per_second:g} "
+            "per second.",
+        )
+
+    def _val_too_large(self, message: dict, text_length: int) -> bool:
+        limit = self.options.max_val_bytes
+        if not limit or "val" not in message or text_length * _MAX_EXPANSION <= limit:
+            return False
+        try:
+            return len(encode_message(message["val"])) > limit
+        except (TypeError, OverflowError, ValueError):
+            return True
+
+    def _dispatch(self, session: Cl4Client, message: dict, text_length: int) -> None:
+        errors = DEFAULT_SCHEMA.errors(message)
+        if errors:
+            self.reply(session, StatusCode.SYNTAX, listener_of(message), details=errors)
+            return
+        if self._val_too_large(message, text_length):
+            self.reply(
+                session,
+                StatusCode.TOO_LARGE,
+                listener_of(message),
+                details=f"val is larger than {self.options.max_val_bytes} bytes.",
+            )
+            return
+        for hook in tuple(self.pre_dispatch_hooks):
+            try:
+                outcome = hook(session, message)
+            except Exception:
+                logger.exception("CL4 pre-dispatch hook %r failed", hook)
+                self.reply(session, StatusCode.INTERNAL_SERVER_ERROR, listener_of(message))
+                return
+            if outcome is None:
+                continue
+            if isinstance(outcome, Reject):
+                self.reply(session, outcome.status, listener_of(message), details=outcome.details)
+                return
+            if type(outcome) is not dict:
+                logger.error("CL4 pre-dispatch hook %r returned %r", hook, type(outcome))
+                self.reply(session, StatusCode.INTERNAL_SERVER_ERROR, listener_of(message))
+                return
+            message = outcome
+            errors = DEFAULT_SCHEMA.errors(message)
+            if errors:
+                self.reply(session, StatusCode.SYNTAX, listener_of(message), details=errors)
+                return
+        self._run_command(session, message)
+
+    def _run_command(self, session: Cl4Client, message: dict) -> None:
+        name = message["cmd"]
+        if name in self.disabled_commands:
+            self.reply(
+                session,
+                StatusCode.COMMAND_DISABLED,
+                listener_of(message),
+                details=f"{name} is a disabled command.",
+            )
+            return
+        command = self._commands.get(name)
+        if command is None:
+            self.reply(
+                session,
+                StatusCode.INVALID_COMMAND,
+                listener_of(message),
+                details=f"{name} is an invalid command.",
+            )
+            return
+        if command.requires_username and not session.named:
+            self.reply(
+                session,
+                StatusCode.ID_REQUIRED,
+                listener_of(message),
+                details="This command requires setting a username.",
+            )
+            return
+        if command.schema is not None:
+            errors = command.schema.errors(message)
+            if errors:
+                self.reply(session, StatusCode.SYNTAX, listener_of(message), details=errors)
+                return
+        try:
+            command.handler(Cl4Request(self, session, message))
+        except Exception:
+            logger.exception("CL4 command %s from %r failed", _loggable(name), session)
+            self.reply(session, StatusCode.INTERNAL_SERVER_ERROR, listener_of(message))
+
+    def sessions(self) -> Iterable[Cl4Client]:
+        """Every connected session (a snapshot)."""
+        return tuple(self._sessions.values())
