@@ -25,6 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def event_loop_factory(choice: str):
+    """The event loop to run on: uvloop when installed (or required), else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("[server] event_loop = uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides: dict[str, dict] = {"server": {}}
@@ -37,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2
+    try:
+        loop_factory = event_loop_factory(config.server.event_loop)
+    except ConfigError as exc:
+        print(f"stratus: configuration error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -44,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from .app import serve
 
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(config))
     except ValueError as exc:  # settings that are only checked while loading (files, lists)
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2

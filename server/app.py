@@ -14,6 +14,9 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from protocols import scratch
+from protocols.bridge import Bridge
+from protocols.cl4.endpoint import Cl4Endpoint
+from protocols.cl4.wire import looks_like_cl4
 
 from . import __version__
 from .config import Config
@@ -41,8 +44,10 @@ class Server:
         self.store: Store | None = None
         self.scratch_rooms: RoomRegistry | None = None
         self.scratch_options = scratch.ScratchOptions.from_config(config.scratch)
+        self.cl4 = Cl4Endpoint(config.cl4, config.cl4.max_queue_bytes)
         self.plugins = PluginManager(self)
         self.plugins.load_config(config.plugins)
+        self.plugins.attach_cl4(self.cl4.engine)
         self.trusted_proxies = [
             ipaddress.ip_network(network, strict=False) for network in config.server.trusted_proxies
         ]
@@ -72,6 +77,8 @@ class Server:
                                           self.loop)
         if self.plugins.hooks("variable"):
             self.scratch_rooms.variable_hooks_for = self.plugins.variable_hooks
+        if cfg.bridge.enabled:
+            Bridge(self.scratch_rooms, self.scratch_options, self.cl4.engine, cfg.bridge.rooms)
         await self.plugins.start()
         host: Any = cfg.server.host or None
         self._listener = await self.loop.create_server(
@@ -209,7 +216,9 @@ class Server:
         session.on_text(text)
 
     def select_protocol(self, connection: Connection, first_text: str) -> Any:
-        """The session for a connection, chosen by its first message."""
+        """The session for a connection, chosen by its first message (CL4 spec §2)."""
+        if self.config.cl4.enabled and looks_like_cl4(first_text):
+            return self.cl4.session_for(connection)
         return scratch.ScratchSession(connection, self.scratch_rooms, self.scratch_options,
                                       self.plugins)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocols.cl4.options import Cl4Options
+
 
 class ConfigError(ValueError):
     """A setting is missing, unknown or invalid; the message names the key."""
@@ -42,6 +44,7 @@ class ServerSection:
     trusted_proxies: list[str] = field(default_factory=list)
     forwarded_for: str = field(default="first", metadata=_choice("first", "last"))
     status_page: bool = True
+    event_loop: str = field(default="auto", metadata=_choice("auto", "asyncio", "uvloop"))
 
 
 @dataclass
@@ -80,12 +83,20 @@ class ScratchSection:
 
 
 @dataclass
+class BridgeSection:
+    enabled: bool = False
+    rooms: list[str] = field(default_factory=lambda: ["*"])
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
     scratch: ScratchSection = field(default_factory=ScratchSection)
+    cl4: Cl4Options = field(default_factory=Cl4Options)
+    bridge: BridgeSection = field(default_factory=BridgeSection)
     # [[plugins]] tables: use = "module:Class", optional rooms = [globs], then the plugin's
     # own settings. Checked when the plugins load.
     plugins: list[dict[str, Any]] = field(default_factory=list)
@@ -103,7 +114,8 @@ _SECTIONS = {
 
 def _type_name(annotation: str) -> str:
     return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-            "list[str]": "a list of strings"}.get(annotation, annotation)
+            "list[str]": "a list of strings",
+            "tuple[str, ...]": "a list of strings"}.get(annotation, annotation)
 
 
 def _check_value(where: str, spec: dataclasses.Field, value: Any) -> Any:
@@ -114,6 +126,7 @@ def _check_value(where: str, spec: dataclasses.Field, value: Any) -> Any:
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "tuple[str, ...]": isinstance(value, list) and all(isinstance(v, str) for v in value),
     }.get(kind, True)
     if not ok:
         raise ConfigError(f"{where} must be {_type_name(kind)}, got {value!r}")
@@ -139,11 +152,16 @@ def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> N
         raise ConfigError(f"{origin}: [{table}] must be a table")
     section = getattr(config, table)
     fields = {f.name: f for f in dataclasses.fields(section)}
+    checked = {}
     for key, value in values.items():
         where = f"{origin}: [{table}] {key}"
         if key not in fields:
             raise ConfigError(f"{where} is not a known setting (see config.toml for the list)")
-        setattr(section, key, _check_value(where, fields[key], value))
+        checked[key] = _check_value(where, fields[key], value)
+    try:
+        setattr(config, table, dataclasses.replace(section, **checked))
+    except ValueError as exc:  # a section's own consistency check
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 def _validate(config: Config, origin: str) -> None:

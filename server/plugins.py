@@ -32,7 +32,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from protocols.cl4.codes import Status, StatusCode
+
 if TYPE_CHECKING:
+    from protocols.cl4.engine import Cl4Engine
+
     from .app import Server
     from .connection import Connection
 
@@ -118,6 +122,50 @@ def on_command(
 def before_command(*names: str) -> Callable[[Callable], Callable]:
     """Call `method(client, message)` before CL4 commands (all, or the named ones)."""
     return _tag("before_command", target=frozenset(names))
+
+
+class CommandRequest:
+    """A CL4 command being handled by a plugin: the message, its sender, and replies."""
+
+    __slots__ = ("_request", "client")
+
+    def __init__(self, request: Any, client: Client) -> None:
+        self._request = request
+        self.client = client
+
+    @property
+    def message(self) -> dict:
+        """The validated message (a dict; treat it as read-only)."""
+        return self._request.message
+
+    @property
+    def listener(self) -> Any:
+        """The request's listener, or MISSING."""
+        return self._request.listener
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms the message targets: its `rooms`, or every room the sender is in."""
+        from protocols.cl4 import target_rooms
+
+        return target_rooms(self._request)
+
+    def reply(self, status: Status = None, *, details: Any = None, val: Any = None) -> None:
+        """Answer the sender with a statuscode (default I:100 | OK) carrying its listener."""
+        self._request.reply(status or StatusCode.OK, details=details, val=val)
+
+    def send_room(self, room: str, message: dict) -> int:
+        """Send a CL4 message to every member of `room`."""
+        return self.client._connection.server.cl4.send_room(room, message)
+
+
+def custom_status(kind: str, number: int, text: str) -> Status:
+    """A server-defined CL4 status code, e.g. custom_status("E", 120, "Cooldown")."""
+    if kind not in ("I", "E"):
+        raise ValueError("kind must be 'I' (information) or 'E' (error)")
+    if number < 116 or 200 <= number <= 204:
+        raise ValueError("custom status numbers must be >= 116 and not 200-204 (CL4 spec §7)")
+    return Status(kind, number, text)
 
 
 @dataclass(slots=True)
@@ -269,7 +317,10 @@ class PluginHost:
 
     def cl4_rooms(self) -> dict[str, list[Client]]:
         """CL4 rooms and their members."""
-        return self._server.cl4.rooms_view()
+        engine = self._server.cl4.engine
+        client = self._server.plugins.client
+        return {room: [client(m.connection) for m in engine.room_members(room)]
+                for room in engine.rooms()}
 
 
 @dataclass
@@ -345,6 +396,56 @@ class PluginManager:
                 self.add(cls, settings, rooms)
             except (TypeError, ValueError, KeyError) as exc:
                 raise ValueError(f"{where} ({spec}): invalid settings: {exc}") from None
+
+    def attach_cl4(self, engine: Cl4Engine) -> None:
+        """Register plugin CL4 commands and pre-dispatch hooks with the engine."""
+        from protocols.cl4.engine import Reject
+
+        for loaded, method, hook in self.hooks("command"):
+            name = hook.target
+            if engine.command(name) is not None and not hook.replace:
+                raise ValueError(
+                    f"plugin {_name(loaded)}: CL4 command {name!r} exists; use "
+                    f"@on_command({name!r}, replace=True) to replace it"
+                )
+            engine.register_command(name, self._command_handler(method), hook.schema,
+                                    requires_username=hook.requires_username, replace=True)
+
+        before = self.hooks("before_command")
+        handshakes = self.hooks("handshake")
+        if not before and not handshakes:
+            return
+
+        def pre_dispatch(session: Any, message: dict) -> Any:
+            command = message.get("cmd")
+            client = self.client(session.connection)
+            try:
+                if command == "handshake" and not session.handshake_done:
+                    for _, method, _ in handshakes:
+                        method(client)
+                for _, method, hook in before:
+                    if hook.target and command not in hook.target:
+                        continue
+                    rewritten = method(client, message)
+                    if isinstance(rewritten, dict):
+                        message = rewritten
+            except Refuse as refusal:
+                return Reject(refusal.status or StatusCode.REFUSED, refusal.details)
+            return message
+
+        engine.pre_dispatch_hooks.append(pre_dispatch)
+
+    def _command_handler(self, method: Callable) -> Callable:
+        from protocols.cl4.engine import Reject
+
+        def handle(request: Any) -> None:
+            try:
+                method(CommandRequest(request, self.client(request.session.connection)))
+            except Refuse as refusal:
+                reject = Reject(refusal.status or StatusCode.REFUSED, refusal.details)
+                request.reply(reject.status, details=reject.details)
+
+        return handle
 
     def hooks(self, kind: str) -> list[tuple[_Loaded, Callable, _Hook]]:
         """Registered hooks of one kind, in order."""

@@ -145,6 +145,8 @@ class Room:
         if not self.unsaved:
             self.registry.mark_unsaved(self)
         self.unsaved[key] = None
+        for observer in self.registry.write_observers:
+            observer(self, key, value)
         return True
 
     def delete(self, key: str) -> bool:
@@ -310,6 +312,8 @@ class RoomRegistry:
         self.keep_latest = limits.coalesce == "latest"
         self.flush_interval = 1.0 / limits.batch_hz if limits.batch_hz > 0 else 0.0
         self.unsaved_rooms: dict[Room, None] = {}
+        # Called after every stored write with (room, key, value), e.g. by the CL4 bridge.
+        self.write_observers: list[Callable[[Room, str, Any], None]] = []
         # Called with a new room's id; returns the plugin hooks for its variable writes.
         self.variable_hooks_for: Callable[[str], list] | None = None
 
