@@ -20,7 +20,13 @@ from server.plugins import DROP, PluginManager, Refuse, VariableWrite
 from server.rooms import RoomCodec
 
 from .js import MISSING, JSONError, js_number_to_string, js_string, js_stringify, parse_json
-from .validators import is_valid_room_id, is_valid_username, is_valid_value, load_username_filters
+from .validators import (
+    combine_filters,
+    is_valid_room_id,
+    is_valid_username,
+    is_valid_value,
+    load_username_filters,
+)
 
 if TYPE_CHECKING:
     from server.config import ScratchSection
@@ -121,7 +127,7 @@ class ScratchOptions:
                 ) from None
             blocked.update(line.strip() for line in lines if line.strip())
         try:
-            filters = load_username_filters(section.username_filters)
+            filters = combine_filters(load_username_filters(section.username_filters))
         except ValueError as exc:
             raise ValueError(f"[scratch] username_filters: {exc}") from None
         return cls(section, frozenset(blocked), filters)
@@ -267,8 +273,8 @@ class ScratchSession:
             raise ProtocolViolation(GENERIC_ERROR, "room is full")
         self.room = room
         username = self.username
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s joined %s (%d members)", printable(username), printable(room_id),
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s joined %s (%d members)", printable(username), printable(room_id),
                      len(room.members))
 
     def _set(self, message: dict) -> None:

@@ -47,6 +47,9 @@ log = logging.getLogger("stratus.connection")
 # Connection states.
 CONNECTING, OPEN, CLOSING, CLOSED = range(4)
 
+# Longest upgrade request accepted (websockets itself allows 8 KiB lines, 128 headers).
+MAX_REQUEST_BYTES = 65536
+
 # Close codes for framing violations (RFC 6455 7.4.1).
 PROTOCOL_ERROR = 1002
 INVALID_DATA = 1007
@@ -148,20 +151,40 @@ class Connection(asyncio.Protocol):
     # Opening handshake (HTTP)
 
     def _receive_handshake(self, data: bytes) -> None:
+        # The upgrade request goes to the Sans-I/O parser only up to its blank line: bytes
+        # after it are frames the client pipelined, which the parser would consume itself.
+        # Until the blank line arrives, everything is fed as it comes, so the parser's own
+        # limits (line length, header count) answer oversized requests early.
         handshake = self._handshake
         assert handshake is not None
-        handshake.receive_data(data)
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = bytearray()
+        fed = len(buffer)
+        buffer += data
+        end = buffer.find(b"\r\n\r\n", max(0, fed - 3))
+        if end < 0:
+            handshake.receive_data(bytes(data))
+            self._write_handshake_output(handshake)
+            if len(buffer) > MAX_REQUEST_BYTES:
+                self.transport.close()
+            return
+        end += 4
+        request_bytes, leftover = bytes(buffer[fed:end]), bytes(buffer[end:])
+        self._buffer = None
+        handshake.receive_data(request_bytes)
         for event in handshake.events_received():
             if isinstance(event, Request):
                 self._handle_request(handshake, event)
                 break
         self._write_handshake_output(handshake)
         if self.state == OPEN:
-            leftover = bytes(handshake.reader.buffer)
             self._handshake = None  # frees the parser; frames are scanned here from now on
             self.server.connection_upgraded(self)
             if leftover and self.state == OPEN:
                 self._receive_frames(leftover)
+        elif self.state == CONNECTING and self._handshake is not None and not handshake.eof_sent:
+            self.transport.close()  # not a complete HTTP request
 
     def _handle_request(self, handshake: ServerProtocol, request: Request) -> None:
         server = self.server
@@ -225,7 +248,11 @@ class Connection(asyncio.Protocol):
             if first & 0x70:
                 self.fail(PROTOCOL_ERROR)  # no extension negotiated, so no RSV bits
                 return
-            if length > max_size - self._fragments_size:
+            if first & 0x08:  # control frame
+                if length > 125:
+                    self.fail(PROTOCOL_ERROR)
+                    return
+            elif length > max_size - self._fragments_size:
                 self.fail(MESSAGE_TOO_BIG)
                 return
             header += 4
@@ -242,7 +269,7 @@ class Connection(asyncio.Protocol):
                     return
                 if self.state == OPEN:
                     self.server.text_received(self, text)
-            elif first == 0x8A:
+            elif first == 0x8A:  # pong (length checked above)
                 self.pong_pending = False
             else:
                 mask = data[pos + header - 4 : pos + header]
@@ -315,6 +342,7 @@ class Connection(asyncio.Protocol):
             self.fail(PROTOCOL_ERROR)
             return
         # Echo the client's code (an empty close gets an empty close), then end TCP.
+        self._leave_room()
         self.close_code = code
         self.transport.write(close_frame(code))
         self.state = CLOSING
@@ -338,6 +366,7 @@ class Connection(asyncio.Protocol):
             if self.state == CONNECTING and self.transport is not None:
                 self.transport.close()
             return
+        self._leave_room()
         self.close_code = code
         self.state = CLOSING
         self.close_deadline = time.monotonic() + self.server.config.server.close_timeout
@@ -347,12 +376,19 @@ class Connection(asyncio.Protocol):
 
     def fail(self, code: int) -> None:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, then end TCP at once."""
+        self._leave_room()
         if self.state == OPEN:
             self.close_code = code
             self.transport.write(close_frame(code))
         self.state = CLOSING
         self._buffer = None
         self.transport.close()
+
+    def _leave_room(self) -> None:
+        # Rooms write to members' transports directly, so a closing connection leaves at once.
+        room = self.room
+        if room is not None:
+            room.leave(self)
 
     def abort(self) -> None:
         """Drop the TCP connection without a closing handshake."""

@@ -239,14 +239,16 @@ class Room:
                     if author is not member:
                         backlog[key] = None
                 continue
+            # Members are always open (a closing connection leaves its room at once), so
+            # the frame goes straight to the transport.
             own = authored.get(member)
             if own is None:
                 if common is None:
                     common = codec.batch([updates[key] for key in dirty])
-                member.send_frame(common)
+                member.transport.write(common)
             elif own < count:
                 lines = [updates[key] for key, author in dirty.items() if author is not member]
-                member.send_frame(codec.batch(lines))
+                member.transport.write(codec.batch(lines))
 
     def _flush_all(self, dirty: list[tuple[str, str, Connection | None]]) -> None:
         codec = self.registry.codec
