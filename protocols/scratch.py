@@ -337,6 +337,13 @@ class ScratchSession:
             and len(new_name.encode("utf-16-le", "surrogatepass")) // 2 <= MAX_RENAME_LENGTH
         ):
             raise ProtocolViolation(GENERIC_ERROR, "invalid new name")
+        # A rename must not sneak a value under a name a plugin owns.
+        if (
+            room.variable_hooks
+            and key in room.values
+            and self._run_variable_hooks(room, new_name, room.values[key]) is DROP
+        ):
+            return
         new_key = variable_key(new_name)
         if key not in room.values:
             raise ProtocolViolation(GENERIC_ERROR, "rename of a missing variable")

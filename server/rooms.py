@@ -6,10 +6,12 @@ parses or builds wire text itself. Fan-out is batched per room: a write marks th
 dirty, and a flush turns all dirty variables into one message that is encoded once and written
 to every member that did not author it (authors get their own copy without their writes).
 
-Flush timing adapts to load: a quiet room flushes on the next event-loop turn, a busy one at
-most `batch_hz` times a second. A member whose socket buffer is full (`paused`) gets nothing
-until it drains; in "latest" mode the room only remembers *which* variables it missed and
-sends their current values then, so a stalled reader costs at most one entry per variable.
+Flush timing is deadline-based: the first pending update of a room schedules a flush
+1/`batch_hz` later, and everything that arrives meanwhile goes out in the same message.
+
+A member whose socket buffer is full (`paused`) gets nothing until it drains; in "latest"
+mode the room only remembers *which* variables it missed and sends their current values then,
+so a stalled reader costs at most one entry per variable.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class Room:
         "members",
         "dirty",
         "flush_handle",
-        "last_flush",
         "empty_since",
         "unsaved",
         "removed",
@@ -88,7 +89,6 @@ class Room:
         self.members: dict[Connection, None] = {}
         self.dirty: Any = {} if registry.keep_latest else []
         self.flush_handle: asyncio.Handle | None = None
-        self.last_flush = -1e9
         self.empty_since = registry.loop.time()
         self.unsaved: dict[str, None] = {}
         self.removed: set[str] = set()
@@ -198,19 +198,20 @@ class Room:
     # Fan-out
 
     def _schedule_flush(self) -> None:
+        # Deadline batching: the first pending update fixes the flush time, later ones ride
+        # along. No update waits longer than 1/batch_hz, a burst leaves as one message, and a
+        # busy room sends fewer, fuller frames than a fixed tick would.
         registry = self.registry
         loop = registry.loop
         interval = registry.flush_interval
-        due = self.last_flush + interval
-        if interval == 0 or loop.time() >= due:
+        if interval == 0:
             self.flush_handle = loop.call_soon(self.flush)
         else:
-            self.flush_handle = loop.call_at(due, self.flush)
+            self.flush_handle = loop.call_at(loop.time() + interval, self.flush)
 
     def flush(self) -> None:
         """Send every pending update to every member that has not seen it."""
         self.flush_handle = None
-        self.last_flush = self.registry.loop.time()
         dirty = self.dirty
         if not dirty:
             return

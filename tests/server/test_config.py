@@ -1,0 +1,214 @@
+"""Start-up configuration: command line, config file errors, environment overrides, defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, load_config
+from tests.conformance.helpers import http_get
+from tests.conftest import free_port, write_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without the overrides the server reads, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PORT", "HOST", "STRATUS_DATA_DIR", "STRATUS_LOG_LEVEL")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+async def run_server(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                     timeout: float = 15) -> tuple[int, str]:
+    """Run `python -m server ARGS` to completion; (exit code, stdout + stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", *args, cwd=cwd, env=env or clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"python -m server {args} did not exit") from None
+    return proc.returncode, out.decode(errors="replace")
+
+
+class Running:
+    """A server subprocess started from the command line, for port/host checks."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", *args], cwd=cwd, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    def healthy_on(self, port: int, timeout: float = 15) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(self.proc.stdout.read().decode(errors="replace"))
+            try:
+                return http_get(f"http://127.0.0.1:{port}", "/healthz")[0] == 200
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def launch(tmp_path):
+    started: list[Running] = []
+
+    def factory(args: list[str], env: dict[str, str] | None = None) -> Running:
+        running = Running(args, tmp_path, env or clean_env())
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_help_describes_options(tmp_path):
+    """`python -m server --help` exits 0 and lists the command-line options."""
+    code, out = await run_server(["--help"], tmp_path)
+    assert code == 0
+    for option in ("--config", "--port", "--host", "--log-level"):
+        assert option in out
+
+
+BAD_CONFIGS = {
+    "unknown key": ("[server]\nbogus_setting = 1\n", "bogus_setting"),
+    "wrong type": ('[server]\nport = "eighty"\n', "port"),
+    "bad choice": ('[store]\nbackend = "redis"\n', "backend"),
+    "unknown table": ("[nonsense]\nx = 1\n", "nonsense"),
+    "invalid TOML": ("[server\nport = 1\n", "TOML"),
+    "bad trusted proxy": ('[server]\ntrusted_proxies = ["10.0.0.0/8", "not-an-ip"]\n',
+                          "trusted_proxies"),
+    "missing blocked_rooms_file": ('[scratch]\nblocked_rooms_file = "/nonexistent/blocked.txt"\n',
+                                   "blocked_rooms_file"),
+    "missing username filter": ('[scratch]\nusername_filters = ["/nonexistent/filter"]\n',
+                                "username_filters"),
+}
+
+MORE_BAD_SETTINGS = [
+    ("scratch", "allow_delete", "yes"),
+    ("scratch", "invalid_room_close_code", 4003),
+    ("scratch", "coalesce", "some"),
+    ("server", "port", 70000),
+    ("scratch", "max_rooms", 0),
+    ("server", "forwarded_for", "middle"),
+    ("server", "log_level", "loud"),
+    ("store", "flush_interval", -1),
+]
+
+
+@pytest.mark.parametrize("table, key, value", MORE_BAD_SETTINGS)
+def test_more_bad_settings_name_the_key(tmp_path, table, key, value):
+    """Other wrong types, choices and ranges are refused with a message naming the key."""
+    path = tmp_path / "bad.toml"
+    write_toml(path, {table: {key: value}})
+    with pytest.raises(ConfigError, match=key):
+        load_config(path, env={})
+
+
+async def test_bad_config_stops_startup_with_exit_2(tmp_path):
+    """Each invalid config file makes start-up fail with exit code 2 and names the setting."""
+    port = free_port()
+
+    async def check(name: str, text: str, key: str) -> None:
+        path = tmp_path / f"{name.replace(' ', '_')}.toml"
+        path.write_text(text, encoding="utf-8")
+        code, out = await run_server(["--config", str(path), "--port", str(port),
+                                      "--host", "127.0.0.1"], tmp_path)
+        assert code == 2, f"{name}: exit {code}\n{out}"
+        assert key in out, f"{name}: {key!r} not in\n{out}"
+        assert "Traceback" not in out, f"{name}:\n{out}"
+
+    await asyncio.gather(*(check(name, text, key) for name, (text, key) in BAD_CONFIGS.items()))
+    assert refused(port)  # nothing was left listening
+
+
+async def test_missing_config_file_exits_2(tmp_path):
+    """A --config path that does not exist stops start-up with exit code 2 and names it."""
+    missing = tmp_path / "nope.toml"
+    code, out = await run_server(["--config", str(missing)], tmp_path)
+    assert code == 2
+    assert str(missing) in out
+
+
+async def test_bad_environment_and_flags_exit_2(tmp_path):
+    """A non-numeric PORT or a bad --log-level also stops start-up with exit code 2."""
+    (code_env, out_env), (code_flag, out_flag) = await asyncio.gather(
+        run_server([], tmp_path, env=clean_env(PORT="http")),
+        run_server(["--log-level", "loud"], tmp_path),
+    )
+    assert code_env == 2 and "PORT" in out_env
+    assert code_flag == 2 and "log-level" in out_flag
+
+
+def test_port_and_host_from_environment(launch, tmp_path):
+    """PORT and HOST from the environment override the config file."""
+    config = tmp_path / "c.toml"
+    file_port, env_port = free_port(), free_port()
+    config.write_text(f'[server]\nhost = "0.0.0.0"\nport = {file_port}\ndata_dir = "d"\n')
+    running = launch(["--config", str(config)],
+                     env=clean_env(PORT=str(env_port), HOST="127.0.0.1"))
+    assert running.healthy_on(env_port)
+    assert refused(file_port)
+
+
+def test_port_flag_wins_over_environment(launch, tmp_path):
+    """--port on the command line wins over the PORT environment variable."""
+    env_port, flag_port = free_port(), free_port()
+    running = launch(["--port", str(flag_port), "--host", "127.0.0.1"],
+                     env=clean_env(PORT=str(env_port), HOST="127.0.0.1"))
+    assert running.healthy_on(flag_port)
+    assert refused(env_port)
+
+
+def test_no_config_file_listens_on_9080(launch, tmp_path):
+    """Without a config file or overrides the server listens on port 9080."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", 9080))
+        except OSError:
+            pytest.skip("port 9080 is busy")
+    running = launch([])
+    assert running.healthy_on(9080)
+    assert (tmp_path / "data").is_dir()  # data_dir "data", relative to the working directory
+
+
+def test_shipped_config_toml_equals_builtin_defaults():
+    """The repository's config.toml loads cleanly and holds exactly the built-in defaults."""
+    shipped = dataclasses.asdict(load_config(ROOT / "config.toml", env={}))
+    builtin = dataclasses.asdict(load_config(env={}))
+    shipped.pop("source")
+    builtin.pop("source")
+    assert shipped == builtin
