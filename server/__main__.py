@@ -1,4 +1,7 @@
-"""Command line: `python -m server [--config FILE] [--host H] [--port P] [--log-level L]`."""
+"""Command line: `python -m server [--config FILE] [--host H] [--port P] [--log-level L]`.
+
+`python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="Stratus cloud-variable server for Scratch/TurboWarp projects.",
+        epilog="Sprite handshake keys: python -m server keygen --help",
     )
     parser.add_argument("--config", help="TOML config file (see config.toml for every key)")
     parser.add_argument("--host", help="address to listen on (overrides config and HOST)")
@@ -39,6 +43,12 @@ def event_loop_factory(choice: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["keygen"]:  # `python -m server keygen ...` (see server/keygen.py)
+        from .keygen import main as keygen_main
+
+        return keygen_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides: dict[str, dict] = {"server": {}}
     for key in ("host", "port", "log_level"):

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -65,7 +65,7 @@ def _act_value(act: str) -> str:
 class ECServerKey:
     """A static X25519 server key (the default and preferred scheme)."""
 
-    private_scalar: bytes
+    private_scalar: bytes = field(repr=False)  # never shown in logs or tracebacks
     base: bytes = bytes.fromhex(X25519_BASE_HEX)
 
     scheme = "EC"
@@ -133,7 +133,7 @@ class RSAServerKey:
     """A textbook-RSA server key with e = 3; only for old projects configured for it (§12.4)."""
 
     public_exponent: int
-    private_exponent: int
+    private_exponent: int = field(repr=False)
     modulus: int
 
     scheme = "RSA"

@@ -213,8 +213,8 @@ def handler_options(*, allow_python_syntax: bool = True) -> Callable[[Callable],
 def _to_bool(value: object, text: str | None) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and (text or value).lower() in ("true", "false"):
-        return (text or value).lower() == "true"
+    if isinstance(value, str) and (text or value).lower() in ("true", "false", "1", "0"):
+        return (text or value).lower() in ("true", "1")  # scratchattach sends "1" as a string
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value)
     raise RequestSyntaxError(f"{value!r} is not a boolean")

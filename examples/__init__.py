@@ -1,0 +1,1 @@
+"""Example handler modules for the sprite plugins (see docs/sprites.md)."""
