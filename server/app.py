@@ -52,7 +52,7 @@ class Server:
             ipaddress.ip_network(network, strict=False) for network in config.server.trusted_proxies
         ]
         self._listener: asyncio.Server | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # Lifecycle
@@ -60,7 +60,6 @@ class Server:
     async def start(self) -> None:
         """Open the store and start listening."""
         self.loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
         cfg = self.config
         self.store = open_store(cfg.store.backend, cfg.data_dir, cfg.store.sqlite_file)
         section = cfg.scratch
@@ -113,8 +112,7 @@ class Server:
 
     def request_shutdown(self) -> None:
         """Ask `run` to shut down gracefully (signal handlers call this)."""
-        if self._stopping is not None:
-            self._stopping.set()
+        self._stopping.set()
 
     async def run(self) -> None:
         """Serve until a shutdown is requested, then shut down."""
@@ -302,7 +300,5 @@ def install_signal_handlers(server: Server) -> None:
 async def serve(config: Config) -> None:
     """Run a server with `config` until SIGTERM/SIGINT."""
     server = Server(config)
-    await server.start()
     install_signal_handlers(server)
-    await server._stopping.wait()
-    await server.shutdown()
+    await server.run()

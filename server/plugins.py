@@ -4,20 +4,23 @@ A plugin is a subclass of `Plugin`. Its methods are registered with decorators:
 
 - `@on_connect` / `@on_disconnect` (client): a WebSocket connection opened / ended.
 - `@on_handshake` (client): a client identified itself (Scratch handshake, CL4 handshake).
-  Raise `Refuse` to turn it away; an `async def` hook may take its time (Scratch messages that
-  arrive meanwhile are queued and replayed in order).
+  Raise `Refuse` to turn it away; for Scratch clients an `async def` hook may take its time
+  (messages that arrive meanwhile are queued and replayed in order). CL4 hooks must decide
+  synchronously (an awaitable returned for a CL4 client is discarded and logged).
 - `@on_variable(pattern)` (write): a Scratch variable write whose name matches the glob.
   Return None to keep the value, a new value to replace it, or `DROP` to refuse the write.
 - `@on_command(name, schema=...)` (request): a CL4 command. `schema` is a cerberus schema for
   the message; invalid messages are answered with E:101 and details. `replace=True` replaces
-  a built-in command of that name.
+  a built-in command of that name. The handler may be `async def`.
 - `@before_command(*names)` (client, message): runs before any CL4 command (or only the named
   ones). Raise `Refuse(status)` to veto, return a dict to rewrite the message.
 
 Hooks of one kind run in a defined order: plugins in the order they were loaded (config order,
-then code registration order), and within a plugin in definition order. An exception in a hook
-is logged with the plugin's name and answered as an error (E:105 for CL4; a refused write for
-variables; an ignored hook for connect/handshake), never killing the connection or the server.
+then code registration order: `server.plugins.add(...)` after `Server(config)`, before
+`start()`), and within a plugin in definition order. An exception in a hook is logged with the
+plugin's name and answered as an error (E:105 for CL4; a refused write for variables; an
+ignored hook for connect/handshake), never killing the connection or the server. The guide is
+docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -359,23 +362,35 @@ class PluginManager:
         self.host = PluginHost(server)
         self.loaded: list[_Loaded] = []
         self._hooks: dict[str, list[tuple[_Loaded, Callable, _Hook]]] = {}
+        self._engine: Cl4Engine | None = None
+        self._started = False
 
     # Registration
 
     def add(self, plugin: type[Plugin] | Plugin, settings: Mapping[str, Any] | None = None,
             rooms: Iterable[str] | None = None) -> Plugin:
-        """Register a plugin class (instantiated with `settings`) or instance."""
+        """Register a plugin class (instantiated with `settings`) or instance.
+
+        Call it before `Server.start()`; its CL4 commands are checked at once (a built-in name
+        without replace=True raises ValueError).
+        """
+        if self._started:
+            raise RuntimeError("plugins must be added before Server.start()")
         instance = plugin(self.host, settings) if isinstance(plugin, type) else plugin
         if not isinstance(instance, Plugin):
             raise TypeError(f"{plugin!r} is not a stratus Plugin")
         loaded = _Loaded(instance, _room_patterns(rooms))
-        self.loaded.append(loaded)
         # Plugins are added one after another and each one's methods are visited in definition
         # order, so every hook list ends up in the documented order without sorting.
+        found = []
         for name in _definition_order(type(instance)):
             for hook in getattr(getattr(type(instance), name, None), _HOOKS, ()):
-                bound = getattr(instance, name)
-                self._hooks.setdefault(hook.kind, []).append((loaded, bound, hook))
+                found.append((loaded, getattr(instance, name), hook))
+        if self._engine is not None:
+            self._register_commands(self._engine, [f for f in found if f[2].kind == "command"])
+        self.loaded.append(loaded)
+        for entry in found:
+            self._hooks.setdefault(entry[2].kind, []).append(entry)
         return instance
 
     def load_config(self, entries: list[dict[str, Any]]) -> None:
@@ -389,61 +404,85 @@ class PluginManager:
             if not (isinstance(rooms, list) and all(isinstance(r, str) for r in rooms)):
                 raise ValueError(f"{where} ({spec}): rooms must be a list of strings")
             settings = {k: v for k, v in entry.items() if k not in ("use", "rooms")}
-            cls = import_object(spec)
+            try:
+                cls = import_object(spec)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
             if not (isinstance(cls, type) and issubclass(cls, Plugin)):
                 raise ValueError(f"{where}: {spec} is not a Plugin subclass")
             try:
                 self.add(cls, settings, rooms)
-            except (TypeError, ValueError, KeyError) as exc:
-                raise ValueError(f"{where} ({spec}): invalid settings: {exc}") from None
+            except Exception as exc:  # a plugin's __init__ may raise anything; start-up says why
+                raise ValueError(f"{where} ({spec}): {type(exc).__name__}: {exc}") from None
 
     def attach_cl4(self, engine: Cl4Engine) -> None:
-        """Register plugin CL4 commands and pre-dispatch hooks with the engine."""
-        from protocols.cl4.engine import Reject
+        """Register plugin CL4 commands and pre-dispatch hooks with the engine.
 
-        for loaded, method, hook in self.hooks("command"):
+        Plugins added later (from code, before start) are registered as they are added.
+        """
+        self._register_commands(engine, self.hooks("command"))
+        self._engine = engine
+        engine.pre_dispatch_hooks.append(self._pre_dispatch)
+
+    def _register_commands(self, engine: Cl4Engine, hooks: list) -> None:
+        for loaded, method, hook in hooks:
             name = hook.target
             if engine.command(name) is not None and not hook.replace:
                 raise ValueError(
                     f"plugin {_name(loaded)}: CL4 command {name!r} exists; use "
                     f"@on_command({name!r}, replace=True) to replace it"
                 )
-            engine.register_command(name, self._command_handler(method), hook.schema,
+            engine.register_command(name, self._command_handler(loaded, method), hook.schema,
                                     requires_username=hook.requires_username, replace=True)
 
+    def _pre_dispatch(self, session: Any, message: dict) -> Any:
+        """CL4: on_handshake hooks (first handshake only), then before_command hooks."""
         before = self.hooks("before_command")
         handshakes = self.hooks("handshake")
         if not before and not handshakes:
-            return
-
-        def pre_dispatch(session: Any, message: dict) -> Any:
-            command = message.get("cmd")
-            client = self.client(session.connection)
-            try:
-                if command == "handshake" and not session.handshake_done:
-                    for _, method, _ in handshakes:
-                        method(client)
-                for _, method, hook in before:
-                    if hook.target and command not in hook.target:
-                        continue
-                    rewritten = method(client, message)
-                    if isinstance(rewritten, dict):
-                        message = rewritten
-            except Refuse as refusal:
-                return Reject(refusal.status or StatusCode.REFUSED, refusal.details)
             return message
+        command = message.get("cmd")
+        client = self.client(session.connection)
+        try:
+            if handshakes and command == "handshake" and not session.handshake_done:
+                for loaded, method, _ in handshakes:
+                    try:
+                        outcome = method(client)
+                    except Refuse:
+                        raise
+                    except Exception:  # as for Scratch: logged, the hook is skipped
+                        log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+                        continue
+                    if inspect.isawaitable(outcome):
+                        _discard(outcome)
+                        log.error("plugin %s: async on_handshake hooks run for Scratch clients "
+                                  "only; %s was skipped for a CL4 client", _name(loaded),
+                                  method.__name__)
+            for loaded, method, hook in before:
+                if hook.target and command not in hook.target:
+                    continue
+                rewritten = method(client, message)
+                if inspect.isawaitable(rewritten):
+                    _discard(rewritten)
+                    raise TypeError(f"plugin {_name(loaded)}: before_command hook "
+                                    f"{method.__name__} must not be async")
+                if isinstance(rewritten, dict):
+                    message = rewritten
+        except Refuse as refusal:
+            return _reject(refusal)
+        return message
 
-        engine.pre_dispatch_hooks.append(pre_dispatch)
-
-    def _command_handler(self, method: Callable) -> Callable:
-        from protocols.cl4.engine import Reject
-
+    def _command_handler(self, loaded: _Loaded, method: Callable) -> Callable:
         def handle(request: Any) -> None:
             try:
-                method(CommandRequest(request, self.client(request.session.connection)))
+                outcome = method(CommandRequest(request, self.client(request.session.connection)))
             except Refuse as refusal:
-                reject = Reject(refusal.status or StatusCode.REFUSED, refusal.details)
+                reject = _reject(refusal)
                 request.reply(reject.status, details=reject.details)
+                return
+            if inspect.isawaitable(outcome):
+                task = asyncio.ensure_future(outcome)
+                task.add_done_callback(lambda done: _command_done(loaded, method, request, done))
 
         return handle
 
@@ -454,8 +493,15 @@ class PluginManager:
     # Lifecycle
 
     async def start(self) -> None:
+        """Start every plugin in order; a failure stops start-up with the plugin's name."""
+        self._started = True
         for loaded in self.loaded:
-            await loaded.plugin.start()
+            try:
+                await loaded.plugin.start()
+            except Exception as exc:
+                raise ValueError(
+                    f"plugin {_name(loaded)} failed to start: {type(exc).__name__}: {exc}"
+                ) from exc
 
     async def stop(self) -> None:
         for loaded in reversed(self.loaded):
@@ -478,9 +524,9 @@ class PluginManager:
             self._call(loaded, method, self.client(connection))
 
     def disconnected(self, connection: Connection) -> None:
+        # Like on_connect, not filtered by `rooms`: every on_connect gets its on_disconnect.
         for loaded, method, _ in self.hooks("disconnect"):
-            if self._applies(loaded, connection):
-                self._call(loaded, method, self.client(connection))
+            self._call(loaded, method, self.client(connection))
 
     def handshake(self, connection: Connection, room_id: str | None = None) -> Any:
         """Run handshake hooks: None (accepted), a `Refuse`, or an awaitable of either."""
@@ -521,10 +567,6 @@ class PluginManager:
                 selected.append(_VariableHook(loaded, method, hook.target))
         return selected
 
-    def _applies(self, loaded: _Loaded, connection: Connection) -> bool:
-        room = connection.room
-        return room is None or loaded.serves(room.id)
-
     @staticmethod
     def _call(loaded: _Loaded, method: Callable, *args: Any) -> Any:
         try:
@@ -558,6 +600,39 @@ class _VariableHook:
                           self.method.__name__)
             return DROP
         return write.value if outcome is None else outcome
+
+
+def _reject(refusal: Refuse) -> Any:
+    """The engine's Reject for a Refuse; a non-Status `status` becomes E:108 details."""
+    from protocols.cl4.engine import Reject
+
+    status, details = refusal.status, refusal.details
+    if not isinstance(status, Status):
+        if status is not None and details is None:
+            details = status
+        status = StatusCode.REFUSED
+    return Reject(status, details)
+
+
+def _discard(awaitable: Any) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # a coroutine that will never run: no "never awaited" warning
+
+
+def _command_done(loaded: _Loaded, method: Callable, request: Any, done: asyncio.Future) -> None:
+    """An async on_command handler finished: answer a Refuse or an exception like a sync one."""
+    if done.cancelled():
+        return
+    error = done.exception()
+    if error is None:
+        return
+    if isinstance(error, Refuse):
+        reject = _reject(error)
+        request.reply(reject.status, details=reject.details)
+        return
+    log.error("plugin %s failed in %s", _name(loaded), method.__name__, exc_info=error)
+    request.reply(StatusCode.INTERNAL_SERVER_ERROR)
 
 
 async def _logged(loaded: _Loaded, method: Callable, awaitable: Any) -> Any:
