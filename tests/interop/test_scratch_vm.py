@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
 from tests.interop import sb3
 from tests.interop.vm import ScratchVM, ScratchVMUnavailable, check_setup
+from tests.plugins.testdata import SCRATCHCOMMUNICATION_SB3, fixture_path
 
 pytestmark = pytest.mark.slow
 
@@ -167,14 +167,9 @@ async def test_stored_values_reach_a_vm_on_connect(server, room):
         assert {"method": "set", "name": SCORE, "value": "99"} in dump_lines
 
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
-
-
 async def test_patched_testdata_sprite_runs_its_own_custom_block():
     """sb3.patch_project + sb3.call drive a real sprite's custom block (no server needed)."""
-    path = TESTDATA / "scratchcommunication-cloudrequests-2.0.sb3"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
+    path = fixture_path(SCRATCHCOMMUNICATION_SB3)
 
     def patch(project):
         stage = sb3.find_target(project)

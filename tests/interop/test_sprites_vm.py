@@ -22,12 +22,17 @@ from plugins.sprites.keys import ECServerKey, RSAServerKey
 from tests.conftest import ServerProcess, toml_value
 from tests.interop import sb3
 from tests.interop.vm import ScratchVM, ScratchVMUnavailable, check_setup
+from tests.plugins.testdata import (
+    SCRATCHATTACH_SB3,
+    SCRATCHCOMMUNICATION_SB3,
+    TESTDATA,
+    fixture_path,
+)
 
 pytestmark = pytest.mark.slow
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
-SCRATCHCOMMUNICATION = TESTDATA / "scratchcommunication-cloudrequests-2.0.sb3"
-SCRATCHATTACH = TESTDATA / "scratchattach-cloudrequests-template.sb3"
+SCRATCHCOMMUNICATION = TESTDATA / SCRATCHCOMMUNICATION_SB3
+SCRATCHATTACH = TESTDATA / SCRATCHATTACH_SB3
 HANDLERS = "examples.sprite_handlers:Handlers"
 SOCKET_SPRITE = "CloudConnection"
 ATTACH_SPRITE = "Cloud Requests"
@@ -47,9 +52,8 @@ def node_harness():
         check_setup()
     except ScratchVMUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
-    for path in (SCRATCHCOMMUNICATION, SCRATCHATTACH):
-        if not path.is_file():
-            pytest.skip(f"fixture {path} not available")
+    for filename in (SCRATCHCOMMUNICATION_SB3, SCRATCHATTACH_SB3):
+        fixture_path(filename)
 
 
 class Keys:

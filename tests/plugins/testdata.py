@@ -1,23 +1,40 @@
-"""Read saved variables and costumes from the shared .sb3 fixtures (skipping if absent)."""
+"""The shared .sb3 fixtures (shared/testdata beside the checkout, or $STRATUS_TESTDATA).
+
+A missing fixture skips the test on a developer machine but fails it under CI (CI=true), where
+shared/ is always beside the clone: the real sprites must never be skipped silently there.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
 import pytest
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+TESTDATA = Path(
+    os.environ.get("STRATUS_TESTDATA")
+    or Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+)
 SCRATCHCOMMUNICATION_SB3 = "scratchcommunication-cloudrequests-2.0.sb3"
 SCRATCHATTACH_SB3 = "scratchattach-cloudrequests-template.sb3"
 
 
-def load_project(filename: str) -> dict:
-    """project.json of a fixture; skips the calling test if the fixture is missing."""
+def fixture_path(filename: str) -> Path:
+    """Path of a fixture; skips (or, under CI, fails) the calling test if it is missing."""
     path = TESTDATA / filename
     if not path.is_file():
-        pytest.skip(f"fixture {path} not available")
+        message = f"fixture {path} not available (set STRATUS_TESTDATA to shared/testdata)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def load_project(filename: str) -> dict:
+    """project.json of a fixture; skips (CI: fails) the calling test if it is missing."""
+    path = fixture_path(filename)
     with zipfile.ZipFile(path) as archive:
         return json.loads(archive.read("project.json"))
 
