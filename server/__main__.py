@@ -42,6 +42,21 @@ def event_loop_factory(choice: str):
     return uvloop.new_event_loop
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one: every client holds a socket."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from .app import serve
+
+    raise_open_file_limit()
 
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
