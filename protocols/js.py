@@ -11,6 +11,7 @@ import json
 import json.encoder
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -51,23 +52,30 @@ def _reject_constant(name: str) -> float:
     raise JSONError(f"{name} is not valid JSON")
 
 
+def strict_json_parser(**decoder_options: Any) -> Callable[[str], Any]:
+    """A JSON.parse-like parser: NaN/Infinity literals and every decoder failure raise JSONError.
+
+    `decoder_options` go to `json.JSONDecoder` (e.g. how numbers are built).
+    """
+    decode = json.JSONDecoder(parse_constant=_reject_constant, **decoder_options).decode
+
+    def parse(text: str) -> Any:
+        try:
+            return decode(text)
+        except JSONError:
+            raise
+        except Exception as exc:
+            # Includes RecursionError from deep nesting and MemoryError: the caller must only
+            # ever see JSONError, whatever a client sends.
+            raise JSONError(f"{type(exc).__name__}: {exc}") from None
+
+    return parse
+
+
 # parse_int=float: JavaScript has only doubles, and float() of an over-long digit string gives
 # inf just like JS (float(int(...)) would raise OverflowError instead).
-_DECODER = json.JSONDecoder(parse_int=float, parse_constant=_reject_constant)
-_decode = _DECODER.decode
-
-
-def parse_json(text: str) -> Any:
-    """Parse exactly one JSON value with JavaScript JSON.parse semantics, raising JSONError."""
-    try:
-        return _decode(text)
-    except JSONError:
-        raise
-    except Exception as exc:
-        # Includes RecursionError from deep nesting and MemoryError: the caller must only ever
-        # see JSONError, whatever a client sends.
-        raise JSONError(f"{type(exc).__name__}: {exc}") from None
-
+parse_json = strict_json_parser(parse_int=float)
+parse_json.__doc__ = "Parse exactly one JSON value with JavaScript JSON.parse semantics."
 
 _TWO_POW_53 = 2.0**53
 

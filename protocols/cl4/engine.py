@@ -22,6 +22,7 @@ from protocols.cl4.options import Cl4Options
 from protocols.cl4.schema import DEFAULT_SCHEMA, Cl4Schema
 from protocols.cl4.session import Cl4Client
 from protocols.cl4.wire import JsonError, encode_message, parse_json
+from protocols.js import MISSING  # "no listener": a listener may be "", 0 or false
 
 __all__ = [
     "MISSING",
@@ -53,19 +54,6 @@ _LISTENER_TYPES = (str, int, float, bool)
 _MAX_EXPANSION = 12
 
 
-class _Missing:
-    """Type of MISSING: "no listener" (a listener may legitimately be "", 0 or false)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-MISSING: Any = _Missing()
 
 
 def _loggable(value: object, limit: int = 120) -> str:

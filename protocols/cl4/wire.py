@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import ujson
 
-from protocols.js import js_string
+from protocols.js import JSONError, js_string, strict_json_parser
 
 __all__ = [
     "JsonError",
@@ -20,13 +19,8 @@ __all__ = [
 ]
 
 
-class JsonError(ValueError):
-    """Text that JSON.parse rejects (or that Stratus refuses to forward, see `parse_json`)."""
-
-
-def _reject_constant(name: str) -> Any:
-    # json accepts NaN, Infinity and -Infinity; JSON.parse does not.
-    raise JsonError(f"{name} is not valid JSON")
+# Text that JSON.parse rejects (or that Stratus refuses to forward, see `parse_json`).
+JsonError = JSONError
 
 
 def _parse_finite_float(text: str) -> float:
@@ -38,19 +32,8 @@ def _parse_finite_float(text: str) -> float:
 
 
 # Integers stay exact Python ints (forwarded digit for digit); only floats are checked.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_finite_float)
-_decode = _DECODER.decode
-
-
-def parse_json(text: str) -> Any:
-    """Parse one JSON value like JSON.parse, refusing non-finite numbers; raises JsonError."""
-    try:
-        return _decode(text)
-    except JsonError:
-        raise
-    except (ValueError, RecursionError, MemoryError) as exc:
-        # JSONDecodeError, the int digit limit, deep nesting: the caller only sees JsonError.
-        raise JsonError(str(exc) or type(exc).__name__) from None
+parse_json = strict_json_parser(parse_float=_parse_finite_float)
+parse_json.__doc__ = "Parse one JSON value like JSON.parse, refusing non-finite numbers."
 
 
 def encode_message(message: dict | list | str | float | bool | None) -> str:
@@ -66,8 +49,8 @@ def encode_message(message: dict | list | str | float | bool | None) -> str:
 def looks_like_cl4(text: str) -> bool:
     """True if a connection's first message identifies it as CL4 (a JSON object, string `cmd`)."""
     try:
-        message = _decode(text)
-    except (ValueError, RecursionError, MemoryError):
+        message = parse_json(text)
+    except JsonError:
         return False
     return type(message) is dict and type(message.get("cmd")) is str
 
