@@ -43,6 +43,7 @@ from .requests_grammar import (
     convert_arguments,
     parse_requests,
     reply_for_exception,
+    resolve_handler,
 )
 
 __all__ = [
@@ -225,11 +226,7 @@ async def run_parsed(
     parsed: ParsedRequest, handlers: Mapping[str, Callable], timeout: float | None
 ) -> tuple[Any, Callable]:
     """Run one sub-request: (raw result, handler). Grammar and handler errors propagate."""
-    handler = handlers.get(parsed.name)
-    if handler is None:
-        raise RequestSyntaxError(f"unknown request {parsed.name!r}")
-    if parsed.python_syntax and not getattr(handler, PYTHON_SYNTAX_ATTRIBUTE, True):
-        raise RequestSyntaxError(f"{parsed.name} does not accept Python syntax")
+    handler = resolve_handler(parsed, handlers)
     bound = convert_arguments(handler, parsed)
     result = await call_with_timeout(
         handler, bound.args, bound.kwargs, handler_timeout(handler, timeout)

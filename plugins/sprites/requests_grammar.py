@@ -294,13 +294,19 @@ def convert_arguments(handler: Callable, parsed: ParsedRequest) -> inspect.Bound
     return bound
 
 
-def call_handler(parsed: ParsedRequest, handlers: Mapping[str, Callable]) -> str:
-    """Run one sub-request; RequestSyntaxError / RequestError / other exceptions propagate."""
+def resolve_handler(parsed: ParsedRequest, handlers: Mapping[str, Callable]) -> Callable:
+    """The handler a sub-request names; RequestSyntaxError if unknown or its syntax is refused."""
     handler = handlers.get(parsed.name)
     if handler is None:
         raise RequestSyntaxError(f"unknown request {parsed.name!r}")
     if parsed.python_syntax and not getattr(handler, PYTHON_SYNTAX_ATTRIBUTE, True):
         raise RequestSyntaxError(f"{parsed.name} does not accept Python syntax")
+    return handler
+
+
+def call_handler(parsed: ParsedRequest, handlers: Mapping[str, Callable]) -> str:
+    """Run one sub-request; RequestSyntaxError / RequestError / other exceptions propagate."""
+    handler = resolve_handler(parsed, handlers)
     bound = convert_arguments(handler, parsed)
     return str(handler(*bound.args, **bound.kwargs))
 
