@@ -68,6 +68,7 @@ class Server:
             max_clients=section.max_clients_per_room,
             max_rooms=section.max_rooms,
             batch_hz=section.batch_hz,
+            burst_window=section.burst_window_ms / 1000.0,
             coalesce=section.coalesce,
             max_pending_lines=section.max_pending_lines,
             idle_timeout=cfg.store.room_idle_timeout,

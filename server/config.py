@@ -58,6 +58,7 @@ class StoreSection:
 @dataclass
 class ScratchSection:
     batch_hz: float = field(default=60.0, metadata=_at_least(0.0))
+    burst_window_ms: float = field(default=2.0, metadata={"min": 0.0, "max": 1000.0})
     coalesce: str = field(default="latest", metadata=_choice("latest", "all"))
     max_pending_lines: int = field(default=4096, metadata=_at_least(1))
     max_variables_per_room: int = field(default=128, metadata=_at_least(1))

@@ -6,8 +6,8 @@ parses or builds wire text itself. Fan-out is batched per room: a write marks th
 dirty, and a flush turns all dirty variables into one message that is encoded once and written
 to every member that did not author it (authors get their own copy without their writes).
 
-Flush timing is deadline-based: the first pending update of a room schedules a flush
-1/`batch_hz` later, and everything that arrives meanwhile goes out in the same message.
+Flush timing adapts to load: a quiet room sends `burst_window` after its first pending write
+(so a burst of writes leaves as one message), a busy room at most `batch_hz` times a second.
 
 A member whose socket buffer is full (`paused`) gets nothing until it drains; in "latest"
 mode the room only remembers *which* variables it missed and sends their current values then,
@@ -42,6 +42,7 @@ class RoomLimits:
     max_clients: int = 128
     max_rooms: int = 16384
     batch_hz: float = 60.0
+    burst_window: float = 0.002
     coalesce: str = "latest"
     max_pending_lines: int = 4096
     idle_timeout: float = 3600.0
@@ -72,6 +73,7 @@ class Room:
         "members",
         "dirty",
         "flush_handle",
+        "last_flush",
         "empty_since",
         "unsaved",
         "removed",
@@ -89,6 +91,7 @@ class Room:
         self.members: dict[Connection, None] = {}
         self.dirty: Any = {} if registry.keep_latest else []
         self.flush_handle: asyncio.Handle | None = None
+        self.last_flush = -1e9
         self.empty_since = registry.loop.time()
         self.unsaved: dict[str, None] = {}
         self.removed: set[str] = set()
@@ -198,20 +201,22 @@ class Room:
     # Fan-out
 
     def _schedule_flush(self) -> None:
-        # Deadline batching: the first pending update fixes the flush time, later ones ride
-        # along. No update waits longer than 1/batch_hz, a burst leaves as one message, and a
-        # busy room sends fewer, fuller frames than a fixed tick would.
+        # A quiet room waits only `burst_window` (to send a burst of writes as one message);
+        # a busy one flushes at most batch_hz times a second, so its frames fill up instead
+        # of multiplying. Nothing waits longer than max(burst_window, 1/batch_hz).
         registry = self.registry
         loop = registry.loop
-        interval = registry.flush_interval
-        if interval == 0:
+        now = loop.time()
+        due = max(now + registry.burst_window, self.last_flush + registry.flush_interval)
+        if due <= now:
             self.flush_handle = loop.call_soon(self.flush)
         else:
-            self.flush_handle = loop.call_at(loop.time() + interval, self.flush)
+            self.flush_handle = loop.call_at(due, self.flush)
 
     def flush(self) -> None:
         """Send every pending update to every member that has not seen it."""
         self.flush_handle = None
+        self.last_flush = self.registry.loop.time()
         dirty = self.dirty
         if not dirty:
             return
@@ -314,6 +319,7 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         self.keep_latest = limits.coalesce == "latest"
         self.flush_interval = 1.0 / limits.batch_hz if limits.batch_hz > 0 else 0.0
+        self.burst_window = limits.burst_window
         self.unsaved_rooms: dict[Room, None] = {}
         # Called after every stored write with (room, key, value), e.g. by the CL4 bridge.
         self.write_observers: list[Callable[[Room, str, Any], None]] = []

@@ -1,0 +1,430 @@
+"""Run benchmark scenarios against targets, pinned, repeated; print medians side by side.
+
+    python bench/run.py --target stratus --scenario classroom --repeat 3
+    python bench/run.py --target stratus,relay,cloudlink --scenario classroom,bigroom
+    python bench/run.py --all                      # every scenario x stratus, relay, cloudlink
+    python bench/run.py --target stratus --scenario classroom --set scratch.batch_hz=30
+
+Targets: stratus (python -m server, in-memory store), stratus-sqlite (default store),
+relay (bench/relay.py, asyncio), relay-uvloop, cloudlink (CloudLink 0.2.0.1, own venv).
+Scenarios: classroom, bigroom, burst, idle, idle10k (see loadgen.PRESETS), ramp.
+
+The server runs under `taskset -c 0`, the generator (bench/loadgen.py, bench/.venv) under
+`taskset -c 1`. Every repetition starts a fresh server on a fresh port. Repetitions interleave
+targets (rep 1 of every target, then rep 2, ...) so that background load hits them alike.
+Raw results: bench/out/*.json; server logs: bench/out/logs/.
+Only stdlib here: run it with the project's python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+OUT = BENCH / "out"
+GEN_PY = BENCH / ".venv" / "bin" / "python"
+CL_PY = BENCH / ".venv-cloudlink" / "bin" / "python"
+
+TARGETS = ["stratus", "stratus-sqlite", "relay", "relay-uvloop", "cloudlink"]
+SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp"]
+ALL_TARGETS = ["stratus", "relay", "cloudlink"]
+ALL_SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp"]
+RAMP_ROOMS = [1, 2, 5, 10, 25, 50, 75, 100, 150, 200, 250, 300, 400, 600, 800, 1000]
+SERVER_CORE = "0"
+GEN_CORE = "1"
+
+
+# --------------------------------------------------------------------------- machine state
+def cpu_times() -> tuple[float, float]:
+    """(busy, softirq+irq) core-seconds of the whole machine so far."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    tck = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iow, irq, softirq, steal = v[:8]
+    return (user + nice + system + steal) / tck, (irq + softirq) / tck
+
+
+def wait_quiet(limit: float, max_wait: float) -> float:
+    """Wait until the machine's busy time is below `limit` cores; return the last load seen."""
+    deadline = time.monotonic() + max_wait
+    load = 0.0
+    while True:
+        b0, _ = cpu_times()
+        time.sleep(0.5)
+        b1, _ = cpu_times()
+        load = (b1 - b0) / 0.5
+        if load < limit or time.monotonic() > deadline:
+            return load
+        print(f"  (waiting for a quiet machine: {load:.2f} cores busy)", file=sys.stderr)
+        time.sleep(2.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- servers
+def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[str]) -> None:
+    tables: dict[str, dict[str, object]] = {
+        "server": {"host": "127.0.0.1", "port": port, "log_level": "warning",
+                   "data_dir": str(data)},
+        "store": {"backend": backend},
+        # bigroom puts 500 clients in one room; the protocol's default limit is 128
+        "scratch": {"max_clients_per_room": 1000},
+    }
+    for item in sets:
+        key, _, raw = item.partition("=")
+        table, _, name = key.partition(".")
+        try:
+            value: object = json.loads(raw)
+        except ValueError:
+            value = raw
+        tables.setdefault(table, {})[name] = value
+    lines = []
+    for table, kv in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in kv.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Server:
+    def __init__(self, target: str, sets: list[str], tag: str) -> None:
+        self.target = target
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
+        (OUT / "logs").mkdir(parents=True, exist_ok=True)
+        self.log_path = OUT / "logs" / f"{tag}-{target}.log"
+        py = sys.executable
+        if target.startswith("stratus"):
+            cfg = self.tmp / "bench.toml"
+            backend = "sqlite" if target == "stratus-sqlite" else "memory"
+            stratus_config(cfg, self.port, self.tmp / "data", backend, sets)
+            cmd, cwd = [py, "-m", "server", "--config", str(cfg)], ROOT
+        elif target.startswith("relay"):
+            cmd = [py, str(BENCH / "relay.py"), "--port", str(self.port)]
+            if target == "relay-uvloop":
+                cmd.append("--uvloop")
+            cwd = BENCH
+        elif target == "cloudlink":
+            cmd, cwd = [str(CL_PY), str(BENCH / "cloudlink_server.py"), "--port",
+                        str(self.port)], BENCH
+        else:
+            raise SystemExit(f"unknown target {target}")
+        self.cmd = ["taskset", "-c", SERVER_CORE, *cmd]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.cmd, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid  # taskset execs the server: same pid
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.target} exited early; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if self.target == "cloudlink":
+                        break
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError(f"{self.target} not ready in {timeout}s; see {self.log_path}")
+        time.sleep(0.3)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
+
+
+# --------------------------------------------------------------------------- one run
+def run_loadgen(target: str, scenario: str, args: argparse.Namespace, extra: list[str],
+                tag: str) -> dict:
+    """One measurement; repeated (up to --retries) while other processes used the machine."""
+    best: dict | None = None
+    for attempt in range(args.retries + 1):
+        load = wait_quiet(args.quiet_cores, args.quiet_wait)
+        r = run_once(target, scenario, args, extra, f"{tag}-a{attempt}")
+        r["load_before"] = round(load, 2)
+        r["attempts"] = attempt + 1
+        other = r.get("other_cpu_pct", 0.0) or 0.0
+        if best is None or other < best.get("other_cpu_pct", 0.0):
+            best = r
+        if other <= args.max_other:
+            break
+        print(f"  ({target} {scenario}: other processes used {other:.0f}% of a core, "
+              "measuring again)", file=sys.stderr, flush=True)
+    assert best is not None
+    best["noisy"] = (best.get("other_cpu_pct", 0.0) or 0.0) > args.max_other
+    return best
+
+
+def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[str],
+             tag: str) -> dict:
+    srv = Server(target, args.set, tag)
+    try:
+        cmd = ["taskset", "-c", GEN_CORE, str(GEN_PY), str(BENCH / "loadgen.py"),
+               "--url", srv.url, "--scenario", scenario, "--server-pid", str(srv.pid),
+               "--client", args.client, "--warmup", str(args.warmup),
+               "--duration", str(args.duration), *extra]
+        if target == "cloudlink" and scenario.startswith("idle"):
+            cmd += ["--barrier-timeout", "120"]
+        limit = args.warmup + args.duration + 400
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
+        try:
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            res = {"error": f"loadgen failed rc={p.returncode}: {p.stderr[-2000:]}"}
+        if srv.proc.poll() is not None:
+            res.setdefault("errors", {})["server exited"] = srv.proc.returncode
+    finally:
+        srv.stop()
+    res["target"] = target
+    return res
+
+
+# --------------------------------------------------------------------------- aggregation
+COLS_TRAFFIC = [
+    ("delivered_per_s", "delivered/s", "{:.0f}"),
+    ("server_cpu_pct", "srv CPU %", "{:.0f}"),
+    ("server_cpu_us_per_line", "srv µs/line", "{:.2f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.1f}"),
+    ("incomplete", "incomplete", "{:.0f}"),
+    ("lines_per_frame", "lines/frame", "{:.1f}"),
+    ("gen_cpu_pct", "gen CPU %", "{:.0f}"),
+    ("other_cpu_pct", "other CPU %", "{:.0f}"),
+]
+COLS_IDLE = [
+    ("connected", "connected", "{:.0f}"),
+    ("joins_per_s", "joins/s", "{:.0f}"),
+    ("server_cpu_us_per_join", "srv µs/join", "{:.0f}"),
+    ("rss_per_conn_kb", "RSS KiB/conn", "{:.1f}"),
+    ("server_rss_before_mb", "RSS before MiB", "{:.1f}"),
+    ("server_rss_after_mb", "RSS after MiB", "{:.1f}"),
+    ("gen_cpu_pct", "gen CPU %", "{:.0f}"),
+    ("other_cpu_pct", "other CPU %", "{:.0f}"),
+]
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in runs if isinstance(r.get(key), int | float)]
+    return statistics.median(vals) if vals else None
+
+
+def table(scenario: str, by_target: dict[str, list[dict]], ref: str | None) -> str:
+    cols = COLS_IDLE if scenario.startswith("idle") else COLS_TRAFFIC
+    ratio_key = "server_cpu_us_per_join" if scenario.startswith("idle") else \
+        "server_cpu_us_per_line"
+    head = ["target", "runs"] + [c[1] for c in cols]
+    if ref:
+        head.append(f"CPU/unit ÷ {ref}")
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    refv = median_of(by_target.get(ref, []), ratio_key) if ref else None
+    for target, runs in by_target.items():
+        ok = [r for r in runs if "error" not in r]
+        row = [target, f"{len(ok)}/{len(runs)}"]
+        for key, _, fmt in cols:
+            v = median_of(ok, key)
+            row.append("—" if v is None else fmt.format(v))
+        if ref:
+            v = median_of(ok, ratio_key)
+            row.append("—" if v is None or not refv else f"{v / refv:.2f}")
+        out.append("| " + " | ".join(row) + " |")
+    notes = []
+    for target, runs in by_target.items():
+        for i, r in enumerate(runs):
+            bad = {k: r[k] for k in ("error", "closes", "errors") if r.get(k)}
+            if bad:
+                notes.append(f"- {target} run {i + 1}: {json.dumps(bad)[:300]}")
+            if r.get("noisy"):
+                notes.append(f"- {target} run {i + 1}: noisy (other processes used "
+                             f"{r.get('other_cpu_pct')}% of a core)")
+            if (r.get("gen_cpu_pct") or 0) > 90:
+                notes.append(f"- {target} run {i + 1}: generator CPU {r['gen_cpu_pct']}% "
+                             "(generator-bound: figures understate the server)")
+    return "\n".join(out + notes)
+
+
+# --------------------------------------------------------------------------- ramp
+def ramp(targets: list[str], args: argparse.Namespace, tag: str) -> tuple[str, dict]:
+    """Classroom-shaped load (10 clients/room, 5 Hz each) with more and more rooms."""
+    rows = ["| target | rooms | offered sets/s | delivered/s | p50 ms | p99 ms | srv CPU % | "
+            "srv µs/line | lines/frame | gen CPU % | incomplete | other CPU % |",
+            "|" + "---|" * 12]
+    summary: dict[str, dict] = {}
+    for target in targets:
+        best = None
+        prev = 0.0
+        for rooms in args.ramp_rooms:
+            runs = []
+            for rep in range(args.ramp_repeat):
+                r = run_loadgen(target, "classroom", args,
+                                ["--rooms", str(rooms), "--warmup", str(args.ramp_warmup),
+                                 "--duration", str(args.ramp_duration)],
+                                f"{tag}-ramp{rooms}-r{rep}")
+                runs.append(r)
+            d = median_of(runs, "delivered_per_s") or 0.0
+            p99 = median_of(runs, "p99_ms")
+            inc = median_of(runs, "incomplete")
+            g = median_of(runs, "gen_cpu_pct") or 0.0
+            vals = [(rooms, "{:.0f}"), (median_of(runs, "offered_sets_per_s"), "{:.0f}"),
+                    (d, "{:.0f}"), (median_of(runs, "p50_ms"), "{:.2f}"), (p99, "{:.1f}"),
+                    (median_of(runs, "server_cpu_pct"), "{:.0f}"),
+                    (median_of(runs, "server_cpu_us_per_line"), "{:.2f}"),
+                    (median_of(runs, "lines_per_frame"), "{:.1f}"), (g, "{:.0f}"),
+                    (inc, "{:.0f}"), (median_of(runs, "other_cpu_pct"), "{:.0f}")]
+            rows.append("| " + target + " | " + " | ".join(
+                "—" if v is None else f.format(v) for v, f in vals) + " |")
+            print(rows[-1], flush=True)
+            ok = p99 is not None and p99 < 50 and not inc and all("error" not in r for r in runs)
+            if ok and (best is None or d > best["delivered_per_s"]):
+                best = {"rooms": rooms, "delivered_per_s": d, "p99_ms": p99,
+                        "gen_cpu_pct": g}
+            if not ok or d < prev * 1.03 or g > 95:
+                if g > 95:
+                    rows.append(f"| {target} | stop: generator saturated ({g:.0f}% CPU) |"
+                                + " |" * 10)
+                break
+            prev = d
+        summary[target] = best or {}
+    lines = ["| target | max sustained delivered/s (p99 < 50 ms) | at rooms | p99 ms | "
+             "gen CPU % |", "|---|---|---|---|---|"]
+    for t, b in summary.items():
+        if b:
+            lines.append(f"| {t} | {b['delivered_per_s']:.0f} | {b['rooms']} | "
+                         f"{b['p99_ms']:.1f} | {b['gen_cpu_pct']:.0f} |")
+        else:
+            lines.append(f"| {t} | — | — | — | — |")
+    return "\n".join(rows) + "\n\n" + "\n".join(lines), summary
+
+
+# --------------------------------------------------------------------------- main
+def machine_info() -> str:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=False).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "server"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        rev += " (server/ modified)" if dirty else ""
+    except OSError:
+        rev = "?"
+    return (f"{platform.node()} {platform.system()} {platform.release()}, {os.cpu_count()}x {cpu}, "
+            f"{mem:.0f} GiB, Python {platform.python_version()}; stratus commit {rev}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--target", default="stratus", help=f"comma list of {', '.join(TARGETS)}")
+    ap.add_argument("--scenario", default="classroom", help=f"comma list of {', '.join(SCENARIOS)}")
+    ap.add_argument("--all", action="store_true",
+                    help=f"targets {','.join(ALL_TARGETS)} x scenarios {','.join(ALL_SCENARIOS)}")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--client", default="picows", choices=["picows", "websockets"])
+    ap.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                    help="stratus config override, e.g. scratch.batch_hz=30 (repeatable)")
+    ap.add_argument("--ref", default="relay", help="target the CPU ratio column divides by")
+    ap.add_argument("--ramp-rooms", default=",".join(map(str, RAMP_ROOMS)))
+    ap.add_argument("--ramp-repeat", type=int, default=1)
+    ap.add_argument("--ramp-warmup", type=float, default=2.0)
+    ap.add_argument("--ramp-duration", type=float, default=5.0)
+    ap.add_argument("--quiet-cores", type=float, default=0.3,
+                    help="wait before each run until the machine uses fewer cores than this")
+    ap.add_argument("--quiet-wait", type=float, default=120.0, help="max seconds to wait for it")
+    ap.add_argument("--max-other", type=float, default=25.0,
+                    help="measure again when other processes used more than this %% of a core")
+    ap.add_argument("--retries", type=int, default=2, help="how often to measure again")
+    ap.add_argument("--loadgen-arg", action="append", default=[],
+                    help="extra argument passed to loadgen.py (repeatable, use =)")
+    args = ap.parse_args()
+    args.ramp_rooms = [int(x) for x in args.ramp_rooms.split(",")]
+    targets = ALL_TARGETS if args.all else args.target.split(",")
+    scenarios = ALL_SCENARIOS if args.all else args.scenario.split(",")
+    for t in targets:
+        if t not in TARGETS:
+            raise SystemExit(f"unknown target {t!r}; one of {TARGETS}")
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {s!r}; one of {SCENARIOS}")
+    if not GEN_PY.exists():
+        raise SystemExit("bench/.venv missing: run bench/setup.sh")
+    if "cloudlink" in targets and not CL_PY.exists():
+        raise SystemExit("bench/.venv-cloudlink missing: run bench/setup.sh")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+
+    OUT.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    ref = args.ref if args.ref in targets and len(targets) > 1 else None
+    report = [f"# run {stamp}", "", f"machine: {machine_info()}",
+              f"command: python bench/run.py {' '.join(sys.argv[1:])}", ""]
+    raw: dict = {"stamp": stamp, "argv": sys.argv[1:], "machine": machine_info(), "results": {}}
+    for scenario in scenarios:
+        if scenario == "ramp":
+            text, summary = ramp(targets, args, stamp)
+            raw["results"]["ramp"] = summary
+            report += ["## ramp", "", text, ""]
+            print("\n".join(report[-3:]), flush=True)
+            continue
+        by_target: dict[str, list[dict]] = {t: [] for t in targets}
+        for rep in range(args.repeat):
+            for target in targets:
+                r = run_loadgen(target, scenario, args, args.loadgen_arg,
+                                f"{stamp}-{scenario}-r{rep}")
+                by_target[target].append(r)
+                brief = {k: r.get(k) for k in ("delivered_per_s", "server_cpu_us_per_line",
+                                               "p99_ms", "joins_per_s", "rss_per_conn_kb",
+                                               "gen_cpu_pct", "other_cpu_pct", "error")
+                         if r.get(k) is not None}
+                print(f"  {scenario} {target} rep {rep + 1}: {brief}", file=sys.stderr,
+                      flush=True)
+        raw["results"][scenario] = by_target
+        report += [f"## {scenario}", "", table(scenario, by_target, ref), ""]
+        print("\n".join(report[-4:]), flush=True)
+    (OUT / f"{stamp}.json").write_text(json.dumps(raw, indent=1))
+    (OUT / f"{stamp}.md").write_text("\n".join(report) + "\n")
+    print(f"\nraw results: {OUT / (stamp + '.json')}\nreport: {OUT / (stamp + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
