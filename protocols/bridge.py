@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .js import js_number_to_string, js_stringify
-from .scratch import encode_set, key_to_name, variable_key
+from .scratch import key_to_name, variable_key
 from .validators import is_valid_value
 
 if TYPE_CHECKING:
@@ -61,6 +61,6 @@ class Bridge:
         key = variable_key(name)
         self._forwarding = True
         try:
-            room.set(key, val, encode_set(key, val), None)
+            room.set(key, val, None)
         finally:
             self._forwarding = False

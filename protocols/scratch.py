@@ -19,7 +19,15 @@ from server.logsafe import printable
 from server.plugins import DROP, PluginManager, Refuse, VariableWrite
 from server.rooms import RoomCodec
 
-from .js import MISSING, JSONError, js_number_to_string, js_string, js_stringify, parse_json
+from .js import (
+    MISSING,
+    JSONError,
+    js_number_to_string,
+    js_string,
+    js_stringify,
+    parse_json,
+    utf16_len,
+)
 from .validators import (
     combine_filters,
     is_valid_room_id,
@@ -295,7 +303,7 @@ class ScratchSession:
             if value is DROP:
                 return
         key = variable_key(name)
-        if not room.set(key, value, encode_set(key, value), self.connection):
+        if not room.set(key, value, self.connection):
             raise ProtocolViolation(GENERIC_ERROR, "too many variables")
 
     def _run_variable_hooks(self, room: Room, name: Any, value: Any) -> Any:
@@ -334,7 +342,7 @@ class ScratchSession:
             type(new_name) is str
             and new_name.startswith(CLOUD_PREFIXES)
             and new_name not in CLOUD_PREFIXES
-            and len(new_name.encode("utf-16-le", "surrogatepass")) // 2 <= MAX_RENAME_LENGTH
+            and utf16_len(new_name) <= MAX_RENAME_LENGTH
         ):
             raise ProtocolViolation(GENERIC_ERROR, "invalid new name")
         # A rename must not sneak a value under a name a plugin owns.
@@ -347,7 +355,7 @@ class ScratchSession:
         new_key = variable_key(new_name)
         if key not in room.values:
             raise ProtocolViolation(GENERIC_ERROR, "rename of a missing variable")
-        if not room.rename(key, new_key, encode_set(new_key, room.values[key])):
+        if not room.rename(key, new_key):
             raise ProtocolViolation(GENERIC_ERROR, "rename onto an existing variable")
 
     def close(self, code: int) -> None:

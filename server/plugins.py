@@ -302,13 +302,12 @@ class PluginHost:
 
     def set_scratch_variable(self, room_id: str, name: str, value: Any) -> bool:
         """Write a variable as the server: stored, and sent to every member of the room."""
-        from protocols.scratch import encode_set, variable_key
+        from protocols.scratch import variable_key
 
         room = self._server.scratch_rooms.open(room_id)
         if room is None:
             return False
-        key = variable_key(name)
-        return room.set(key, value, encode_set(key, value), None)
+        return room.set(variable_key(name), value, None)
 
     def cl4_send_room(self, room: str, message: dict) -> int:
         """Send a CL4 message to every member of a CL4 room; returns how many got it."""

@@ -125,7 +125,7 @@ class Room:
 
     # Variables
 
-    def set(self, key: str, value: Any, update: str, author: Connection | None) -> bool:
+    def set(self, key: str, value: Any, author: Connection | None) -> bool:
         """Store a value and queue it for every other member; False at the variable limit."""
         values = self.values
         if key not in values:
@@ -134,7 +134,7 @@ class Room:
             self.positions[key] = self.next_position
             self.next_position += 1
         values[key] = value
-        self.updates[key] = update
+        update = self.updates[key] = self.registry.codec.encode_update(key, value)
         if len(self.members) > 1 or author is None:
             dirty = self.dirty
             if not dirty and self.flush_handle is None:
@@ -164,12 +164,13 @@ class Room:
         self._mark_removed(key)
         return True
 
-    def rename(self, key: str, new_key: str, new_update: str) -> bool:
+    def rename(self, key: str, new_key: str) -> bool:
         """Give a variable a new key in place (not broadcast); False if missing or taken."""
         if key not in self.values or new_key in self.values:
             return False
         position = self.positions[key]
         self.values = {new_key if k == key else k: v for k, v in self.values.items()}
+        new_update = self.registry.codec.encode_update(new_key, self.values[new_key])
         self.updates = {
             new_key if k == key else k: new_update if k == key else u
             for k, u in self.updates.items()
@@ -185,8 +186,7 @@ class Room:
     def _mark_removed(self, key: str) -> None:
         """Record for the store that `key` no longer exists."""
         self.unsaved.pop(key, None)
-        if not self.unsaved and not self.removed:
-            self.registry.mark_unsaved(self)
+        self.registry.mark_unsaved(self)
         self.removed.add(key)
 
     def load(self, rows: list[tuple[str, int, Any]]) -> None:

@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
-from plugins.sprites.keys import ECServerKey, RSAServerKey
 from tests.conftest import ServerProcess, toml_value
 from tests.interop import sb3
 from tests.interop.vm import ScratchVM, ScratchVMUnavailable, check_setup
+from tests.plugins.server_keys import Keys
 from tests.plugins.testdata import (
     SCRATCHATTACH_SB3,
     SCRATCHCOMMUNICATION_SB3,
@@ -55,18 +54,6 @@ def node_harness():
     for filename in (SCRATCHCOMMUNICATION_SB3, SCRATCHATTACH_SB3):
         fixture_path(filename)
 
-
-class Keys:
-    """Fresh server keys for this module, in 0600 files."""
-
-    def __init__(self, directory: Path) -> None:
-        self.ec = ECServerKey.generate()
-        self.rsa = RSAServerKey.generate()
-        self.ec_file = directory / "ec.key"
-        self.rsa_file = directory / "rsa.key"
-        for path, key in ((self.ec_file, self.ec), (self.rsa_file, self.rsa)):
-            path.write_text(key.to_string())
-            path.chmod(0o600)
 
 
 @pytest.fixture(scope="module")

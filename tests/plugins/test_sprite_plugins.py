@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -30,6 +29,7 @@ from plugins.sprites.keys import ECServerKey, RSAServerKey, load_server_key
 from plugins.sprites.request_api import collect_handlers, format_result, request
 from plugins.sprites.scratchcommunication import CloudSockets
 from tests.conftest import ROOT, ServerProcess, toml_value
+from tests.plugins.server_keys import Keys
 
 from .sprite_client import SpriteClient
 
@@ -51,18 +51,6 @@ def write_plugin_config(proc: ServerProcess, plugins: list[dict]) -> None:
     with proc.config_path.open("a", encoding="utf-8") as handle:
         handle.write("\n" + "\n".join(lines))
 
-
-class Keys:
-    """The server's key files and public data for the module's server."""
-
-    def __init__(self, directory: Path) -> None:
-        self.ec = ECServerKey.generate()
-        self.rsa = RSAServerKey.generate()
-        self.ec_file = directory / "ec.key"
-        self.rsa_file = directory / "rsa.key"
-        for path, key in ((self.ec_file, self.ec), (self.rsa_file, self.rsa)):
-            path.write_text(key.to_string())
-            path.chmod(0o600)
 
 
 @pytest.fixture(scope="module")
