@@ -203,6 +203,31 @@ async def test_batch_hz_limits_messages_per_second(make_server, room):
     await close_all(a, b)
 
 
+async def test_busy_room_holds_a_write_so_later_ones_share_its_message(make_server, room):
+    """In a busy room, writes arriving within one flush interval of the first leave together;
+    a room that has been quiet sends a lone write at once."""
+    srv = make_server(scratch={"batch_hz": 4})  # 250 ms interval, wide enough for CI jitter
+    a, b = await joined(srv.url, room, "player1"), await joined(srv.url, room, "player2")
+    await asyncio.sleep(0.9)  # quiet: longer than 3 intervals since any flush
+
+    started = time.monotonic()
+    await a.send(set_text("☁ x", "1"))
+    assert await recv(b) == set_line("☁ x", "1")
+    assert time.monotonic() - started < 0.15  # burst_window (2 ms), not a 250 ms hold
+
+    # Busy now (flushed 150 ms ago): the next write is held for a whole interval from its
+    # own arrival, not just until 250 ms after the last flush, so two more sent 50 ms apart
+    # ride in the same message.
+    await asyncio.sleep(0.15)
+    for value in ("2", "3", "4"):
+        await a.send(set_text("☁ x" if value != "3" else "☁ y", value))
+        await asyncio.sleep(0.05)
+    message = str(await recv(b))
+    assert message.split("\n") == [set_line("☁ x", "4"), set_line("☁ y", "3")]
+    await expect_nothing(b)
+    await close_all(a, b)
+
+
 # Slow readers (§11: non-blocking fan-out)
 
 
