@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import urllib.request
 
 import pytest
@@ -32,12 +31,11 @@ from tests.conformance.cl4_client import (
     status,
 )
 from tests.conformance.helpers import (
-    OP_CLOSE,
-    RawClient,
     expect_close,
     expect_nothing,
     fresh_room,
     joined,
+    raw_connect,
     recv,
     set_line,
     set_text,
@@ -680,12 +678,12 @@ async def test_slow_reader_is_disconnected_with_1013(make_server):
     srv = make_server(server={"write_buffer_high": 16384},
                       cl4={"max_queue_bytes": 65536, "messages_per_second": 0,
                            "max_val_bytes": 0})
-    slow = await RawClient.connect(srv.url, rcvbuf=4096)
-    slow.send_text(json.dumps({"cmd": "handshake"}))
+    slow = await raw_connect(srv.url, rcvbuf=4096)
+    await slow.send_text(json.dumps({"cmd": "handshake"}))
     await slow.drain()
     # Read the handshake burst, then never read again.
     for _ in range(5):
-        assert await slow.read_message() is not None
+        await slow.recv_message()  # fails if the connection ends
 
     flooder = await connect(srv.url, compression=None, ping_interval=None, max_queue=None)
     await flooder.send(json.dumps({"cmd": "handshake"}))
@@ -703,18 +701,9 @@ async def test_slow_reader_is_disconnected_with_1013(make_server):
         await flooder.send(json.dumps({"cmd": "gmsg", "val": payload}))
     await asyncio.sleep(0.3)
 
-    code = None
-    frames = 0
-    while True:
-        item = await slow.read_message(timeout=10)
-        if item is None:
-            break
-        opcode, body = item
-        if opcode == OP_CLOSE:
-            code = struct.unpack("!H", body[:2])[0]
-            break
-        frames += 1
-    assert code == 1013, f"closed with {code} after {frames} frames"
+    closed = await slow.expect_close(timeout=10)
+    frames = len(closed.frames)
+    assert closed.code == 1013, f"closed with {closed.code} after {frames} frames"
     assert frames < 400
 
     # The server is healthy and the flooder still served.
@@ -727,4 +716,4 @@ async def test_slow_reader_is_disconnected_with_1013(make_server):
     reader.cancel()
     await fresh.close()
     await flooder.close()
-    await slow.close()
+    await slow.abort()

@@ -6,9 +6,6 @@ import asyncio
 import json
 
 from tests.conformance.helpers import (
-    OP_CONT,
-    OP_TEXT,
-    RawClient,
     close_all,
     expect_close,
     expect_nothing,
@@ -16,6 +13,7 @@ from tests.conformance.helpers import (
     handshake_text,
     joined,
     latest_values,
+    raw_connect,
     raw_handshake,
     recv,
     recv_until,
@@ -23,6 +21,7 @@ from tests.conformance.helpers import (
     set_text,
     ws_connect,
 )
+from tests.server.rawclient import OP_CONTINUATION, OP_TEXT
 
 
 async def assert_shared(url: str, first_id_json: str, second_id_json: str) -> None:
@@ -69,15 +68,15 @@ async def test_case_02_trailing_newline_and_pretty_json_accepted(server, room):
 
 async def test_case_02b_fragmented_handshake_is_reassembled(server, room):
     """A handshake split over two WebSocket frames works like an unfragmented one."""
-    raw = await RawClient.connect(server.url)
+    raw = await raw_connect(server.url)
     text = handshake_text(room).encode()
-    raw.send_frame(OP_TEXT, text[:10], fin=False)
+    await raw.send_frame(OP_TEXT, text[:10], fin=False)
     await raw.drain()
     await asyncio.sleep(0.05)
-    raw.send_frame(OP_CONT, text[10:])
+    await raw.send_frame(OP_CONTINUATION, text[10:])
     b = await joined(server.url, room, "player2")
     await b.send(set_text("☁ x", "1"))
-    assert await raw.read_message() == (OP_TEXT, set_line("☁ x", "1").encode())
+    assert await raw.recv_text() == set_line("☁ x", "1")
     await close_all(raw, b)
 
 

@@ -13,11 +13,6 @@ import json
 import pytest
 
 from tests.conformance.helpers import (
-    OP_BINARY,
-    OP_CONT,
-    OP_PING,
-    OP_TEXT,
-    RawClient,
     close_all,
     expect_close,
     expect_nothing,
@@ -26,12 +21,14 @@ from tests.conformance.helpers import (
     joined,
     latest_values,
     private_server,
+    raw_connect,
     recv,
     recv_until,
     set_line,
     set_text,
     ws_connect,
 )
+from tests.server.rawclient import OP_BINARY, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +122,17 @@ async def test_case_29_message_over_1_mib_closes_1009(server, room):
     handshake = handshake_text(room)
     fits = await ws_connect(server.url)
     await fits.send(handshake + " " * (1_048_576 - len(handshake.encode())))  # valid JSON
-    too_big = await RawClient.connect(server.url)
+    too_big = await raw_connect(server.url)
     # Only the header is needed: the server refuses from the declared length.
     frame = bytes((0x81, 0x80 | 127)) + (1_048_577).to_bytes(8, "big") + b"\0\0\0\0"
-    too_big.send_raw(frame)
-    fragmented = await RawClient.connect(server.url)
-    fragmented.send_frame(OP_TEXT, b" " * 1_000_000, fin=False)
-    fragmented.send_raw(bytes((0x80, 0x80 | 126)) + (48_577).to_bytes(2, "big") + b"\0\0\0\0")
-    await asyncio.gather(expect_nothing(fits), too_big.expect_close(1009),
-                         fragmented.expect_close(1009))
+    await too_big.send_raw(frame)
+    fragmented = await raw_connect(server.url)
+    await fragmented.send_frame(OP_TEXT, b" " * 1_000_000, fin=False)
+    await fragmented.send_raw(
+        bytes((0x80, 0x80 | 126)) + (48_577).to_bytes(2, "big") + b"\0\0\0\0"
+    )
+    await asyncio.gather(expect_nothing(fits), expect_close(too_big, 1009),
+                         expect_close(fragmented, 1009))
     await close_all(fits, too_big, fragmented)
 
 
@@ -149,16 +148,16 @@ async def test_case_29_message_over_1_mib_from_websockets_client(server, room):
 
 async def test_case_29_invalid_utf8_closes_1007(server, room):
     """Invalid UTF-8 in a text message closes with 1007, fragmented or not."""
-    plain = await RawClient.connect(server.url)
-    plain.send_frame(OP_TEXT, b'{"method":"handshake","user":"\xff"}')
-    surrogate = await RawClient.connect(server.url)
-    surrogate.send_text(handshake_text(room))
-    surrogate.send_frame(OP_TEXT, b'{"method":"set","name":"\xed\xa0\x80","value":"1"}')
-    fragmented = await RawClient.connect(server.url)
-    fragmented.send_frame(OP_TEXT, b"\xe2\x98", fin=False)
-    fragmented.send_frame(OP_CONT, b"\xff")
-    await asyncio.gather(plain.expect_close(1007), surrogate.expect_close(1007),
-                         fragmented.expect_close(1007))
+    plain = await raw_connect(server.url)
+    await plain.send_frame(OP_TEXT, b'{"method":"handshake","user":"\xff"}')
+    surrogate = await raw_connect(server.url)
+    await surrogate.send_text(handshake_text(room))
+    await surrogate.send_frame(OP_TEXT, b'{"method":"set","name":"\xed\xa0\x80","value":"1"}')
+    fragmented = await raw_connect(server.url)
+    await fragmented.send_frame(OP_TEXT, b"\xe2\x98", fin=False)
+    await fragmented.send_frame(OP_CONTINUATION, b"\xff")
+    await asyncio.gather(expect_close(plain, 1007), expect_close(surrogate, 1007),
+                         expect_close(fragmented, 1007))
     await close_all(plain, surrogate, fragmented)
 
 
@@ -177,37 +176,38 @@ async def test_case_29_invalid_utf8_closes_1007(server, room):
 )
 async def test_case_29_framing_violations_close_1002(server, room, frame):
     """Unmasked frames, reserved opcodes or bits and other framing errors close with 1002."""
-    before = await RawClient.connect(server.url)
-    after = await RawClient.connect(server.url)
-    after.send_text(handshake_text(room))
+    before = await raw_connect(server.url)
+    after = await raw_connect(server.url)
+    await after.send_text(handshake_text(room))
     await after.drain()
     await asyncio.sleep(0.05)
-    before.send_raw(frame)
-    after.send_raw(frame)
-    await asyncio.gather(before.expect_close(1002), after.expect_close(1002))
+    await before.send_raw(frame)
+    await after.send_raw(frame)
+    await asyncio.gather(expect_close(before, 1002), expect_close(after, 1002))
     await close_all(before, after)
 
 
 async def test_case_29_data_frame_inside_fragmented_message_closes_1002(server):
     """A new text frame in the middle of a fragmented message closes with 1002."""
-    raw = await RawClient.connect(server.url)
-    raw.send_frame(OP_TEXT, b'{"method":', fin=False)
-    raw.send_frame(OP_TEXT, b'"handshake"}')
-    await raw.expect_close(1002)
-    await raw.close()
+    raw = await raw_connect(server.url)
+    await raw.send_frame(OP_TEXT, b'{"method":', fin=False)
+    await raw.send_frame(OP_TEXT, b'"handshake"}')
+    await expect_close(raw, 1002)
+    await raw.abort()
 
 
 async def test_case_29_control_frame_inside_fragmented_message_is_fine(server, room):
     """A ping between the fragments of a message is answered and the message still works."""
-    raw = await RawClient.connect(server.url)
+    raw = await raw_connect(server.url)
     text = handshake_text(room).encode()
-    raw.send_frame(OP_TEXT, text[:5], fin=False)
-    raw.send_frame(OP_PING, b"hello")
-    raw.send_frame(OP_CONT, text[5:])
-    assert (await raw.read_frame())[1:] == (0xA, b"hello")
+    await raw.send_frame(OP_TEXT, text[:5], fin=False)
+    await raw.send_frame(OP_PING, b"hello")
+    await raw.send_frame(OP_CONTINUATION, text[5:])
+    pong = await raw.recv_frame()
+    assert (pong.opcode, pong.payload) == (OP_PONG, b"hello")
     b = await joined(server.url, room, "player2")
     await b.send(set_text("☁ x", "1"))
-    assert await raw.read_message() == (OP_TEXT, set_line("☁ x", "1").encode())
+    assert await raw.recv_text() == set_line("☁ x", "1")
     await close_all(raw, b)
 
 
@@ -217,13 +217,13 @@ async def test_case_30_binary_messages_ignored(server, room):
     await a.send(b'{"method":"handshake"}')  # binary, even though it looks like JSON
     await a.send(handshake_text(room, "player1"))
     await a.send(json.dumps({"method": "set", "name": "☁ x", "value": "1"}).encode())
-    raw = await RawClient.connect(server.url)
-    raw.send_frame(OP_BINARY, b"\x00\xff", fin=False)  # a fragmented binary message, too
-    raw.send_frame(OP_CONT, b"\xfe")
-    raw.send_text(handshake_text(room, "player3"))
+    raw = await raw_connect(server.url)
+    await raw.send_frame(OP_BINARY, b"\x00\xff", fin=False)  # a fragmented binary message, too
+    await raw.send_frame(OP_CONTINUATION, b"\xfe")
+    await raw.send_text(handshake_text(room, "player3"))
     b = await joined(server.url, room, "player2")
-    await asyncio.gather(expect_nothing(a), expect_nothing(b), raw.expect_nothing())
+    await asyncio.gather(expect_nothing(a), expect_nothing(b), expect_nothing(raw))
     await a.send(set_text("☁ y", "2"))
     assert await recv(b) == set_line("☁ y", "2")
-    assert await raw.read_message() == (OP_TEXT, set_line("☁ y", "2").encode())
+    assert await raw.recv_text() == set_line("☁ y", "2")
     await close_all(a, b, raw)

@@ -8,8 +8,6 @@ import json
 import pytest
 
 from tests.conformance.helpers import (
-    OP_TEXT,
-    RawClient,
     close_all,
     expect_close,
     expect_nothing,
@@ -17,6 +15,7 @@ from tests.conformance.helpers import (
     handshake_text,
     joined,
     private_server,
+    raw_connect,
     raw_handshake,
     recv,
     recv_until,
@@ -96,11 +95,11 @@ async def test_require_user_agent_refuses_missing_or_empty(guarded, room):
     missing = await ws_connect(guarded.url, user_agent=None)
     [text] = await expect_close(missing, 4006, messages=1)
     assert text == UA_MESSAGE
-    empty = await RawClient.connect(guarded.url, user_agent=None, headers=[("User-Agent", "")])
-    empty.send_text(handshake_text(room))
-    [raw_text] = await empty.expect_close(4006, messages=1)
+    empty = await raw_connect(guarded.url, user_agent=None, headers=[("User-Agent", "")])
+    await empty.send_text(handshake_text(room))
+    [raw_text] = await expect_close(empty, 4006, messages=1)
     assert raw_text.decode() == UA_MESSAGE
-    await empty.close()
+    await empty.abort()
 
 
 async def test_require_user_agent_accepts_identified_clients(guarded, room):
@@ -234,9 +233,11 @@ async def test_split_newline_messages_accepts_set_vars(permissive, room):
 
 async def test_split_newline_messages_single_messages_unchanged(permissive, room):
     """With split_newline_messages, ordinary single messages (and pretty JSON) still work."""
-    raw = await RawClient.connect(permissive.url)
-    raw.send_text(json.dumps({"method": "handshake", "project_id": room, "user": "p1"}, indent=1))
+    raw = await raw_connect(permissive.url)
+    await raw.send_text(
+        json.dumps({"method": "handshake", "project_id": room, "user": "p1"}, indent=1)
+    )
     b = await joined(permissive.url, room, "player2")
     await b.send(set_text("☁ x", "1") + "\n")
-    assert await raw.read_message() == (OP_TEXT, set_line("☁ x", "1").encode())
+    assert await raw.recv_text() == set_line("☁ x", "1")
     await close_all(raw, b)

@@ -9,9 +9,6 @@ import time
 import pytest
 
 from tests.conformance.helpers import (
-    OP_CLOSE,
-    OP_TEXT,
-    RawClient,
     close_all,
     expect_close,
     expect_nothing,
@@ -20,18 +17,20 @@ from tests.conformance.helpers import (
     joined,
     latest_values,
     private_server,
+    raw_connect,
     recv,
     recv_until,
     set_line,
     set_text,
     ws_connect,
 )
+from tests.server.rawclient import ConnectionEnded, RawClient
 
 
 async def raw_writer(url: str, room: str, user: str = "writer") -> RawClient:
     """A raw client in `room`, used to put several messages into one TCP write."""
-    raw = await RawClient.connect(url)
-    raw.send_text(handshake_text(room, user))
+    raw = await raw_connect(url)
+    await raw.send_text(handshake_text(room, user))
     await raw.drain()
     return raw
 
@@ -42,7 +41,7 @@ async def burst_then_collect(url: str, texts: list[str], wait: float = 0.3) -> l
     a = await raw_writer(url, room)
     b = await joined(url, room, "reader")
     await asyncio.sleep(0.05)
-    a.send_texts(*texts)
+    await a.send_texts(*texts)
     messages = [str(await recv(b))]
     while True:
         try:
@@ -91,13 +90,13 @@ async def test_batch_mixes_writers_without_echo(server, room):
     b = await raw_writer(server.url, room, "player2")
     c = await joined(server.url, room, "player3")
     await asyncio.sleep(0.05)
-    a.send_texts(set_text("☁ a", "1"))
-    b.send_texts(set_text("☁ b", "2"))
+    await a.send_texts(set_text("☁ a", "1"))
+    await b.send_texts(set_text("☁ b", "2"))
     lines = await recv_until(c, lambda got: len(latest_values(got)) == 2)
     assert latest_values(lines) == {"☁ a": "1", "☁ b": "2"}
-    assert await a.read_message() == (OP_TEXT, set_line("☁ b", "2").encode())
-    assert await b.read_message() == (OP_TEXT, set_line("☁ a", "1").encode())
-    await asyncio.gather(a.expect_nothing(), b.expect_nothing(), expect_nothing(c))
+    assert await a.recv_text() == set_line("☁ b", "2")
+    assert await b.recv_text() == set_line("☁ a", "1")
+    await asyncio.gather(expect_nothing(a), expect_nothing(b), expect_nothing(c))
     await close_all(a, b, c)
 
 
@@ -240,8 +239,8 @@ def small_buffers(tmp_path_factory):
 async def test_slow_reader_does_not_delay_others_and_catches_up(small_buffers, room):
     """A client that stops reading never slows the others and, once it reads, has the latest."""
     url = small_buffers.url
-    stalled = await RawClient.connect(url, rcvbuf=4096)
-    stalled.send_text(handshake_text(room, "stalled"))
+    stalled = await raw_connect(url, rcvbuf=4096)
+    await stalled.send_text(handshake_text(room, "stalled"))
     await stalled.drain()
     a = await joined(url, room, "writer")
     b = await joined(url, room, "reader")
@@ -265,9 +264,8 @@ async def test_slow_reader_does_not_delay_others_and_catches_up(small_buffers, r
     lines_read = 0
     async with asyncio.timeout(10):
         while any(not seen[n] or seen[n][-1] != rounds - 1 for n in names):
-            opcode, payload = await stalled.read_message(timeout=10)
-            assert opcode == OP_TEXT
-            for line in payload.decode().split("\n"):
+            text = await stalled.recv_text(timeout=10)
+            for line in text.split("\n"):
                 message = json.loads(line)
                 if message["name"] in seen:
                     seen[message["name"]].append(int(message["value"].split(".")[0]))
@@ -289,13 +287,10 @@ def quick_liveness(tmp_path_factory):
 
 async def time_until_dropped(raw: RawClient, start: float, limit: float) -> tuple[float, bool]:
     """Seconds from `start` until the server ends the connection; and whether it sent a close."""
-    while True:
-        item = await raw.read_message(timeout=limit)
-        if item is None:
-            return time.monotonic() - start, False
-        if item[0] == OP_CLOSE:
-            await raw.read_message(timeout=limit)  # then the TCP connection ends
-            return time.monotonic() - start, True
+    closed = await raw.expect_close(timeout=limit)
+    if closed.frame:  # then the TCP connection ends
+        assert await raw.wait_eof(timeout=limit), "TCP stayed open after the close frame"
+    return time.monotonic() - start, closed.frame
 
 
 async def test_case_36_liveness_with_short_timeouts(quick_liveness, room):
@@ -306,28 +301,29 @@ async def test_case_36_liveness_with_short_timeouts(quick_liveness, room):
 
     async def no_handshake() -> None:
         start = time.monotonic()
-        raw = await RawClient.connect(url)
-        raw.answer_pings = True  # even a client that answers pings must handshake in time
+        raw = await raw_connect(url)
+        raw.auto_pong = True  # even a client that answers pings must handshake in time
         elapsed, _ = await time_until_dropped(raw, start, 5)
         assert timeout - 0.05 <= elapsed <= 2 * timeout + slack, elapsed
-        await raw.close()
+        await raw.abort()
 
     async def no_upgrade() -> None:
         start = time.monotonic()
-        raw = await RawClient.connect(url, upgrade=False)  # TCP only, never a request
-        assert await raw.read_frame(timeout=5) is None
+        raw = await raw_connect(url, upgrade=False)  # TCP only, never a request
+        with pytest.raises(ConnectionEnded):  # not even part of a frame before TCP ends
+            await raw.recv_frame(timeout=5)
         elapsed = time.monotonic() - start
         assert timeout - 0.05 <= elapsed <= 2 * timeout + slack, elapsed
-        await raw.close()
+        await raw.abort()
 
     async def ignores_pings() -> None:
         start = time.monotonic()
-        raw = await RawClient.connect(url)
-        raw.send_text(handshake_text(room, "deaf"))
+        raw = await raw_connect(url)
+        await raw.send_text(handshake_text(room, "deaf"))
         elapsed, _ = await time_until_dropped(raw, start, 5)
         assert elapsed <= 2 * interval + slack, elapsed
         assert raw.pings and all(p == b"" for p in raw.pings)  # empty pings, as the reference
-        await raw.close()
+        await raw.abort()
 
     async def answers_pings() -> None:
         ws = await joined(url, room, "alive")  # the websockets client answers pings itself
@@ -365,13 +361,13 @@ async def test_case_36_liveness_at_defaults(server, room):
 
     async def dropped(handshake: bool) -> None:
         start = time.monotonic()
-        raw = await RawClient.connect(server.url)
+        raw = await raw_connect(server.url)
         if handshake:
-            raw.send_text(handshake_text(room, "deaf"))  # and never answers a ping
+            await raw.send_text(handshake_text(room, "deaf"))  # and never answers a ping
         else:
-            raw.answer_pings = True
+            raw.auto_pong = True
         elapsed, _ = await time_until_dropped(raw, start, 70)
         assert 30 - 0.05 <= elapsed <= 60 + 2, elapsed
-        await raw.close()
+        await raw.abort()
 
     await asyncio.gather(answers_pings(), dropped(True), dropped(False))

@@ -9,8 +9,6 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.conformance.helpers import (
-    OP_TEXT,
-    RawClient,
     close_all,
     expect_close,
     expect_nothing,
@@ -18,11 +16,13 @@ from tests.conformance.helpers import (
     http_get,
     joined,
     private_server,
+    raw_connect,
     recv,
     set_line,
     set_text,
     ws_connect,
 )
+from tests.server.rawclient import OP_CLOSE
 
 COOKIE_WARNING_START = "The cloud data library you are using is putting your Scratch account"
 SECURITY_HEADERS = {
@@ -50,11 +50,11 @@ async def test_case_31_session_cookie_refused_with_text_then_4005(server, room):
 
 async def test_case_31_cookie_refused_even_after_handshake_attempt(server, room):
     """The tripwire fires at connect: a handshake sent at once does not join the room."""
-    raw = await RawClient.connect(server.url, headers=[("Cookie", "scratchsessionsid=x; a=1")])
-    raw.send_text(handshake_text(room))
-    [text] = await raw.expect_close(4005, messages=1)
+    raw = await raw_connect(server.url, headers=[("Cookie", "scratchsessionsid=x; a=1")])
+    await raw.send_text(handshake_text(room))
+    [text] = await expect_close(raw, 4005, messages=1)
     assert text.decode().startswith(COOKIE_WARNING_START)
-    await raw.close()
+    await raw.abort()
 
 
 async def test_case_31_other_cookies_allowed(server, room):
@@ -62,33 +62,33 @@ async def test_case_31_other_cookies_allowed(server, room):
     a = await ws_connect(server.url, additional_headers={"Cookie": "a=1; scratchsessionsid=x"})
     await a.send(handshake_text(room, "player1"))
     # Two Cookie headers are joined with "; " first, so only the first one's start matters.
-    raw = await RawClient.connect(
+    raw = await raw_connect(
         server.url, headers=[("Cookie", "a=1"), ("Cookie", "scratchsessionsid=x")]
     )
-    raw.send_text(handshake_text(room, "player2"))
-    await asyncio.gather(expect_nothing(a), raw.expect_nothing())
+    await raw.send_text(handshake_text(room, "player2"))
+    await asyncio.gather(expect_nothing(a), expect_nothing(raw))
     await a.send(set_text("☁ x", "1"))
-    assert await raw.read_message() == (OP_TEXT, set_line("☁ x", "1").encode())
+    assert await raw.recv_text() == set_line("☁ x", "1")
     await close_all(a, raw)
 
 
 async def test_case_31_duplicate_cookie_headers_joined(server):
     """With two Cookie headers, the first starting with scratchsessionsid= is refused 4005."""
-    raw = await RawClient.connect(
+    raw = await raw_connect(
         server.url, headers=[("Cookie", "scratchsessionsid=x"), ("Cookie", "a=1")]
     )
-    await raw.expect_close(4005, messages=1)
-    await raw.close()
+    await expect_close(raw, 4005, messages=1)
+    await raw.abort()
 
 
 async def test_case_32_missing_or_empty_user_agent_accepted(server, room):
     """Clients without a User-Agent, or with an empty one, are accepted by default."""
     a = await joined(server.url, room, "player1", user_agent=None)
-    raw = await RawClient.connect(server.url, user_agent=None, headers=[("User-Agent", "")])
-    raw.send_text(handshake_text(room, "player2"))
-    await asyncio.gather(expect_nothing(a), raw.expect_nothing())
+    raw = await raw_connect(server.url, user_agent=None, headers=[("User-Agent", "")])
+    await raw.send_text(handshake_text(room, "player2"))
+    await asyncio.gather(expect_nothing(a), expect_nothing(raw))
     await a.send(set_text("☁ x", "1"))
-    assert await raw.read_message() == (OP_TEXT, set_line("☁ x", "1").encode())
+    assert await raw.recv_text() == set_line("☁ x", "1")
     await close_all(a, raw)
 
 
@@ -120,15 +120,15 @@ async def test_case_33_any_path_origin_and_no_compression(server, room):
 async def test_case_37_client_close_code_echoed_peers_told_nothing(server, room):
     """The server echoes the client's close code; other room members see nothing."""
     codes = [1000, 1001, 3000, 4321, 4999]
-    raws = [await RawClient.connect(server.url) for _ in codes]
+    raws = [await raw_connect(server.url) for _ in codes]
     for i, raw in enumerate(raws):
-        raw.send_text(handshake_text(room, f"player{i}"))
+        await raw.send_text(handshake_text(room, f"player{i}"))
     b = await joined(server.url, room, "watcher")
     await asyncio.sleep(0.05)
     for raw, code in zip(raws, codes, strict=True):
-        raw.send_close(code)
+        await raw.send_close(code)
     await asyncio.gather(expect_nothing(b),
-                         *(raw.expect_close(code) for raw, code in zip(raws, codes, strict=True)))
+                         *(expect_close(raw, code) for raw, code in zip(raws, codes, strict=True)))
     await close_all(b, *raws)
 
 
@@ -141,10 +141,11 @@ async def test_case_37_websockets_client_close_echoed(server, room):
 
 async def test_case_37_empty_close_echoed_empty(server, room):
     """A close frame without a code is answered by a close frame without a code."""
-    raw = await RawClient.connect(server.url)
-    raw.send_close(None)
-    assert await raw.read_message() == (0x8, b"")
-    await raw.close()
+    raw = await raw_connect(server.url)
+    await raw.send_close(None)
+    frame = await raw.recv_message()
+    assert (frame.opcode, frame.payload) == (OP_CLOSE, b"")
+    await raw.abort()
 
 
 # Plain HTTP (§2, §13)

@@ -1,9 +1,10 @@
 """A raw-socket WebSocket client for tests that must break the rules on purpose.
 
-Real client libraries refuse to send unmasked frames, reserved opcodes, bad UTF-8 or a close
-code of 1005, and they hide how bytes are split across TCP writes. This one speaks RFC 6455 by
-hand over asyncio streams: a manual HTTP upgrade with a random Sec-WebSocket-Key, a frame
-builder (masking on by default, every header bit settable), and a reader for server frames.
+Real client libraries refuse to send unmasked frames, reserved opcodes, bad UTF-8, duplicate
+headers or a close code of 1005; they answer every ping and hide how bytes are split across TCP
+writes. This one speaks RFC 6455 by hand over asyncio: a manual HTTP upgrade with a random
+Sec-WebSocket-Key, a frame builder (masking on by default, every header bit settable), and a
+reader for server frames. The server tests and the conformance tests both use it.
 
 Typical use::
 
@@ -103,7 +104,7 @@ class Frame:
     rsv: int
     opcode: int
     payload: bytes
-    masked: bool = False
+    masked: bool = False  # always False: the reader fails on a masked server frame
 
     @property
     def text(self) -> str:
@@ -117,7 +118,16 @@ class Closed:
     frame: bool  # a close frame was received (False: TCP ended without one)
     code: int | None = None  # None: empty close payload, or no close frame
     reason: bytes = b""
-    messages: list[str] = field(default_factory=list)  # text messages received before it
+    frames: list[Frame] = field(default_factory=list)  # data frames received before it
+
+    @property
+    def messages(self) -> list[str]:
+        """The text messages received before it."""
+        return [
+            frame.payload.decode("utf-8", "replace")
+            for frame in self.frames
+            if frame.opcode == OP_TEXT
+        ]
 
 
 @dataclass
@@ -194,19 +204,46 @@ async def http_request(url: str, raw: bytes, timeout: float = DEFAULT_TIMEOUT) -
 
 class _Stream(asyncio.Protocol):
     """Receive buffer that keeps data received before a reset (unlike asyncio.StreamReader,
-    which raises the reset before handing out buffered bytes)."""
+    which raises the reset before handing out buffered bytes).
 
-    def __init__(self) -> None:
+    With a `read_limit`, it stops reading from the socket past twice that many buffered bytes
+    and starts again at the limit, as an asyncio.StreamReader does: a client that stops reading
+    then stops taking data from the kernel, and the server sees it as a slow reader.
+    """
+
+    def __init__(self, read_limit: int | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.ended = False
-        self.waiter: asyncio.Future | None = None
+        self.read_limit = read_limit
+        self.reading_paused = False
+        self.writing_paused = False
+        self.waiters: set[asyncio.Future] = set()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        if self.read_limit is not None and len(self.buffer) > 2 * self.read_limit:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        self._wake()
+
+    def take(self, size: int) -> bytes:
+        """Remove and return the first `size` buffered bytes (resuming reading if paused)."""
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        if self.reading_paused and len(self.buffer) <= self.read_limit:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
         self._wake()
 
     def eof_received(self) -> bool:
@@ -241,25 +278,28 @@ class _Stream(asyncio.Protocol):
             pass
 
     def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_data(self) -> None:
-        """Wait until more data arrives or the connection ends."""
+        """Wait until more data arrives, writing resumes or the connection ends."""
         if self.ended:
             return
-        self.waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.add(waiter)
         try:
-            await self.waiter
+            await waiter
         finally:
-            self.waiter = None
+            self.waiters.discard(waiter)
 
 
 class RawClient:
     """One raw WebSocket connection to the server (client side, RFC 6455 by hand).
 
     Writes never raise (a reset shows up as the end of the connection when reading), and
-    everything the server sent before ending TCP can still be read.
+    everything the server sent before ending TCP can still be read. A frame from the server
+    that is masked fails the read (RFC 6455 5.1).
     """
 
     def __init__(self, transport: asyncio.Transport, stream: _Stream):
@@ -268,15 +308,38 @@ class RawClient:
         self.response: HttpResponse | None = None
         self.key = ""
         self.auto_pong = True  # answer server pings while reading
+        self.pings: list[bytes] = []  # payloads of the pings skipped by recv_message
+        self.timeout = DEFAULT_TIMEOUT  # for reads called without a timeout
 
     # Opening
 
     @classmethod
-    async def connect_tcp(cls, url: str) -> RawClient:
-        """A TCP connection with nothing sent yet (TCP_NODELAY on, so writes stay separate)."""
+    async def connect_tcp(
+        cls, url: str, *, rcvbuf: int | None = None, read_limit: int | None = None
+    ) -> RawClient:
+        """A TCP connection with nothing sent yet (TCP_NODELAY on, so writes stay separate).
+
+        `rcvbuf` sets SO_RCVBUF before connecting (a small receive window); `read_limit`
+        bounds what is read ahead of the test (see `_Stream`).
+        """
         host, port = _host_port(url)
         loop = asyncio.get_running_loop()
-        transport, stream = await loop.create_connection(_Stream, host, port)
+        if rcvbuf is None:
+            transport, stream = await loop.create_connection(
+                lambda: _Stream(read_limit), host, port
+            )
+        else:
+            raw_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                raw_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                raw_sock.setblocking(False)
+                await loop.sock_connect(raw_sock, (host, port))
+                transport, stream = await loop.create_connection(
+                    lambda: _Stream(read_limit), sock=raw_sock
+                )
+            except BaseException:
+                raw_sock.close()
+                raise
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -292,12 +355,15 @@ class RawClient:
         then: bytes = b"",
         check: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
+        rcvbuf: int | None = None,
+        read_limit: int | None = None,
     ) -> RawClient:
         """Connect and upgrade. `then` is written in the same TCP write as the request.
 
         With `check`, a status other than 101 or a wrong Sec-WebSocket-Accept raises.
+        `rcvbuf` and `read_limit` are as for `connect_tcp`.
         """
-        client = await cls.connect_tcp(url)
+        client = await cls.connect_tcp(url, rcvbuf=rcvbuf, read_limit=read_limit)
         try:
             await client.upgrade(path, headers, then=then, check=check, timeout=timeout)
         except BaseException:
@@ -335,16 +401,16 @@ class RawClient:
 
     # Low-level reading
 
-    async def read_until(self, separator: bytes, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+    def _timeout(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    async def read_until(self, separator: bytes, timeout: float | None = None) -> bytes:
         """Bytes up to and including `separator`; ConnectionEnded if TCP ends first."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(self._timeout(timeout)):
             while True:
                 index = self.stream.buffer.find(separator)
                 if index >= 0:
-                    end = index + len(separator)
-                    data = bytes(self.stream.buffer[:end])
-                    del self.stream.buffer[:end]
-                    return data
+                    return self.stream.take(index + len(separator))
                 if self.stream.ended:
                     raise ConnectionEnded("the server ended the connection")
                 await self.stream.wait_data()
@@ -355,9 +421,7 @@ class RawClient:
             if self.stream.ended:
                 raise ConnectionEnded("the server ended the connection")
             await self.stream.wait_data()
-        data = bytes(self.stream.buffer[:size])
-        del self.stream.buffer[:size]
-        return data
+        return self.stream.take(size)
 
     # Sending
 
@@ -376,6 +440,12 @@ class RawClient:
         self.write(data)
         await asyncio.sleep(0)
 
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        while self.stream.writing_paused and not self.stream.ended:
+            await self.stream.wait_data()
+        await asyncio.sleep(0)
+
     async def send_bytewise(self, data: bytes, pause: float = 0.001) -> None:
         """Write `data` one byte per TCP write, pausing between writes."""
         for index in range(len(data)):
@@ -389,6 +459,10 @@ class RawClient:
     async def send_text(self, text: str) -> None:
         """One unfragmented, masked text frame."""
         await self.send_frame(OP_TEXT, text.encode("utf-8"))
+
+    async def send_texts(self, *texts: str) -> None:
+        """Several masked text messages in one TCP write (so the server reads them in one go)."""
+        await self.send_raw(b"".join(build_frame(OP_TEXT, text.encode("utf-8")) for text in texts))
 
     async def send_json(self, message) -> None:
         """`message` as compact JSON in one text frame."""
@@ -408,9 +482,9 @@ class RawClient:
 
     # Receiving
 
-    async def recv_frame(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
+    async def recv_frame(self, timeout: float | None = None) -> Frame:
         """The next frame from the server, as sent (pings are returned too)."""
-        return await asyncio.wait_for(self._read_frame(), timeout)
+        return await asyncio.wait_for(self._read_frame(), self._timeout(timeout))
 
     async def _read_frame(self) -> Frame:
         first, second = await self.read_exactly(2)
@@ -419,22 +493,21 @@ class RawClient:
             (length,) = struct.unpack("!H", await self.read_exactly(2))
         elif length == 127:
             (length,) = struct.unpack("!Q", await self.read_exactly(8))
-        masked = bool(second & 0x80)
-        key = await self.read_exactly(4) if masked else b""
+        assert not second & 0x80, "server frames must not be masked"
         payload = await self.read_exactly(length)
-        if masked:
-            payload = mask_bytes(payload, key)
-        return Frame(bool(first & 0x80), first & 0x70, first & 0x0F, payload, masked)
+        return Frame(bool(first & 0x80), first & 0x70, first & 0x0F, payload)
 
-    async def recv_message(self, timeout: float = DEFAULT_TIMEOUT) -> Frame:
-        """The next data or close frame; pings are answered (if `auto_pong`) and skipped."""
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def recv_message(self, timeout: float | None = None) -> Frame:
+        """The next data or close frame; pings are recorded in `pings`, answered (if
+        `auto_pong`) and skipped, like pongs."""
+        deadline = asyncio.get_running_loop().time() + self._timeout(timeout)
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise TimeoutError("no message from the server")
             frame = await self.recv_frame(remaining)
             if frame.opcode == OP_PING:
+                self.pings.append(frame.payload)
                 if self.auto_pong:
                     await self.send_frame(OP_PONG, frame.payload)
                 continue
@@ -442,14 +515,14 @@ class RawClient:
                 continue
             return frame
 
-    async def recv_text(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+    async def recv_text(self, timeout: float | None = None) -> str:
         """The next text message; anything else (a close frame included) fails the test."""
         frame = await self.recv_message(timeout)
         if frame.opcode != OP_TEXT:
             raise AssertionError(f"expected a text message, got {frame}")
         return frame.text
 
-    async def recv_sets(self, timeout: float = DEFAULT_TIMEOUT) -> list[dict]:
+    async def recv_sets(self, timeout: float | None = None) -> list[dict]:
         """The `set` lines of the next text message, decoded."""
         text = await self.recv_text(timeout)
         return [json.loads(line) for line in text.split("\n")]
@@ -462,13 +535,13 @@ class RawClient:
             return
         raise AssertionError(f"expected nothing, got {frame}")
 
-    async def ping(self, payload: bytes = b"probe", timeout: float = DEFAULT_TIMEOUT) -> Frame:
+    async def ping(self, payload: bytes = b"probe", timeout: float | None = None) -> Frame:
         """Send a ping and return the first pong, close frame or (raises) end of connection.
 
         Text messages received meanwhile are skipped.
         """
         await self.send_frame(OP_PING, payload)
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + self._timeout(timeout)
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -481,7 +554,7 @@ class RawClient:
             elif frame.opcode == OP_CLOSE:
                 return frame
 
-    async def is_open(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    async def is_open(self, timeout: float | None = None) -> bool:
         """True if the server answers a ping (its connection is usable)."""
         try:
             frame = await self.ping(timeout=timeout)
@@ -489,34 +562,32 @@ class RawClient:
             return False
         return frame.opcode == OP_PONG
 
-    async def expect_close(self, timeout: float = DEFAULT_TIMEOUT) -> Closed:
+    async def expect_close(self, timeout: float | None = None) -> Closed:
         """Read until the server's close frame (or the end of TCP) and describe it.
 
-        Text messages before it are collected; pings are answered. The server is expected to
-        end TCP after its close frame; that is awaited briefly but not required.
+        Data frames before it are collected; pings are handled as by `recv_message`.
         """
-        messages: list[str] = []
-        deadline = asyncio.get_running_loop().time() + timeout
+        frames: list[Frame] = []
+        deadline = asyncio.get_running_loop().time() + self._timeout(timeout)
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise TimeoutError(f"the server did not close (received {messages!r})")
+                raise TimeoutError(f"the server did not close (received {frames!r})")
             try:
                 frame = await self.recv_message(remaining)
             except ConnectionEnded:
-                return Closed(False, None, b"", messages)
-            if frame.opcode == OP_TEXT:
-                messages.append(frame.payload.decode("utf-8", "replace"))
-            elif frame.opcode == OP_CLOSE:
+                return Closed(False, None, b"", frames)
+            if frame.opcode == OP_CLOSE:
                 code = struct.unpack("!H", frame.payload[:2])[0] if frame.payload else None
-                return Closed(True, code, frame.payload[2:], messages)
+                return Closed(True, code, frame.payload[2:], frames)
+            frames.append(frame)
 
-    async def wait_eof(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    async def wait_eof(self, timeout: float | None = None) -> bool:
         """True if the server ends TCP within `timeout` (remaining data is discarded)."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._timeout(timeout)):
                 while not self.stream.ended:
-                    self.stream.buffer.clear()
+                    self.stream.take(len(self.stream.buffer))
                     await self.stream.wait_data()
             return True
         except TimeoutError:
