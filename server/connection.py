@@ -1,10 +1,12 @@
 """One client socket: the HTTP upgrade, WebSocket framing, liveness and outbound flow control.
 
-The opening handshake goes through websockets' Sans-I/O `ServerProtocol` (request parsing,
-header validation, the 101 response). After it, frames are scanned here directly: the common
-case, a small masked text frame, costs one header decode, one C unmask and one UTF-8 decode,
-with no task, future or queue per message. Control frames, fragmentation and every framing
-error follow RFC 6455 with the close codes the Scratch spec names (1002, 1007, 1009).
+A plain upgrade request that arrives whole is recognised by `upgrade.parse_upgrade` and answered
+with a pre-built 101. Every other request (plain HTTP pages, malformed or unusual upgrades, a
+request arriving in pieces) goes through websockets' Sans-I/O `ServerProtocol` (request parsing,
+header validation, refusals, the 101 response). After the upgrade, frames are scanned here
+directly: the common case, a small masked text frame, costs one header decode, one C unmask and
+one UTF-8 decode, with no task, future or queue per message. Control frames, fragmentation and
+every framing error follow RFC 6455 with the close codes the Scratch spec names (1002, 1007, 1009).
 
 Outbound data is written straight to the transport as pre-encoded frames, so a room can encode
 a batch once and write the same bytes to every member. asyncio's write-buffer limits tell us
@@ -38,6 +40,7 @@ from .framing import (
     parse_close_payload,
 )
 from .logsafe import printable
+from .upgrade import Upgrade, parse_upgrade, switching_protocols
 
 if TYPE_CHECKING:
     from .app import Server
@@ -100,9 +103,7 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.backlog: Any = None
         self.plugin_client: Any = None
-        self._handshake: ServerProtocol | None = ServerProtocol(
-            max_size=server.config.server.max_message_bytes, logger=_websockets_logger
-        )
+        self._handshake: ServerProtocol | None = None  # made when the fast path defers
         self._buffer: bytearray | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
@@ -151,12 +152,23 @@ class Connection(asyncio.Protocol):
     # Opening handshake (HTTP)
 
     def _receive_handshake(self, data: bytes) -> None:
+        # Fast path: a whole plain upgrade request in the first read is answered here.
+        # Anything else (a request in pieces, plain HTTP, anything unusual) goes to websockets.
+        handshake = self._handshake
+        if handshake is None and self._buffer is None:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                end += 4
+                upgrade = parse_upgrade(data[:end])
+                if upgrade is not None:
+                    self._accept_upgrade(upgrade, data[end:])
+                    return
+        if handshake is None:
+            handshake = self._new_handshake()
         # The upgrade request goes to the Sans-I/O parser only up to its blank line: bytes
         # after it are frames the client pipelined, which the parser would consume itself.
         # Until the blank line arrives, everything is fed as it comes, so the parser's own
         # limits (line length, header count) answer oversized requests early.
-        handshake = self._handshake
-        assert handshake is not None
         buffer = self._buffer
         if buffer is None:
             buffer = self._buffer = bytearray()
@@ -185,6 +197,30 @@ class Connection(asyncio.Protocol):
                 self._receive_frames(leftover)
         elif self.state == CONNECTING and self._handshake is not None and not handshake.eof_sent:
             self.transport.close()  # not a complete HTTP request
+
+    def _new_handshake(self) -> ServerProtocol:
+        handshake = self._handshake = ServerProtocol(
+            max_size=self.server.config.server.max_message_bytes, logger=_websockets_logger
+        )
+        return handshake
+
+    def _accept_upgrade(self, upgrade: Upgrade, leftover: bytes) -> None:
+        """The fast path's twin of `_handle_request` for a request websockets would accept."""
+        server = self.server
+        headers = upgrade.headers
+        self.peer = server.client_address(self.peer, headers)
+        refusal = server.refuse_upgrade(self)
+        if refusal is not None:
+            handshake = self._new_handshake()
+            handshake.send_response(refusal)  # then EOF: the exchange is over
+            self._write_handshake_output(handshake)
+            return
+        self.request_headers = headers
+        self.transport.write(switching_protocols(upgrade.accept, time.time()))
+        self.state = OPEN
+        server.connection_upgraded(self)
+        if leftover and self.state == OPEN:
+            self._receive_frames(leftover)
 
     def _handle_request(self, handshake: ServerProtocol, request: Request) -> None:
         server = self.server
