@@ -9,7 +9,8 @@ Targets: stratus (python -m server, in-memory store), stratus-sqlite (default st
 relay (bench/relay.py, asyncio), relay-uvloop, cloudlink (CloudLink 0.2.0.1, own venv).
 Scenarios: classroom, bigroom, burst, idle, idle10k (see loadgen.PRESETS), ramp.
 
-The server runs under `taskset -c 0`, the generator (bench/loadgen.py, bench/.venv) under
+The server runs under `taskset -c 0`, the generator (bench/loadgen.py, bench/.venv; with
+`--client c` bench/.bin/loadgen, built from bench/cgen/loadgen.c by bench/setup.sh) under
 `taskset -c 1`. Every repetition starts a fresh server on a fresh port. Repetitions interleave
 targets (rep 1 of every target, then rep 2, ...) so that background load hits them alike.
 Raw results: bench/out/*.json; server logs: bench/out/logs/.
@@ -37,6 +38,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
 GEN_PY = BENCH / ".venv" / "bin" / "python"
+GEN_C = BENCH / ".bin" / "loadgen"  # bench/cgen/loadgen.c, built by bench/setup.sh
 CL_PY = BENCH / ".venv-cloudlink" / "bin" / "python"
 
 TARGETS = ["stratus", "stratus-sqlite", "relay", "relay-uvloop", "cloudlink"]
@@ -194,7 +196,8 @@ def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[s
              tag: str) -> dict:
     srv = Server(target, args.set, tag)
     try:
-        cmd = ["taskset", "-c", GEN_CORE, str(GEN_PY), str(BENCH / "loadgen.py"),
+        gen = [str(GEN_C)] if args.client == "c" else [str(GEN_PY), str(BENCH / "loadgen.py")]
+        cmd = ["taskset", "-c", GEN_CORE, *gen,
                "--url", srv.url, "--scenario", scenario, "--server-pid", str(srv.pid),
                "--client", args.client, "--warmup", str(args.warmup),
                "--duration", str(args.duration), *extra]
@@ -360,7 +363,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--client", default="picows", choices=["picows", "websockets"])
+    ap.add_argument("--client", default="c", choices=["c", "picows", "websockets"],
+                    help="generator: c (bench/.bin/loadgen, the default), or loadgen.py "
+                    "with picows or websockets")
     ap.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                     help="stratus config override, e.g. scratch.batch_hz=30 (repeatable)")
     ap.add_argument("--ref", default="relay", help="target the CPU ratio column divides by")
@@ -375,7 +380,7 @@ def main() -> None:
                     help="measure again when other processes used more than this %% of a core")
     ap.add_argument("--retries", type=int, default=2, help="how often to measure again")
     ap.add_argument("--loadgen-arg", action="append", default=[],
-                    help="extra argument passed to loadgen.py (repeatable, use =)")
+                    help="extra argument passed to the generator (repeatable, use =)")
     args = ap.parse_args()
     args.ramp_rooms = [int(x) for x in args.ramp_rooms.split(",")]
     targets = ALL_TARGETS if args.all else args.target.split(",")
@@ -386,7 +391,10 @@ def main() -> None:
     for s in scenarios:
         if s not in SCENARIOS:
             raise SystemExit(f"unknown scenario {s!r}; one of {SCENARIOS}")
-    if not GEN_PY.exists():
+    if args.client == "c":
+        if not GEN_C.exists():
+            raise SystemExit("bench/.bin/loadgen missing: run bench/setup.sh")
+    elif not GEN_PY.exists():
         raise SystemExit("bench/.venv missing: run bench/setup.sh")
     if "cloudlink" in targets and not CL_PY.exists():
         raise SystemExit("bench/.venv-cloudlink missing: run bench/setup.sh")
