@@ -7,7 +7,8 @@
 
 Targets: stratus (python -m server, in-memory store), stratus-sqlite (default store),
 relay (bench/relay.py, asyncio), relay-uvloop, cloudlink (CloudLink 0.2.0.1, own venv).
-Scenarios: classroom, bigroom, burst, idle, idle10k (see loadgen.PRESETS), ramp.
+Scenarios: classroom, bigroom, burst, burst50, idle, idle10k (see loadgen.PRESETS), ramp,
+ramp-bigroom (see RAMPS).
 
 The server runs under `taskset -c 0`, the generator (bench/loadgen.py, bench/.venv; with
 `--client c` bench/.bin/loadgen, built from bench/cgen/loadgen.c by bench/setup.sh) under
@@ -42,10 +43,14 @@ GEN_C = BENCH / ".bin" / "loadgen"  # bench/cgen/loadgen.c, built by bench/setup
 CL_PY = BENCH / ".venv-cloudlink" / "bin" / "python"
 
 TARGETS = ["stratus", "stratus-sqlite", "relay", "relay-uvloop", "cloudlink"]
-SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp"]
+SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp",
+             "ramp-bigroom"]
 ALL_TARGETS = ["stratus", "relay", "cloudlink"]
-ALL_SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp"]
+ALL_SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp",
+             "ramp-bigroom"]
 RAMP_ROOMS = [1, 2, 5, 10, 25, 50, 75, 100, 150, 200, 250, 300, 400, 600, 800, 1000]
+# at most 127 senders: a room holds 128 variables (one per sender, plus the barrier's)
+RAMP_SENDERS = [10, 20, 30, 40, 60, 80, 100, 120]
 SERVER_CORE = "0"
 GEN_CORE = "1"
 
@@ -281,28 +286,40 @@ def table(scenario: str, by_target: dict[str, list[dict]], ref: str | None) -> s
 
 
 # --------------------------------------------------------------------------- ramp
-def ramp(targets: list[str], args: argparse.Namespace, tag: str) -> tuple[str, dict]:
-    """Classroom-shaped load (10 clients/room, 5 Hz each) with more and more rooms."""
-    rows = ["| target | rooms | offered sets/s | delivered/s | p50 ms | p99 ms | srv CPU % | "
+# name: (base scenario, generator flag that grows, its steps, column title)
+RAMPS = {
+    # classroom-shaped load (10 clients/room, 5 Hz each) with more and more rooms
+    "ramp": ("classroom", "--rooms", "ramp_rooms", "rooms"),
+    # one room of 500 clients with more and more of them sending at 10 Hz
+    "ramp-bigroom": ("bigroom", "--senders", "ramp_senders", "senders"),
+}
+
+
+def ramp(name: str, targets: list[str], args: argparse.Namespace,
+         tag: str) -> tuple[str, dict]:
+    """Grow one dimension of a scenario until p99 freshness, completeness or the generator
+    gives out; report the largest delivered/s with p99 < 50 ms."""
+    base, flag, steps_attr, title = RAMPS[name]
+    rows = [f"| target | {title} | offered sets/s | delivered/s | p50 ms | p99 ms | srv CPU % | "
             "srv µs/line | lines/frame | gen CPU % | incomplete | other CPU % |",
             "|" + "---|" * 12]
     summary: dict[str, dict] = {}
     for target in targets:
         best = None
         prev = 0.0
-        for rooms in args.ramp_rooms:
+        for step in getattr(args, steps_attr):
             runs = []
             for rep in range(args.ramp_repeat):
-                r = run_loadgen(target, "classroom", args,
-                                ["--rooms", str(rooms), "--warmup", str(args.ramp_warmup),
+                r = run_loadgen(target, base, args,
+                                [flag, str(step), "--warmup", str(args.ramp_warmup),
                                  "--duration", str(args.ramp_duration)],
-                                f"{tag}-ramp{rooms}-r{rep}")
+                                f"{tag}-{name}{step}-r{rep}")
                 runs.append(r)
             d = median_of(runs, "delivered_per_s") or 0.0
             p99 = median_of(runs, "p99_ms")
             inc = median_of(runs, "incomplete")
             g = median_of(runs, "gen_cpu_pct") or 0.0
-            vals = [(rooms, "{:.0f}"), (median_of(runs, "offered_sets_per_s"), "{:.0f}"),
+            vals = [(step, "{:.0f}"), (median_of(runs, "offered_sets_per_s"), "{:.0f}"),
                     (d, "{:.0f}"), (median_of(runs, "p50_ms"), "{:.2f}"), (p99, "{:.1f}"),
                     (median_of(runs, "server_cpu_pct"), "{:.0f}"),
                     (median_of(runs, "server_cpu_us_per_line"), "{:.2f}"),
@@ -313,7 +330,7 @@ def ramp(targets: list[str], args: argparse.Namespace, tag: str) -> tuple[str, d
             print(rows[-1], flush=True)
             ok = p99 is not None and p99 < 50 and not inc and all("error" not in r for r in runs)
             if ok and (best is None or d > best["delivered_per_s"]):
-                best = {"rooms": rooms, "delivered_per_s": d, "p99_ms": p99,
+                best = {title: step, "delivered_per_s": d, "p99_ms": p99,
                         "gen_cpu_pct": g}
             if not ok or d < prev * 1.03 or g > 95:
                 if g > 95:
@@ -322,11 +339,11 @@ def ramp(targets: list[str], args: argparse.Namespace, tag: str) -> tuple[str, d
                 break
             prev = d
         summary[target] = best or {}
-    lines = ["| target | max sustained delivered/s (p99 < 50 ms) | at rooms | p99 ms | "
+    lines = [f"| target | max sustained delivered/s (p99 < 50 ms) | at {title} | p99 ms | "
              "gen CPU % |", "|---|---|---|---|---|"]
     for t, b in summary.items():
         if b:
-            lines.append(f"| {t} | {b['delivered_per_s']:.0f} | {b['rooms']} | "
+            lines.append(f"| {t} | {b['delivered_per_s']:.0f} | {b[title]} | "
                          f"{b['p99_ms']:.1f} | {b['gen_cpu_pct']:.0f} |")
         else:
             lines.append(f"| {t} | — | — | — | — |")
@@ -370,6 +387,7 @@ def main() -> None:
                     help="stratus config override, e.g. scratch.batch_hz=30 (repeatable)")
     ap.add_argument("--ref", default="relay", help="target the CPU ratio column divides by")
     ap.add_argument("--ramp-rooms", default=",".join(map(str, RAMP_ROOMS)))
+    ap.add_argument("--ramp-senders", default=",".join(map(str, RAMP_SENDERS)))
     ap.add_argument("--ramp-repeat", type=int, default=1)
     ap.add_argument("--ramp-warmup", type=float, default=2.0)
     ap.add_argument("--ramp-duration", type=float, default=5.0)
@@ -383,6 +401,7 @@ def main() -> None:
                     help="extra argument passed to the generator (repeatable, use =)")
     args = ap.parse_args()
     args.ramp_rooms = [int(x) for x in args.ramp_rooms.split(",")]
+    args.ramp_senders = [int(x) for x in args.ramp_senders.split(",")]
     targets = ALL_TARGETS if args.all else args.target.split(",")
     scenarios = ALL_SCENARIOS if args.all else args.scenario.split(",")
     for t in targets:
@@ -408,10 +427,10 @@ def main() -> None:
               f"command: python bench/run.py {' '.join(sys.argv[1:])}", ""]
     raw: dict = {"stamp": stamp, "argv": sys.argv[1:], "machine": machine_info(), "results": {}}
     for scenario in scenarios:
-        if scenario == "ramp":
-            text, summary = ramp(targets, args, stamp)
-            raw["results"]["ramp"] = summary
-            report += ["## ramp", "", text, ""]
+        if scenario in RAMPS:
+            text, summary = ramp(scenario, targets, args, stamp)
+            raw["results"][scenario] = summary
+            report += [f"## {scenario}", "", text, ""]
             print("\n".join(report[-3:]), flush=True)
             continue
         by_target: dict[str, list[dict]] = {t: [] for t in targets}
