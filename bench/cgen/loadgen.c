@@ -717,6 +717,15 @@ static size_t ws_frame(uint8_t *out, int opcode, const uint8_t *p, size_t len) {
 
 static void conn_lost(Conn *c, const char *why);
 
+/* grow *buf (capacity *cap) to hold at least `need` bytes, doubling from 4 KiB */
+static void reserve(uint8_t **buf, size_t *cap, size_t need) {
+    if (need <= *cap) return;
+    size_t n = *cap ? *cap : 4096;
+    while (n < need) n *= 2;
+    *buf = xrealloc(*buf, n);
+    *cap = n;
+}
+
 static void out_append(Conn *c, const uint8_t *b, size_t n) {
     if (c->outoff && c->outoff == c->outlen) c->outoff = c->outlen = 0;
     if (c->outlen + n > c->outcap) {
@@ -725,12 +734,7 @@ static void out_append(Conn *c, const uint8_t *b, size_t n) {
             c->outlen -= c->outoff;
             c->outoff = 0;
         }
-        if (c->outlen + n > c->outcap) {
-            size_t cap = c->outcap ? c->outcap : 4096;
-            while (cap < c->outlen + n) cap *= 2;
-            c->out = xrealloc(c->out, cap);
-            c->outcap = cap;
-        }
+        reserve(&c->out, &c->outcap, c->outlen + n);
     }
     memcpy(c->out + c->outlen, b, n);
     c->outlen += n;
@@ -1221,12 +1225,7 @@ static void on_data(Conn *c, const uint8_t *data, size_t len, double now) {
 }
 
 static void frag_append(Conn *c, const uint8_t *p, size_t n) {
-    if (c->fraglen + n > c->fragcap) {
-        size_t cap = c->fragcap ? c->fragcap : 4096;
-        while (cap < c->fraglen + n) cap *= 2;
-        c->frag = xrealloc(c->frag, cap);
-        c->fragcap = cap;
-    }
+    reserve(&c->frag, &c->fragcap, c->fraglen + n);
     memcpy(c->frag + c->fraglen, p, n);
     c->fraglen += n;
 }
