@@ -9,9 +9,9 @@ to every member that did not author it (authors get their own copy without their
 Flush timing adapts to load: a quiet room sends `burst_window` after its first pending write
 (so a burst of writes leaves as one message); a busy room (one that flushed less than
 `QUIET_AFTER_FLUSHES` flush intervals ago) holds its first pending write for one flush interval
-(1/`batch_hz`, less the time its flushes take to reach every member), so the writes that follow
-share its message. Either way a room flushes at most `batch_hz` times a second and no update
-takes longer than max(burst_window, 1/batch_hz) to reach the last member.
+(1/`batch_hz`, less how late its flushes start and how long they take to reach every member),
+so the writes that follow share its message. Either way a room flushes at most `batch_hz` times
+a second and no update takes longer than max(burst_window, 1/batch_hz) to reach the last member.
 
 A member whose socket buffer is full (`paused`) gets nothing until it drains; in "latest"
 mode the room only remembers *which* variables it missed and sends their current values then,
@@ -84,6 +84,7 @@ class Room:
         "flush_handle",
         "last_flush",
         "flush_cost",
+        "flush_due",
         "empty_since",
         "unsaved",
         "removed",
@@ -102,7 +103,8 @@ class Room:
         self.dirty: Any = {} if registry.keep_latest else []
         self.flush_handle: asyncio.Handle | None = None
         self.last_flush = -1e9
-        self.flush_cost = 0.0  # seconds a flush takes to reach every member (smoothed)
+        self.flush_cost = 0.0  # seconds from a flush's due time to its last write (smoothed)
+        self.flush_due = 0.0
         self.empty_since = registry.loop.time()
         self.unsaved: dict[str, None] = {}
         self.removed: set[str] = set()
@@ -221,11 +223,13 @@ class Room:
         loop = registry.loop
         now = loop.time()
         if now - self.last_flush < registry.quiet_after:
-            # Writing to hundreds of members takes milliseconds; starting that much earlier
-            # keeps "the last member has it within 1/batch_hz" true in big rooms too.
+            # A timer fires late when the loop is busy, and writing to hundreds of members
+            # takes milliseconds; starting that much earlier keeps "the last member has it
+            # within 1/batch_hz" true in big and busy rooms too.
             due = now + max(registry.flush_interval - self.flush_cost, registry.burst_window)
         else:
             due = now + registry.burst_window
+        self.flush_due = due
         if due <= now:
             self.flush_handle = loop.call_soon(self.flush)
         else:
@@ -234,10 +238,11 @@ class Room:
     def flush(self) -> None:
         """Send every pending update to every member that has not seen it."""
         self.flush_handle = None
-        self.last_flush = self.registry.loop.time()
+        self.last_flush = now = self.registry.loop.time()
         dirty = self.dirty
         if not dirty:
             return
+        late = now - self.flush_due if now > self.flush_due else 0.0
         started = time.monotonic()  # loop.time() is cached per loop iteration
         if self.registry.keep_latest:
             self.dirty = {}
@@ -245,7 +250,7 @@ class Room:
         else:
             self.dirty = []
             self._flush_all(dirty)
-        self.flush_cost += (time.monotonic() - started - self.flush_cost) * 0.25
+        self.flush_cost += (late + time.monotonic() - started - self.flush_cost) * 0.25
 
     def _flush_latest(self, dirty: dict[str, Connection | None]) -> None:
         updates = self.updates
