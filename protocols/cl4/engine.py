@@ -361,12 +361,7 @@ class Cl4Engine:
 
     def set_username(self, session: Cl4Client, username: str) -> None:
         """Name a client (the setid state change only; no messages)."""
-        if session.username is not None:
-            holders = self._by_username.get(session.username)
-            if holders is not None:
-                holders.pop(session, None)
-                if not holders:
-                    del self._by_username[session.username]
+        self._unindex_username(session)
         session.set_username(username)
         self._by_username.setdefault(username, {})[session] = None
 
@@ -386,6 +381,9 @@ class Cl4Engine:
             del self._by_uuid[session.uuid]
         if self._by_snowflake.get(session.snowflake) is session:
             del self._by_snowflake[session.snowflake]
+        self._unindex_username(session)
+
+    def _unindex_username(self, session: Cl4Client) -> None:
         if session.username is not None:
             holders = self._by_username.get(session.username)
             if holders is not None:

@@ -26,6 +26,7 @@ from server.plugins import (
     on_handshake,
     on_variable,
 )
+from tests.conftest import toml_value
 
 COOLDOWN = custom_status("E", 120, "Cooldown")
 BANNED = custom_status("E", 121, "Banned")
@@ -171,18 +172,6 @@ class BadBuiltin(Plugin):
     @on_command("gmsg")
     def gmsg(self, request: CommandRequest) -> None:
         request.reply()
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def plugins_toml(entries: list[dict[str, Any]]) -> str:
