@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load_config
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stratus cloud-variable server for Scratch/TurboWarp projects.",
         epilog="Sprite handshake keys: python -m server keygen --help",
     )
-    parser.add_argument("--config", help="TOML config file (see config.toml for every key)")
+    parser.add_argument("--config", help="TOML config file (see config.toml for every key); "
+                        "default: config.toml in the working directory, if there is one")
     parser.add_argument("--host", help="address to listen on (overrides config and HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides config and PORT)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
@@ -57,6 +59,20 @@ def raise_open_file_limit() -> None:
             pass
 
 
+def config_file(explicit: str | None) -> tuple[Path | None, str]:
+    """The config file to load and how start-up should describe it.
+
+    Without --config, ./config.toml is used when it exists, so "edit config.toml and restart"
+    works from the directory the server runs in (the repository's own copy holds the defaults).
+    """
+    if explicit is not None:
+        return Path(explicit), f"{explicit} (--config)"
+    local = Path.cwd() / "config.toml"
+    if local.is_file():
+        return local, f"{local} (config.toml in the working directory)"
+    return None, "built-in defaults (no --config, no config.toml in the working directory)"
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -70,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides["server"][key] = value
+    config_path, config_origin = config_file(args.config)
     try:
-        config = load_config(args.config, overrides=overrides)
+        config = load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("stratus").info("Configuration: %s", config_origin)
     from .app import serve
 
     raise_open_file_limit()

@@ -212,3 +212,68 @@ def test_shipped_config_toml_equals_builtin_defaults():
     shipped.pop("source")
     builtin.pop("source")
     assert shipped == builtin
+
+
+def stopped_output(running: Running) -> str:
+    """Stop a launched server and return everything it printed."""
+    running.proc.terminate()
+    out, _ = running.proc.communicate(timeout=10)
+    return out.decode(errors="replace")
+
+
+def test_config_toml_in_working_directory_is_loaded(launch, tmp_path):
+    """Without --config, config.toml in the working directory is loaded, and the log says so."""
+    port = free_port()
+    write_toml(tmp_path / "config.toml",
+               {"server": {"host": "127.0.0.1", "port": port, "status_page": False}})
+    running = launch([])
+    assert running.healthy_on(port)
+    assert http_get(f"http://127.0.0.1:{port}", "/")[0] == 404  # status_page = false
+    out = stopped_output(running)
+    assert f"Configuration: {tmp_path / 'config.toml'} (config.toml in the working directory)" \
+        in out, out
+
+
+def test_without_config_toml_the_log_says_built_in_defaults(launch, tmp_path):
+    """With no --config and no config.toml beside it, the server says it runs on defaults."""
+    port = free_port()
+    running = launch(["--port", str(port), "--host", "127.0.0.1"])
+    assert running.healthy_on(port)
+    assert http_get(f"http://127.0.0.1:{port}", "/")[0] == 200  # the default status page
+    out = stopped_output(running)
+    assert "Configuration: built-in defaults" in out, out
+    assert (tmp_path / "data").is_dir()  # the default data_dir, relative to the working dir
+
+
+def test_explicit_config_wins_over_config_toml_in_working_directory(launch, tmp_path):
+    """--config FILE is loaded instead of ./config.toml, and the log names FILE."""
+    local_port, chosen_port = free_port(), free_port()
+    write_toml(tmp_path / "config.toml", {"server": {"host": "127.0.0.1", "port": local_port}})
+    chosen = tmp_path / "chosen.toml"
+    write_toml(chosen, {"server": {"host": "127.0.0.1", "port": chosen_port}})
+    running = launch(["--config", str(chosen)])
+    assert running.healthy_on(chosen_port)
+    assert refused(local_port)
+    assert f"Configuration: {chosen} (--config)" in stopped_output(running)
+
+
+async def test_invalid_config_toml_in_working_directory_exits_2(tmp_path):
+    """A broken ./config.toml stops start-up with exit code 2 and a message naming the file."""
+    (tmp_path / "config.toml").write_text("[server]\nport = \"eighty\"\n", encoding="utf-8")
+    code, out = await run_server([], tmp_path)
+    assert code == 2, out
+    assert str(tmp_path / "config.toml") in out and "port" in out, out
+    assert "Traceback" not in out
+
+
+def test_repository_root_runs_on_its_config_toml(tmp_path):
+    """Started from the repository root, the server loads the shipped config.toml (defaults)."""
+    port = free_port()
+    env = clean_env(STRATUS_DATA_DIR=str(tmp_path / "data"))
+    running = Running(["--port", str(port), "--host", "127.0.0.1"], ROOT, env)
+    try:
+        assert running.healthy_on(port)
+        out = stopped_output(running)
+    finally:
+        running.stop()
+    assert f"Configuration: {ROOT / 'config.toml'} (config.toml in the working directory)" in out
