@@ -107,7 +107,8 @@ def host_pip_home(home: Path) -> Path:
             continue
         key = name.rsplit(".", 1)[-1]
         value = raw.strip().strip("'\"")
-        if key in ("find-links", "target", "prefix", "root", "src", "cache-dir", "log"):
+        if key in ("find-links", "target", "prefix", "root", "src", "cache-dir", "log",
+                   "constraint", "requirement"):
             continue
         if key in ("index-url", "extra-index-url"):
             value = " ".join(url for url in value.split() if not url.startswith("file:"))
