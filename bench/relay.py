@@ -1,6 +1,6 @@
 """Bare Scratch-cloud relay: the performance ceiling for a websockets-based server.
 
-The simplest correct implementation of the protocol's hot path (shared/specs/scratch-cloud.md
+The simplest correct implementation of the protocol's hot path (docs/specs/scratch-cloud.md
 §3-§7): JSON-object messages with a string ``method``; handshake into a room (room id =
 String(project_id), username checked); ``set``/``create`` validated, stored and relayed as one
 ``set`` line per frame to every *other* member with ``websockets.broadcast`` (no batching, no

@@ -1,4 +1,4 @@
-"""The opt-in Scratch <-> CL4 bridge (shared/specs/cl4.md §12, following CloudLink 0.1.9).
+"""The opt-in Scratch <-> CL4 bridge (docs/specs/cl4.md §12, following CloudLink 0.1.9).
 
 A Scratch `set` in project P reaches the CL4 members of room P as a `gvar` (JSON-string values
 parsed, so "42" arrives as 42). A CL4 `gvar` in room P reaches the Scratch clients of P as a

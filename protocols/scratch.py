@@ -1,4 +1,4 @@
-"""The Scratch / TurboWarp cloud-variable protocol (shared/specs/scratch-cloud.md).
+"""The Scratch / TurboWarp cloud-variable protocol (docs/specs/scratch-cloud.md).
 
 Pure parts (parsing, validation, serialisation) live in `protocols.js` and
 `protocols.validators`; this module turns one connection's messages into room operations and

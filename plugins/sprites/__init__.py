@@ -5,7 +5,7 @@ Plugins (configured as `[[plugins]]` in config.toml):
 ``scratchattach_plugin.ScratchattachRequests``; handlers use ``request_api.request``.
 
 The protocol cores (digits, cipher, keys, pacing, cloud_socket, requests_grammar,
-scratchattach) are pure and I/O-free, see shared/specs/cloud-sockets.md: nothing there touches
+scratchattach) are pure and I/O-free, see docs/specs/cloud-sockets.md: nothing there touches
 sockets, clocks or files, and the current time is always passed in as ``now`` (float seconds
 since the Unix epoch), so a plugin (or a test) drives every state machine explicitly.
 ``runtime`` holds the I/O side shared by the plugins (paced writers, settings, key files).

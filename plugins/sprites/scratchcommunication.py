@@ -1,6 +1,6 @@
 """In-server plugins for the scratchcommunication sprite: cloud sockets and cloud requests.
 
-`CloudSockets` serves the unmodified sprite (shared/specs/cloud-sockets.md Part A) on the rooms
+`CloudSockets` serves the unmodified sprite (docs/specs/cloud-sockets.md Part A) on the rooms
 it is configured for. It claims ``☁ FROM_CLIENT`` (writes are consumed, never stored, counted
 or relayed), feeds them to the sending connection's `SocketSessions`, and writes
 ``☁ TO_CLIENT_1..4`` to that connection only, paced by one loop timer per connection. Client

@@ -1,6 +1,6 @@
 """CloudLink 4 (CL4) protocol: a Sans-I/O engine compatible with TurboWarp's cloudlink.js.
 
-Normative reference: shared/specs/cl4.md (CloudLink 0.2.0 behaviour, with every §10 fix).
+Normative reference: docs/specs/cl4.md (CloudLink 0.2.0 behaviour, with every §10 fix).
 
 Wiring (the core does the I/O)::
 

@@ -1,4 +1,4 @@
-"""The Sans-I/O CL4 engine against shared/specs/cl4.md: §15 cases #1-#34, limits, plugin seams."""
+"""The Sans-I/O CL4 engine against docs/specs/cl4.md: §15 cases #1-#34, limits, plugin seams."""
 
 from __future__ import annotations
 
