@@ -382,3 +382,85 @@ def test_mounted_config_file_is_used(run, tmp_path):
         return ws.close_code
 
     assert asyncio.run(blocked_close_code()) == 4004
+
+
+# The README's plugin-folder lines: a folder mounted into /app (the server's working directory,
+# on its import path) and the config naming a module in it.
+DOCS_PLUGIN_MOUNT = '-v "$PWD/myplugins:/app/myplugins:ro"'
+DOCS_PLUGIN_HANDLERS = 'handlers = "myplugins.handlers:Handlers"'
+MOUNTED_HANDLERS = '''\
+from plugins.sprites.request_api import request
+
+
+class Handlers:
+    @request
+    def ping(self) -> str:
+        return "pong from a mounted folder"
+'''
+
+
+def test_docs_show_the_plugin_folder_mount():
+    """README's Docker section shows the plugin-folder mount and config line tested below."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert DOCS_PLUGIN_MOUNT in readme and DOCS_PLUGIN_HANDLERS in readme
+
+
+def test_mounted_plugin_folder_serves_requests(run, tmp_path):
+    """Request handlers in a folder mounted at /app/myplugins load and answer a sprite request."""
+    from plugins.sprites import scratchattach as sa
+
+    folder = tmp_path / "myplugins"
+    folder.mkdir(mode=0o755)
+    (folder / "handlers.py").write_text(MOUNTED_HANDLERS, encoding="utf-8")
+    (folder / "handlers.py").chmod(0o644)
+    folder.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[[plugins]]\n"
+        'use = "plugins.sprites.scratchattach_plugin:ScratchattachRequests"\n'
+        'rooms = ["654321"]\n'
+        f"{DOCS_PLUGIN_HANDLERS}\n", encoding="utf-8")
+    config.chmod(0o644)
+    mount = shlex.split(DOCS_PLUGIN_MOUNT.replace("$PWD", str(tmp_path)))
+    container = run(None, "-v", f"{config}:/app/config.toml:ro", *mount)
+
+    async def ask_ping() -> str:
+        ws = await handshake(container.url, "654321")
+        try:
+            request_id = "123450"
+            await ws.send(json.dumps({"method": "set", "name": sa.TO_HOST,
+                                      "value": f"{sa.encode('ping')}.{request_id}"}))
+            async with asyncio.timeout(10):
+                while True:
+                    for line in (await ws.recv()).splitlines():
+                        message = json.loads(line)
+                        value = str(message.get("value", ""))
+                        if message.get("name") in sa.FROM_HOST_VARIABLES and \
+                                value.endswith(f".{request_id}{sa.FINAL_ENCODED}"):
+                            return sa.decode(value.split(".", 1)[0])
+        finally:
+            await ws.close()
+
+    assert asyncio.run(ask_ping()) == "pong from a mounted folder", container.logs()
+
+
+def test_key_made_in_the_container_is_loaded_after_a_restart(run, tmp_path):
+    """README's keygen line run in the container writes a key the server loads after a restart."""
+    config = tmp_path / "config.toml"
+    config.write_text("", encoding="utf-8")
+    config.chmod(0o644)
+    container = run(None, "-v", f"{config}:/app/config.toml:ro")
+    keygen = podman("exec", container.name, "python", "-m", "server", "keygen", "--scheme", "ec",
+                    "--out", "/data/keys/ec.key")
+    assert "Wrote the EC private key to /data/keys/ec.key" in keygen.stdout, keygen.stdout
+    # Rewritten in place, so the bind mount (same inode) shows the new text.
+    with open(config, "r+", encoding="utf-8") as handle:
+        handle.write("[[plugins]]\n"
+                     'use = "plugins.sprites.scratchcommunication:CloudSockets"\n'
+                     'rooms = ["123456"]\n'
+                     'ec_key_file = "/data/keys/ec.key"\n')
+    podman("restart", "--time", "10", container.name, timeout=60)
+    container.wait_healthy()  # a key file it cannot read would stop start-up
+    logs = container.logs()
+    assert "WARNING" not in logs and "ERROR" not in logs, logs
+    assert "Configuration: /app/config.toml" in logs, logs
