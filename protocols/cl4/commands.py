@@ -233,7 +233,8 @@ def handle_direct(request: Cl4Request) -> None:
     """Global delivery by username, uuid or snowflake (§10 #7: OK if the request had a listener)."""
     engine, message = request.engine, request.message
     val = message["val"]
-    if type(val) is dict and val.get("cmd") in _LEGACY_DIRECT_COMMANDS:
+    # The type check first: a list or object `cmd` cannot be looked up in a set.
+    if type(val) is dict and type(val.get("cmd")) is str and val["cmd"] in _LEGACY_DIRECT_COMMANDS:
         request.reply(
             StatusCode.REFUSED,
             details='A direct val with cmd "vers" or "motd" would be misread by clients.',

@@ -606,6 +606,17 @@ def test_28_direct_never_carries_legacy_commands(harness, legacy):
     assert bob.take() == []
 
 
+@pytest.mark.parametrize("cmd", [[], {"a": 1}, ["vers"], 5, None])
+def test_28_direct_val_with_non_string_cmd_is_forwarded(harness, cmd):
+    """A direct val whose `cmd` is not a string is an ordinary val: forwarded, acknowledged."""
+    alice = harness.client("alice", "alice")
+    bob = harness.client("bob", "bob")
+    harness.send(alice, {"cmd": "direct", "id": "bob", "val": {"cmd": cmd}, "listener": "d"})
+    (delivered,) = bob.take()
+    assert delivered["val"] == {"cmd": cmd} and delivered["origin"] == harness.obj(alice)
+    assert [reply["code"] for reply in alice.take()] == ["I:100 | OK"]
+
+
 def test_29_empty_message_after_identification(harness):
     """#29 (FIX #4): an empty message is E:106; the connection stays open."""
     alice = harness.client("alice")
