@@ -12,6 +12,7 @@ import sys
 
 from . import __version__
 from .config import ConfigError, load_config
+from .store import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(config))
+    except StoreError as exc:
+        print(f"stratus: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ValueError as exc:  # settings that are only checked while loading (files, lists)
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2
