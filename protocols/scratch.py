@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ OVERLOADED = 4003
 PROJECT_UNAVAILABLE = 4004
 SECURITY = 4005
 IDENTIFY = 4006
+SERVER_ERROR = 1011  # RFC 6455: the store could not read the room; clients reconnect
 
 COOKIE_WARNING = (
     "The cloud data library you are using is putting your Scratch account at risk by sending us "
@@ -188,7 +190,11 @@ class ScratchSession:
             except JSONError:
                 if self.options.section.split_newline_messages and "\n" in text.strip():
                     for line in text.split("\n"):
-                        if line.strip() and self.connection.state == OPEN:
+                        if not line.strip() or self.connection.state != OPEN:
+                            continue
+                        if self.queued is not None:  # the handshake line waits for its room
+                            self._queue(line)
+                        else:
                             self._dispatch(self._parse_line(line))
                     return
                 raise ProtocolViolation(GENERIC_ERROR, "invalid JSON") from None
@@ -263,8 +269,32 @@ class ScratchSession:
         if refusal is not None:
             self.close(refusal.close_code)
             return
+        self._resume(lambda: self._join(room_id), queued)
+
+    def _join(self, room_id: str) -> None:
+        opened = self.rooms.opening(room_id)
+        if opened is None:
+            raise ProtocolViolation(OVERLOADED, "too many rooms")
+        if isinstance(opened, asyncio.Future):
+            # The room is read from the store off the event loop; messages wait in order.
+            self.queued = []
+            opened.add_done_callback(self._room_loaded)
+            return
+        self._enter(opened)
+
+    def _room_loaded(self, loading: asyncio.Future) -> None:
+        queued, self.queued = self.queued, None
+        if self.connection.state != OPEN:
+            return
+        if loading.cancelled() or loading.exception() is not None:
+            self.close(SERVER_ERROR)  # the registry logged why
+            return
+        self._resume(lambda: self._enter(loading.result()), queued)
+
+    def _resume(self, step: Callable[[], None], queued: list[str] | None) -> None:
+        """Run a handshake step that waited, then the messages that arrived meanwhile."""
         try:
-            self._join(room_id)
+            step()
         except ProtocolViolation as violation:
             self.close(violation.code)
             return
@@ -273,17 +303,13 @@ class ScratchSession:
                 break
             self.on_text(text)
 
-    def _join(self, room_id: str) -> None:
-        room = self.rooms.open(room_id)
-        if room is None:
-            raise ProtocolViolation(OVERLOADED, "too many rooms")
+    def _enter(self, room: Room) -> None:
         if not room.join(self.connection):
             raise ProtocolViolation(GENERIC_ERROR, "room is full")
         self.room = room
-        username = self.username
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s joined %s (%d members)", printable(username), printable(room_id),
-                     len(room.members))
+            log.debug("%s joined %s (%d members)", printable(self.username), printable(room.id),
+                      len(room.members))
 
     def _set(self, message: dict) -> None:
         room = self.room
