@@ -159,7 +159,8 @@ def connect_refusal(connection: Connection, options: ScratchOptions) -> tuple[st
 class ScratchSession:
     """One connection speaking the Scratch cloud protocol."""
 
-    __slots__ = ("connection", "rooms", "options", "plugins", "room", "username", "queued")
+    __slots__ = ("connection", "rooms", "options", "plugins", "room", "username", "queued",
+                 "replaying")
 
     protocol_name = "scratch"
 
@@ -171,8 +172,11 @@ class ScratchSession:
         self.plugins = plugins
         self.room: Room | None = None
         self.username: str | None = None
-        # While an asynchronous handshake hook decides, later messages wait here (spec §1).
+        # While an asynchronous handshake hook decides or the room loads, later messages wait
+        # here (spec §1).
         self.queued: list[str] | None = None
+        # True while messages of a client that left during its room's load are applied.
+        self.replaying = False
 
     @property
     def identified(self) -> bool:
@@ -190,7 +194,7 @@ class ScratchSession:
             except JSONError:
                 if self.options.section.split_newline_messages and "\n" in text.strip():
                     for line in text.split("\n"):
-                        if not line.strip() or self.connection.state != OPEN:
+                        if not line.strip() or not self.accepting:
                             continue
                         if self.queued is not None:  # the handshake line waits for its room
                             self._queue(line)
@@ -284,12 +288,27 @@ class ScratchSession:
 
     def _room_loaded(self, loading: asyncio.Future) -> None:
         queued, self.queued = self.queued, None
-        if self.connection.state != OPEN:
-            return
         if loading.cancelled() or loading.exception() is not None:
             self.close(SERVER_ERROR)  # the registry logged why
             return
-        self._resume(lambda: self._enter(loading.result()), queued)
+        room = loading.result()
+        if self.connection.state == OPEN:
+            self._resume(lambda: self._enter(room), queued)
+            return
+        # The client left while its room loaded. What it sent before leaving still counts, as
+        # it would have had the room been in memory (e.g. a bot that sets a value and leaves).
+        self.room = room
+        self.replaying = True
+        try:
+            self._resume(lambda: None, queued)
+        finally:
+            self.replaying = False
+            self.room = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether messages are still handled (the connection is open, or being replayed)."""
+        return self.connection.state == OPEN or self.replaying
 
     def _resume(self, step: Callable[[], None], queued: list[str] | None) -> None:
         """Run a handshake step that waited, then the messages that arrived meanwhile."""
@@ -299,7 +318,7 @@ class ScratchSession:
             self.close(violation.code)
             return
         for text in queued or ():
-            if self.connection.state != OPEN:
+            if not self.accepting:
                 break
             self.on_text(text)
 
@@ -386,6 +405,7 @@ class ScratchSession:
 
     def close(self, code: int) -> None:
         """Leave the room and close the connection with `code`."""
+        self.replaying = False
         self.leave()
         self.connection.close(code)
 

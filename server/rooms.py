@@ -404,7 +404,7 @@ class RoomRegistry:
         error = read.exception()
         if error is not None:
             log.error("cannot read room %s from the store: %s", printable(room_id),
-                      printable(error, 300))
+                      printable(str(error) or repr(error), 300))
             loading.set_exception(error)
             loading.exception()  # waiting joins read it; if all left, it is still handled
             return
