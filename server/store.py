@@ -171,15 +171,16 @@ class SQLiteStore:
 
     @property
     def fault(self) -> str | None:
+        # Public (/healthz), so it names no path; the log does.
         failure = self._failure
         if failure is not None:
             with self._changed:
                 waiting = len(self._pending) + self._writing
-            return (f"store {self.path} cannot be written ({failure}); {waiting} values kept "
-                    "in memory, retrying")
+            return (f"store cannot be written ({failure}); {waiting} values kept in memory, "
+                    "retrying")
         failure = self._read_failure
         if failure is not None:
-            return f"store {self.path} cannot be read ({failure})"
+            return f"store cannot be read ({failure})"
         return None
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
