@@ -158,7 +158,7 @@ class SQLiteStore:
         # Unwritten changes by (namespace, room, key), newest state only, and the batch the
         # writer is writing now (kept until it is on disk).
         self._pending: dict[tuple[str, str, str], _Row] = {}
-        self._writing = 0
+        self._writing: dict[tuple[str, str, str], _Row] = {}
         self._failure: str | None = None
         self._read_failure: str | None = None
         self._closing = False
@@ -175,7 +175,7 @@ class SQLiteStore:
         failure = self._failure
         if failure is not None:
             with self._changed:
-                waiting = len(self._pending) + self._writing
+                waiting = self._unwritten()
             return (f"store cannot be written ({failure}); {waiting} values kept in memory, "
                     "retrying")
         failure = self._read_failure
@@ -228,7 +228,7 @@ class SQLiteStore:
                 if self._stopped:
                     break
                 batch, self._pending = self._pending, {}
-                self._writing = len(batch)
+                self._writing = batch
                 ticket = self._issued
             try:
                 if writer is None:
@@ -243,7 +243,7 @@ class SQLiteStore:
                 with self._changed:
                     for key, row in batch.items():
                         self._pending.setdefault(key, row)  # a newer change wins
-                    self._writing = 0
+                    self._writing = {}
                     self._failure = _one_line(exc)
                     self._changed.notify_all()
                 if failures == 1:
@@ -253,7 +253,7 @@ class SQLiteStore:
                 continue
             with self._changed:
                 self.committed = ticket
-                self._writing = 0
+                self._writing = {}
                 self._failure = None
                 self._changed.notify_all()
             if failures:
@@ -262,6 +262,11 @@ class SQLiteStore:
                             time.monotonic() - first_failure)
                 failures = 0
         _close_quietly(writer)
+
+    def _unwritten(self) -> int:
+        """How many variables are not on disk yet (call with `_changed` held)."""
+        pending = self._pending
+        return len(pending) + sum(1 for key in self._writing if key not in pending)
 
     def _retry_delay(self, failures: int) -> float:
         delay = min(self.retry_max_interval, FIRST_RETRY_DELAY * 2 ** min(failures - 1, 30))
@@ -310,7 +315,7 @@ class SQLiteStore:
             self._closing = True
             self._changed.notify_all()
             self._changed.wait_for(lambda: self.committed >= self._issued, self.shutdown_timeout)
-            lost = len(self._pending) + self._writing
+            lost = self._unwritten()
             failure = self._failure
             self._stopped = True
             self._changed.notify_all()
