@@ -234,7 +234,7 @@ class SQLiteStore:
                 if writer is None:
                     writer = _connect(self.path)
                 self._write(writer, batch)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # whatever it is, the values stay and the writer lives
                 # After an I/O error the connection may be unusable: the retry opens a new one.
                 _close_quietly(writer)
                 writer = None
@@ -244,7 +244,7 @@ class SQLiteStore:
                     for key, row in batch.items():
                         self._pending.setdefault(key, row)  # a newer change wins
                     self._writing = {}
-                    self._failure = _one_line(exc)
+                    self._failure = _one_line(exc) or type(exc).__name__
                     self._changed.notify_all()
                 if failures == 1:
                     first_failure = failed_at
