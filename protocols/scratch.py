@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ OVERLOADED = 4003
 PROJECT_UNAVAILABLE = 4004
 SECURITY = 4005
 IDENTIFY = 4006
+SERVER_ERROR = 1011  # RFC 6455: the store could not read the room; clients reconnect
 
 COOKIE_WARNING = (
     "The cloud data library you are using is putting your Scratch account at risk by sending us "
@@ -157,7 +159,8 @@ def connect_refusal(connection: Connection, options: ScratchOptions) -> tuple[st
 class ScratchSession:
     """One connection speaking the Scratch cloud protocol."""
 
-    __slots__ = ("connection", "rooms", "options", "plugins", "room", "username", "queued")
+    __slots__ = ("connection", "rooms", "options", "plugins", "room", "username", "queued",
+                 "replaying")
 
     protocol_name = "scratch"
 
@@ -169,8 +172,11 @@ class ScratchSession:
         self.plugins = plugins
         self.room: Room | None = None
         self.username: str | None = None
-        # While an asynchronous handshake hook decides, later messages wait here (spec §1).
+        # While an asynchronous handshake hook decides or the room loads, later messages wait
+        # here (spec §1).
         self.queued: list[str] | None = None
+        # True while messages of a client that left during its room's load are applied.
+        self.replaying = False
 
     @property
     def identified(self) -> bool:
@@ -188,7 +194,11 @@ class ScratchSession:
             except JSONError:
                 if self.options.section.split_newline_messages and "\n" in text.strip():
                     for line in text.split("\n"):
-                        if line.strip() and self.connection.state == OPEN:
+                        if not line.strip() or not self.accepting:
+                            continue
+                        if self.queued is not None:  # the handshake line waits for its room
+                            self._queue(line)
+                        else:
                             self._dispatch(self._parse_line(line))
                     return
                 raise ProtocolViolation(GENERIC_ERROR, "invalid JSON") from None
@@ -263,27 +273,62 @@ class ScratchSession:
         if refusal is not None:
             self.close(refusal.close_code)
             return
+        self._resume(lambda: self._join(room_id), queued)
+
+    def _join(self, room_id: str) -> None:
+        opened = self.rooms.opening(room_id)
+        if opened is None:
+            raise ProtocolViolation(OVERLOADED, "too many rooms")
+        if isinstance(opened, asyncio.Future):
+            # The room is read from the store off the event loop; messages wait in order.
+            self.queued = []
+            opened.add_done_callback(self._room_loaded)
+            return
+        self._enter(opened)
+
+    def _room_loaded(self, loading: asyncio.Future) -> None:
+        queued, self.queued = self.queued, None
+        if loading.cancelled() or loading.exception() is not None:
+            self.close(SERVER_ERROR)  # the registry logged why
+            return
+        room = loading.result()
+        if self.connection.state == OPEN:
+            self._resume(lambda: self._enter(room), queued)
+            return
+        # The client left while its room loaded. What it sent before leaving still counts, as
+        # it would have had the room been in memory (e.g. a bot that sets a value and leaves).
+        self.room = room
+        self.replaying = True
         try:
-            self._join(room_id)
+            self._resume(lambda: None, queued)
+        finally:
+            self.replaying = False
+            self.room = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether messages are still handled (the connection is open, or being replayed)."""
+        return self.connection.state == OPEN or self.replaying
+
+    def _resume(self, step: Callable[[], None], queued: list[str] | None) -> None:
+        """Run a handshake step that waited, then the messages that arrived meanwhile."""
+        try:
+            step()
         except ProtocolViolation as violation:
             self.close(violation.code)
             return
         for text in queued or ():
-            if self.connection.state != OPEN:
+            if not self.accepting:
                 break
             self.on_text(text)
 
-    def _join(self, room_id: str) -> None:
-        room = self.rooms.open(room_id)
-        if room is None:
-            raise ProtocolViolation(OVERLOADED, "too many rooms")
+    def _enter(self, room: Room) -> None:
         if not room.join(self.connection):
             raise ProtocolViolation(GENERIC_ERROR, "room is full")
         self.room = room
-        username = self.username
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s joined %s (%d members)", printable(username), printable(room_id),
-                     len(room.members))
+            log.debug("%s joined %s (%d members)", printable(self.username), printable(room.id),
+                      len(room.members))
 
     def _set(self, message: dict) -> None:
         room = self.room
@@ -360,6 +405,7 @@ class ScratchSession:
 
     def close(self, code: int) -> None:
         """Leave the room and close the connection with `code`."""
+        self.replaying = False
         self.leave()
         self.connection.close(code)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load_config
+from .store import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(config))
+    except StoreError as exc:
+        print(f"stratus: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ValueError as exc:  # settings that are only checked while loading (files, lists)
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2

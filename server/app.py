@@ -61,7 +61,7 @@ class Server:
         """Open the store and start listening."""
         self.loop = asyncio.get_running_loop()
         cfg = self.config
-        self.store = open_store(cfg.store.backend, cfg.data_dir, cfg.store.sqlite_file)
+        self.store = open_store(cfg.store, cfg.data_dir)
         section = cfg.scratch
         limits = RoomLimits(
             max_variables=section.max_variables_per_room,
@@ -143,9 +143,13 @@ class Server:
         await asyncio.sleep(0)
         await self.plugins.stop()
         self._persist()
-        if self.store is not None:
-            await asyncio.to_thread(self.store.close)
-        log.info("stopped")
+        if self.scratch_rooms is not None:
+            await asyncio.to_thread(self.scratch_rooms.close)
+        try:
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+        finally:
+            log.info("stopped")
 
     # Periodic work
 
@@ -260,6 +264,10 @@ class Server:
                                   "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
+            fault = self.store.fault if self.store is not None else None
+            if fault:
+                return plain_response(503, "Service Unavailable", f"{fault}\n".encode(),
+                                      "text/plain; charset=utf-8", head=head)
             return plain_response(200, "OK", b"ok\n", "text/plain; charset=utf-8", head=head)
         if path == "/robots.txt":
             return plain_response(200, "OK", ROBOTS_TXT, "text/plain; charset=utf-8", head=head)

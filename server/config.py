@@ -53,6 +53,9 @@ class StoreSection:
     sqlite_file: str = "stratus.sqlite3"
     flush_interval: float = field(default=1.0, metadata=_at_least(0.01))
     room_idle_timeout: float = field(default=3600.0, metadata=_at_least(0.0))
+    retry_max_interval: float = field(default=5.0, metadata=_at_least(0.01))
+    shutdown_write_timeout: float = field(default=5.0, metadata=_at_least(0.0))
+    startup_check_timeout: float = field(default=10.0, metadata=_at_least(0.0))
 
 
 @dataclass

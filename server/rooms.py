@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -342,6 +343,9 @@ class RoomRegistry:
         self.store = store
         self.loop = loop
         self.rooms: dict[str, Room] = {}
+        # Rooms whose stored values are being read, each with the future their joins wait on.
+        self.loading: dict[str, asyncio.Future] = {}
+        self._reader: ThreadPoolExecutor | None = None
         self.keep_latest = limits.coalesce == "latest"
         self.flush_interval = 1.0 / limits.batch_hz if limits.batch_hz > 0 else 0.0
         self.quiet_after = QUIET_AFTER_FLUSHES * self.flush_interval
@@ -353,18 +357,66 @@ class RoomRegistry:
         self.variable_hooks_for: Callable[[str], list] | None = None
 
     def get(self, room_id: str) -> Room | None:
-        """The room if it exists in memory (loading it from the store if it was stored)."""
+        """The room if it is in memory (never reads the store)."""
         return self.rooms.get(room_id)
 
     def open(self, room_id: str) -> Room | None:
-        """The room, created (and loaded from the store) if needed; None at the room limit."""
+        """The room, created (and loaded from the store) if needed; None at the room limit.
+
+        Reads the store on the calling thread: joins use `opening`, which does not.
+        """
         room = self.rooms.get(room_id)
         if room is not None:
             return room
-        if len(self.rooms) >= self.limits.max_rooms:
+        if room_id not in self.loading and self._full():
             return None
+        return self._add(room_id, self.store.load(self.namespace, room_id))
+
+    def opening(self, room_id: str) -> Room | asyncio.Future | None:
+        """The room if it is in memory (or the store reads without blocking), else a future.
+
+        The future resolves to the room once its stored values are read on the store's reader
+        thread (every caller for the same room shares one read), or fails with the store's
+        error. None at the room limit.
+        """
+        room = self.rooms.get(room_id)
+        if room is not None:
+            return room
+        loading = self.loading.get(room_id)
+        if loading is not None:
+            return loading
+        if self._full():
+            return None
+        if not self.store.loads_block:
+            return self._add(room_id, self.store.load(self.namespace, room_id))
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="stratus-store-read")
+        loading = self.loading[room_id] = self.loop.create_future()
+        read = self.loop.run_in_executor(self._reader, self.store.load, self.namespace, room_id)
+        read.add_done_callback(lambda done: self._loaded(room_id, done))
+        return loading
+
+    def _loaded(self, room_id: str, read: asyncio.Future) -> None:
+        loading = self.loading.pop(room_id)
+        if read.cancelled():
+            loading.cancel()
+            return
+        error = read.exception()
+        if error is not None:
+            log.error("cannot read room %s from the store: %s", printable(room_id),
+                      printable(str(error) or repr(error), 300))
+            loading.set_exception(error)
+            loading.exception()  # waiting joins read it; if all left, it is still handled
+            return
+        # A plugin may have opened the room synchronously meanwhile: that one is current.
+        room = self.rooms.get(room_id)
+        loading.set_result(room if room is not None else self._add(room_id, read.result()))
+
+    def _full(self) -> bool:
+        return len(self.rooms) + len(self.loading) >= self.limits.max_rooms
+
+    def _add(self, room_id: str, rows: list[tuple[str, int, Any]]) -> Room:
         room = Room(self, room_id)
-        rows = self.store.load(self.namespace, room_id)
         if rows:
             room.load(rows)
         if self.variable_hooks_for is not None:
@@ -372,6 +424,11 @@ class RoomRegistry:
         self.rooms[room_id] = room
         log.debug("room %s created (%d stored variables)", printable(room_id), len(rows))
         return room
+
+    def close(self) -> None:
+        """Stop the store reader thread (waits for a read in progress)."""
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
 
     def mark_unsaved(self, room: Room) -> None:
         self.unsaved_rooms[room] = None

@@ -7,29 +7,63 @@ background thread in one transaction per batch, so the event loop never waits on
 
 `save` returns a ticket; `committed` is the highest ticket known to be on disk. A room is only
 dropped from memory once its last ticket is committed, so a re-created room never reads stale
-values.
+values. A batch that cannot be written (disk full, read-only file, I/O error) is kept, merged
+with later changes (the newest value of each variable wins, so memory stays bounded by the
+number of distinct variables) and retried with backoff; `fault` says why while it fails.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
-import queue
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .config import StoreSection
 
 log = logging.getLogger("stratus.store")
 
 # (namespace, room id, upserts as (key, position, value), deleted keys)
 Change = tuple[str, str, list[tuple[str, int, Any]], list[str]]
 
+# One variable's newest unwritten state: (position, value as JSON text), or None if deleted.
+_Row = tuple[int, str] | None
+
+LOCK_FILE = "stratus.lock"
+# Start-up writes this much into the lock file (then truncates it): a data dir with less room
+# than that cannot hold one WAL frame plus SQLite's 32 KiB shared-memory file.
+SPACE_PROBE_BYTES = 64 * 1024
+FIRST_RETRY_DELAY = 0.1  # seconds; doubles per failed attempt up to retry_max_interval
+RETRY_DELAY_WHILE_CLOSING = 0.2
+SQLITE_HEADER = b"SQLite format 3\x00"
+_DAMAGED_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message is one line for the operator."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
 
 class Store(Protocol):
     """What rooms need from persistence."""
 
     committed: int
+    # True when `load` waits on I/O, so rooms are loaded off the event loop.
+    loads_block: bool
+
+    @property
+    def fault(self) -> str | None:
+        """Why the store is failing now (for /healthz), or None while it works."""
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         """Stored (key, position, value) rows of a room; empty if none."""
@@ -38,11 +72,14 @@ class Store(Protocol):
         """Queue changes for writing; returns their ticket."""
 
     def close(self) -> None:
-        """Write everything queued, then release resources."""
+        """Write everything queued, then release resources; StoreError if values are lost."""
 
 
 class MemoryStore:
     """Keeps values for the life of the process only."""
+
+    loads_block = False
+    fault = None
 
     def __init__(self) -> None:
         self.rooms: dict[tuple[str, str], dict[str, tuple[int, Any]]] = {}
@@ -78,98 +115,355 @@ CREATE TABLE IF NOT EXISTS variables (
 """
 
 
-class SQLiteStore:
-    """Values in an SQLite file, written behind by one thread."""
+def _column(text: str) -> str | bytes:
+    """`text` as SQLite can hold it: itself, or its UTF-8 bytes if it has a lone surrogate.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3 cannot encode lone surrogates (valid in JS strings, so in room ids and variable
+    names). Such text is stored as a BLOB instead; a BLOB never equals a TEXT value, and text
+    without lone surrogates is stored exactly as before, so existing files keep working.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+    return text
+
+
+def _text(stored: str | bytes) -> str:
+    """The text a column value written by `_column` stands for."""
+    return stored if type(stored) is str else stored.decode("utf-8", "surrogatepass")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+class SQLiteStore:
+    """Values in an SQLite file, written behind by one thread and retried while writes fail."""
+
+    loads_block = True
+
+    def __init__(self, path: Path, retry_max_interval: float = 5.0,
+                 check_timeout: float = 10.0, shutdown_timeout: float = 5.0,
+                 lock: DataDirLock | None = None) -> None:
         self.path = path
+        self.lock = lock
+        self.retry_max_interval = retry_max_interval
+        self.shutdown_timeout = shutdown_timeout
         self.committed = 0
         self._issued = 0
-        self._reader = self._connect()
-        self._reader.executescript(_SCHEMA)
-        self._queue: queue.SimpleQueue[tuple[int, list[Change]] | None] = queue.SimpleQueue()
-        self._drained = threading.Condition()
+        # Unwritten changes by (namespace, room, key), newest state only, and the batch the
+        # writer is writing now (kept until it is on disk).
+        self._pending: dict[tuple[str, str, str], _Row] = {}
+        self._writing: dict[tuple[str, str, str], _Row] = {}
+        self._failure: str | None = None
+        self._read_failure: str | None = None
+        self._closing = False
+        self._stopped = False
+        self._changed = threading.Condition()
+        self._read_lock = threading.Lock()
+        self._reader = open_checked(path, check_timeout)
         self._writer = threading.Thread(target=self._write_loop, name="stratus-store", daemon=True)
         self._writer.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA busy_timeout=5000")
-        return connection
+    @property
+    def fault(self) -> str | None:
+        # Public (/healthz), so it names no path; the log does.
+        failure = self._failure
+        if failure is not None:
+            with self._changed:
+                waiting = self._unwritten()
+            return (f"store cannot be written ({failure}); {waiting} values kept in memory, "
+                    "retrying")
+        failure = self._read_failure
+        if failure is not None:
+            return f"store cannot be read ({failure})"
+        return None
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
-        rows = self._reader.execute(
-            "SELECT key, position, value FROM variables WHERE namespace=? AND room=?",
-            (namespace, room_id),
-        ).fetchall()
-        return [(key, position, json.loads(value)) for key, position, value in rows]
+        """Stored rows of a room (blocks on the disk: call it off the event loop)."""
+        try:
+            with self._read_lock:
+                rows = self._reader.execute(
+                    "SELECT key, position, value FROM variables WHERE namespace=? AND room=?",
+                    (namespace, _column(room_id)),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            self._read_failure = _one_line(exc)
+            raise
+        self._read_failure = None
+        return [(_text(key), position, json.loads(value)) for key, position, value in rows]
 
     def save(self, changes: list[Change]) -> int:
         # Values are serialised here, in the caller's thread, so the writer never reads
         # objects the event loop may still change.
-        encoded = [
-            (namespace, room_id, [(key, pos, json.dumps(value)) for key, pos, value in ups], dels)
-            for namespace, room_id, ups, dels in changes
-        ]
-        self._issued += 1
-        self._queue.put((self._issued, encoded))
-        return self._issued
+        with self._changed:
+            pending = self._pending
+            for namespace, room_id, upserts, deletes in changes:
+                for key, position, value in upserts:
+                    pending[namespace, room_id, key] = (position, json.dumps(value))
+                for key in deletes:
+                    pending[namespace, room_id, key] = None
+            self._issued += 1
+            self._changed.notify_all()
+            return self._issued
 
     def _write_loop(self) -> None:
-        writer = self._connect()
+        writer: sqlite3.Connection | None = None
+        failures = 0
+        failed_at = first_failure = 0.0
         while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            ticket, changes = item
+            with self._changed:
+                while not self._stopped:
+                    if self._pending:
+                        wait = failed_at + self._retry_delay(failures) - time.monotonic()
+                        if not failures or wait <= 0:
+                            break
+                        self._changed.wait(wait)
+                    else:
+                        self._changed.wait()
+                if self._stopped:
+                    break
+                batch, self._pending = self._pending, {}
+                self._writing = batch
+                ticket = self._issued
             try:
-                self._write(writer, changes)
-            except sqlite3.Error:
-                log.exception("could not write %d room changes; they are lost", len(changes))
-            with self._drained:
+                if writer is None:
+                    writer = _connect(self.path)
+                self._write(writer, batch)
+            except Exception as exc:  # whatever it is, the values stay and the writer lives
+                # After an I/O error the connection may be unusable: the retry opens a new one.
+                _close_quietly(writer)
+                writer = None
+                failed_at = time.monotonic()
+                failures += 1
+                with self._changed:
+                    for key, row in batch.items():
+                        self._pending.setdefault(key, row)  # a newer change wins
+                    self._writing = {}
+                    self._failure = _one_line(exc) or type(exc).__name__
+                    self._changed.notify_all()
+                if failures == 1:
+                    first_failure = failed_at
+                    log.error("cannot write %d values to store %s (%s); keeping them in memory "
+                              "and retrying", len(batch), self.path, self._failure)
+                continue
+            with self._changed:
                 self.committed = ticket
-                self._drained.notify_all()
-        writer.close()
+                self._writing = {}
+                self._failure = None
+                self._changed.notify_all()
+            if failures:
+                log.warning("store %s can be written again: %d values written after %d failed "
+                            "attempts over %.0f s", self.path, len(batch), failures,
+                            time.monotonic() - first_failure)
+                failures = 0
+        _close_quietly(writer)
+
+    def _unwritten(self) -> int:
+        """How many variables are not on disk yet (call with `_changed` held)."""
+        pending = self._pending
+        return len(pending) + sum(1 for key in self._writing if key not in pending)
+
+    def _retry_delay(self, failures: int) -> float:
+        delay = min(self.retry_max_interval, FIRST_RETRY_DELAY * 2 ** min(failures - 1, 30))
+        return min(delay, RETRY_DELAY_WHILE_CLOSING) if self._closing else delay
 
     @staticmethod
-    def _write(writer: sqlite3.Connection, changes: list[Change]) -> None:
+    def _write(writer: sqlite3.Connection, batch: dict[tuple[str, str, str], _Row]) -> None:
+        upserts = []
+        deletes = []
+        for (namespace, room_id, key), row in batch.items():
+            where = (namespace, _column(room_id), _column(key))
+            if row is None:
+                deletes.append(where)
+            else:
+                upserts.append((*where, *row))
         writer.execute("BEGIN")
         try:
-            for namespace, room_id, upserts, deletes in changes:
-                if upserts:
-                    writer.executemany(
-                        "INSERT INTO variables (namespace, room, key, position, value) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, room, key) "
-                        "DO UPDATE SET value=excluded.value, position=excluded.position",
-                        [(namespace, room_id, k, p, v) for k, p, v in upserts],
-                    )
-                if deletes:
-                    writer.executemany(
-                        "DELETE FROM variables WHERE namespace=? AND room=? AND key=?",
-                        [(namespace, room_id, key) for key in deletes],
-                    )
+            if upserts:
+                writer.executemany(
+                    "INSERT INTO variables (namespace, room, key, position, value) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, room, key) "
+                    "DO UPDATE SET value=excluded.value, position=excluded.position",
+                    upserts,
+                )
+            if deletes:
+                writer.executemany(
+                    "DELETE FROM variables WHERE namespace=? AND room=? AND key=?", deletes
+                )
             writer.execute("COMMIT")
         except BaseException:
-            writer.execute("ROLLBACK")
+            if writer.in_transaction:
+                writer.execute("ROLLBACK")
             raise
 
     def wait_committed(self, ticket: int, timeout: float | None = None) -> bool:
         """Block until `ticket` is on disk (used at shutdown and in tests)."""
-        with self._drained:
-            return self._drained.wait_for(lambda: self.committed >= ticket, timeout)
+        with self._changed:
+            return self._changed.wait_for(lambda: self.committed >= ticket, timeout)
 
     def close(self) -> None:
-        self.wait_committed(self._issued, timeout=30)
-        self._queue.put(None)
-        self._writer.join(timeout=30)
-        self._reader.close()
+        """Write what is queued, retrying for up to `shutdown_timeout` s.
+
+        Raises StoreError (one line, saying how many values) if some could not be written.
+        """
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.committed >= self._issued, self.shutdown_timeout)
+            lost = self._unwritten()
+            failure = self._failure
+            self._stopped = True
+            self._changed.notify_all()
+        self._writer.join(timeout=1.0)
+        _close_quietly(self._reader)
+        if self.lock is not None:
+            self.lock.release()
+        if lost:
+            raise StoreError(f"{lost} values could not be written to store {self.path} and are "
+                             f"lost ({failure or 'still writing'})")
 
 
-def open_store(backend: str, data_dir: Path, sqlite_file: str) -> Store:
-    """The store named by config."""
-    if backend == "memory":
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    return connection
+
+
+def _close_quietly(connection: sqlite3.Connection | None) -> None:
+    if connection is not None:
+        try:
+            connection.close()
+        except sqlite3.Error:
+            pass
+
+
+def _damaged(path: Path, why: str) -> StoreError:
+    return StoreError(f"store {path} is damaged: {_one_line(why)}; restore it from a backup or "
+                      "move it away", exit_code=2)
+
+
+def open_checked(path: Path, check_timeout: float) -> sqlite3.Connection:
+    """A connection to the store at `path`, refused (StoreError) if the file is damaged.
+
+    The integrity check (`PRAGMA quick_check`) stops after `check_timeout` seconds with a
+    warning, so a huge store cannot hold up start-up; 0 skips it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        header = None
+    except OSError as exc:
+        raise StoreError(f"store {path} cannot be read: {exc.strerror or exc}") from None
+    if header == b"":
+        log.warning("store file %s is empty (0 bytes): starting with no stored values; if it "
+                    "held values, stop the server and restore it from a backup", path)
+    elif header is not None and header != SQLITE_HEADER:
+        raise _damaged(path, "it does not start with an SQLite header")
+    connection = None
+    try:
+        connection = _connect(path)
+        connection.executescript(_SCHEMA)
+        problems = _quick_check(connection, path, check_timeout)
+    except sqlite3.Error as exc:
+        _close_quietly(connection)
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in _DAMAGED_CODES:
+            raise _damaged(path, str(exc)) from None
+        if code == sqlite3.SQLITE_FULL:
+            raise StoreError(f"store {path} cannot be opened: its disk is full") from None
+        raise StoreError(f"store {path} cannot be opened: {_one_line(exc)}") from None
+    if problems:
+        _close_quietly(connection)
+        raise _damaged(path, "; ".join(problems))
+    if not os.access(path, os.W_OK):
+        _close_quietly(connection)
+        raise StoreError(f"store {path} is not writable; give the server's user write access")
+    return connection
+
+
+def _quick_check(connection: sqlite3.Connection, path: Path, timeout: float) -> list[str]:
+    """What `PRAGMA quick_check` finds wrong (empty if nothing or out of time)."""
+    if timeout <= 0:
+        return []
+    deadline = time.monotonic() + timeout
+    connection.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+    try:
+        rows = connection.execute("PRAGMA quick_check(3)").fetchall()
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) != sqlite3.SQLITE_INTERRUPT:
+            raise
+        log.warning("store %s: the integrity check did not finish within %g s "
+                    "([store] startup_check_timeout); starting without it", path, timeout)
+        return []
+    finally:
+        connection.set_progress_handler(None, 0)
+    return [row[0] for row in rows if row[0] != "ok"]
+
+
+class DataDirLock:
+    """An exclusive lock on a data dir, so two servers never write one store."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir = self.data_dir = data_dir.absolute()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _unusable(data_dir, exc) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(self._fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise StoreError(f"data dir {data_dir} is in use by another Stratus server{who}; "
+                             "stop it or give this one another [server] data_dir") from None
+        try:
+            os.ftruncate(self._fd, 0)
+            probe = bytes(SPACE_PROBE_BYTES)
+            written = 0
+            while written < len(probe):  # a short write means the disk filled up
+                written += os.pwrite(self._fd, probe[written:], written)
+            os.fsync(self._fd)
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            self.release()
+            raise _unusable(data_dir, exc) from None
+
+    def release(self) -> None:
+        """Let another server use the data dir."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _unusable(data_dir: Path, exc: OSError) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"data dir {data_dir} is full: free some space or choose another "
+                          "[server] data_dir")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(f"data dir {data_dir} is not writable ({exc.strerror}); give the "
+                          "server's user write access or choose another [server] data_dir")
+    return StoreError(f"data dir {data_dir} cannot be used: {exc.strerror or exc}")
+
+
+def open_store(settings: StoreSection, data_dir: Path) -> Store:
+    """The store named by config; raises StoreError with a one-line reason if unusable."""
+    if settings.backend == "memory":
         return MemoryStore()
-    return SQLiteStore(data_dir / sqlite_file)
+    lock = DataDirLock(data_dir)
+    try:
+        return SQLiteStore(lock.data_dir / settings.sqlite_file, settings.retry_max_interval,
+                           settings.startup_check_timeout, settings.shutdown_write_timeout, lock)
+    except BaseException:
+        lock.release()
+        raise
