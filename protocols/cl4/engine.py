@@ -21,7 +21,14 @@ from protocols.cl4.limits import TokenBucket
 from protocols.cl4.options import Cl4Options
 from protocols.cl4.schema import DEFAULT_SCHEMA, Cl4Schema
 from protocols.cl4.session import Cl4Client
-from protocols.cl4.wire import JsonError, encode_message, parse_json
+from protocols.cl4.wire import (
+    JsonDepthError,
+    JsonError,
+    encode_message,
+    parse_json,
+    parse_message,
+    too_deep_fields,
+)
 from protocols.js import MISSING  # "no listener": a listener may be "", 0 or false
 
 __all__ = [
@@ -409,6 +416,10 @@ class Cl4Engine:
         if not within_rate:
             self._reply_rate_limited(session, listener_of(message))
             return
+        too_deep = too_deep_fields(message, text)
+        if too_deep is not None:
+            self.reply(session, StatusCode.SYNTAX, listener_of(message), details=too_deep)
+            return
         self._dispatch(session, message, len(text))
 
     def _identify(self, session: Cl4Client, text: str) -> dict | None:
@@ -418,7 +429,7 @@ class Cl4Engine:
             self._refuse_protocol(session, "Empty message")
             return None
         try:
-            message = parse_json(text)
+            message = parse_message(text)
         except JsonError:
             self._refuse_protocol(session, "Invalid JSON")
             return None
@@ -441,7 +452,11 @@ class Cl4Engine:
         """Parse a message after identification; answers E:106/E:114/E:101 itself."""
         if text:
             try:
-                message = parse_json(text)
+                message = parse_message(text)
+            except JsonDepthError as exc:
+                # Valid JSON, too deep for even the parser: a schema failure (spec §4), whose
+                # field and listener cannot be known.
+                status, details = StatusCode.SYNTAX, {"message": [str(exc)]}
             except JsonError as exc:
                 status, details = StatusCode.JSON_ERROR, f"A JSON error was raised: {exc}"
             else:

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
+from protocols.js import MAX_JSON_DEPTH
 from tests.conformance.cl4_client import (
     OBJ,
     OK,
@@ -717,3 +718,31 @@ async def test_slow_reader_is_disconnected_with_1013(make_server):
     await fresh.close()
     await flooder.close()
     await slow.abort()
+
+
+# Bad input: every message is answered, nothing reaches the log as a traceback
+
+
+def nested(depth: int) -> str:
+    """JSON text of `depth` arrays nested in each other."""
+    return "[" * depth + "]" * depth
+
+
+async def test_deeply_nested_fields_get_e101(make_server):
+    """A field nested ~600 deep gets E:101 naming it (+listener); past the parser, E:101 too."""
+    srv = make_server()
+    (a,) = await identified(srv.url, "alice")
+    too_deep = [f"nested deeper than {MAX_JSON_DEPTH} levels"]
+    for field in ("val", "rooms", "id", "name"):
+        await a.send_text(f'{{"cmd":"gvar","name":"n","val":1,"listener":"L","{field}":'
+                          f"{nested(600)}}}")
+        await a.expect({"cmd": "statuscode", "code": "E:101 | Syntax", "code_id": 101,
+                        "details": {field: too_deep}, "listener": "L"})
+    await a.send_text(f'{{"cmd":"gmsg","val":1,"listener":{nested(600)}}}')
+    await a.expect(status("E:101 | Syntax", details={"listener": too_deep}))
+    await a.send_text(f'{{"cmd":"gmsg","val":{nested(50_000)},"listener":"L"}}')
+    await a.expect(status("E:101 | Syntax", details={"message": too_deep}))
+    await a.send({"cmd": "ping", "listener": "still open"})
+    await a.expect(OK("still open"))
+    await a.close()
+    assert "Traceback" not in srv.log()

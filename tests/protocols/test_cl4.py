@@ -24,6 +24,7 @@ from protocols.cl4 import (
     looks_like_cl4,
     parse_json,
 )
+from protocols.js import MAX_JSON_DEPTH
 from tests.protocols.cl4_harness import Harness, ok, status
 
 TW_HANDSHAKE = {
@@ -1051,11 +1052,60 @@ def test_parse_json_tolerates_trailing_whitespace():
     assert parse_json('{"cmd":"ping"}\r\n ') == {"cmd": "ping"}
 
 
-def test_deeply_nested_json_is_a_json_error(harness):
-    """Nesting beyond the parser's depth is E:114, not a crash."""
+def test_nesting_beyond_the_parser_is_a_syntax_error(harness):
+    """Valid JSON too deep for the parser itself is E:101 (no listener can be read), no crash."""
     alice = harness.client("alice")
     harness.send(alice, '{"cmd":"gmsg","val":' + "[" * 100_000 + "]" * 100_000 + "}")
-    assert alice.take()[0]["code"] == "E:114 | JSON error"
+    assert alice.take() == [
+        {
+            "cmd": "statuscode",
+            "code": "E:101 | Syntax",
+            "code_id": 101,
+            "details": {"message": [f"nested deeper than {MAX_JSON_DEPTH} levels"]},
+        }
+    ]
+
+
+def nested(depth: int) -> str:
+    """JSON text of `depth` arrays nested in each other."""
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("field", ["val", "listener", "rooms", "name", "id", "extra"])
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 600, 950])
+def test_too_deep_field_is_a_syntax_error_naming_it(harness, field, depth):
+    """A field nested past the limit gets E:101 naming the field, with a valid listener."""
+    alice = harness.client("alice")
+    listener = "" if field == "listener" else ',"listener":"deep"'
+    harness.send(alice, f'{{"cmd":"gvar","name":"n","val":1{listener},"{field}":{nested(depth)}}}')
+    expected = {
+        "cmd": "statuscode",
+        "code": "E:101 | Syntax",
+        "code_id": 101,
+        "details": {field: [f"nested deeper than {MAX_JSON_DEPTH} levels"]},
+    }
+    if field != "listener":
+        expected["listener"] = "deep"
+    assert alice.take() == [expected]
+
+
+def test_nesting_up_to_the_limit_is_relayed(harness):
+    """A val holding MAX_JSON_DEPTH - 1 levels (the message is one more) is delivered."""
+    alice = harness.client("alice")
+    depth = MAX_JSON_DEPTH - 1
+    harness.send(alice, f'{{"cmd":"gmsg","val":{nested(depth)}}}')
+    (message,) = alice.take()
+    assert message["cmd"] == "gmsg"
+    assert json.dumps(message["val"], separators=(",", ":")) == nested(depth)
+
+
+def test_too_deep_first_message_is_answered_after_identification(harness):
+    """The identifying message itself may be too deep: the client is identified, then E:101."""
+    alice = harness.connect("alice")
+    harness.send(alice, f'{{"cmd":"gmsg","val":{nested(700)},"listener":"x"}}')
+    assert alice.take()[-1]["details"] == {"val": [f"nested deeper than {MAX_JSON_DEPTH} levels"]}
+    harness.send(alice, {"cmd": "ping", "listener": "p"})
+    assert alice.take()[-1]["code"] == "I:100 | OK"
 
 
 json_values = st.recursive(
