@@ -29,7 +29,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from server.plugins import DROP, Client, Plugin, VariableWrite, on_disconnect, on_variable
+from server.plugins import (
+    DROP,
+    Client,
+    Plugin,
+    VariableWrite,
+    on_disconnect,
+    on_variable,
+    printable,
+)
 
 from .cloud_socket import (
     CONNECTED,
@@ -220,7 +228,7 @@ class CloudSockets(Plugin):
             and packet.payload.startswith(SAFE_CONNECT_DIGITS)
             and not connection.allow_secure_connect(now, self.secure_connects_per_minute)
         ):
-            self.log.info("%s: too many secure connects; one dropped", client.address)
+            self.log.info("%s: too many secure connects; one dropped", printable(client.address))
             return DROP
         for event in connection.sessions.receive(write.value, now):
             self._handle_event(connection, event)
@@ -267,19 +275,20 @@ class CloudSockets(Plugin):
         client = connection.client
         if event.kind == MESSAGE:
             if len(connection.tasks) >= self.max_pending_messages:
-                self.log.info("%s: too many unanswered messages; one dropped", client.address)
+                self.log.info("%s: too many unanswered messages; one dropped",
+                              printable(client.address))
                 return
             self._spawn(connection, self.on_message(client, event.client_id, event.detail))
         elif event.kind == CONNECTED:
-            self.log.debug("%s connected session %s (%s)", client.address, event.client_id,
-                           event.detail)
+            self.log.debug("%s connected session %s (%s)", printable(client.address),
+                           event.client_id, event.detail)
             self._spawn_detached(self.on_connect(client, event.client_id, event.detail))
         elif event.kind == EXPIRED:
             self._spawn_detached(self.on_session_end(client, event.client_id, event.detail))
         elif event.kind == DROPPED:
             level = 20 if event.detail in _NOTEWORTHY_DROPS else 10  # INFO / DEBUG
-            self.log.log(level, "%s: packet for session %s dropped: %s", client.address,
-                         event.client_id or "-", event.detail)
+            self.log.log(level, "%s: packet for session %s dropped: %s",
+                         printable(client.address), event.client_id or "-", event.detail)
 
     def _spawn(self, connection: ConnectionState, coroutine: Any) -> None:
         task = asyncio.ensure_future(self._guarded(coroutine))
@@ -343,6 +352,7 @@ class CloudRequests(CloudSockets):
 
     def _handler_failed(self, error: BaseException, name: str) -> None:
         if isinstance(error, RequestTimeout):
-            self.log.warning("request %s timed out after %s s", name, self.handler_timeout)
+            self.log.warning("request %s timed out after %s s", printable(name),
+                             self.handler_timeout)
         else:
-            self.log.error("request %s failed", name, exc_info=error)
+            self.log.error("request %s failed", printable(name), exc_info=error)

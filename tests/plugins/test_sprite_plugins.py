@@ -929,3 +929,54 @@ async def test_guide_python_blocks_run():
     assert await handle_text_request("withdraw 500", third) == "That is too much."
     assert await handle_text_request("slow 2", third) == "Something went wrong."
     assert issubclass(namespaces[3]["Chat"], CloudSockets)
+
+
+# ------------------------------------------------------------------------------------ bad input
+HUGE = "1" + "0" * 4400  # integer text past Python's int-string limit (4300 digits)
+
+
+async def test_huge_integer_requests_answered_once_scratchcommunication(sprite_server):
+    """Requests holding 4,400-digit integers each get exactly one reply, and no traceback."""
+    log_start = len(sprite_server.log())
+    peer = await Peer.join(sprite_server.url, fresh_room("sc"))
+    try:
+        sprite = Sprite(peer)
+        await sprite.connect_insecurely()
+        cases = [
+            (f"echo {HUGE}", HUGE),  # a str parameter gets the digits as sent
+            (f"nosuchname {HUGE}", "The command syntax was wrong."),
+            (f"test {HUGE}", "The command syntax was wrong."),  # an int parameter cannot
+            (f"add {HUGE} 1", "Infinity"),  # float parameters: JavaScript's Number()
+            (f"add(0x{'f' * 4000}, 1)", "The command syntax was wrong."),
+        ]
+        for text, expected in cases:
+            start = len(peer.sets)
+            reply, values = await sprite.request(text, timeout=10)
+            assert reply == expected, text
+            await expect_silence(peer, TO_CLIENT, start + len(values), wait=0.3)
+            assert len(sprite.packets_since(start)) == len(values) == 1
+    finally:
+        await peer.close()
+    assert "Traceback" not in sprite_server.log()[log_start:]
+
+
+async def test_huge_integer_requests_answered_once_scratchattach(sprite_server):
+    """scratchattach requests with 4,400-digit integers are answered once, without a traceback."""
+    log_start = len(sprite_server.log())
+    peer = await Peer.join(sprite_server.url, fresh_room("sa"))
+    try:
+        client = AttachClient(peer)
+        cases = [
+            (f"echo&{HUGE}", HUGE),  # digits only: sent raw
+            (f"test&{HUGE}", ["Error in request test", "Check the Python console"]),
+            (f"add&{HUGE}&1", "Infinity"),
+        ]
+        for text, expected in cases:
+            request_id = client.new_request_id()
+            reply, values = await client.request(text, timeout=10, request_id=request_id)
+            assert reply == expected, text
+            await asyncio.sleep(0.3)
+            assert client.values_for(request_id) == values
+    finally:
+        await peer.close()
+    assert "Traceback" not in sprite_server.log()[log_start:]

@@ -1192,3 +1192,14 @@ def test_exotic_schema_rules_use_cerberus_only():
     assert schema._fast_check is None
     assert schema.errors({"sides": 1}) == {"sides": ["min value is 2"]}
     assert schema.errors({"sides": 3}) is None
+
+
+def test_integer_literal_past_the_int_string_limit_is_a_json_error(harness):
+    """A 4,400-digit integer is E:114 like 1e400 (JSON.parse would give Infinity); 4,300 relay."""
+    alice = harness.client("alice")
+    harness.send(alice, '{"cmd":"gmsg","val":1' + "0" * 4400 + "}")
+    assert alice.take() == [
+        status("E:114 | JSON error", details="A JSON error was raised: number literal too long")
+    ]
+    harness.send(alice, '{"cmd":"gmsg","val":1' + "0" * 4299 + "}")
+    assert alice.take()[0]["val"] == 10**4299
