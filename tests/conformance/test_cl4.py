@@ -433,12 +433,12 @@ async def test_case_27_unidentified_first_message_goes_to_scratch(url, first):
 
 
 async def test_case_28_direct_by_snowflake_and_uuid(url):
-    """FIX #7: direct reaches bob without the listener; the sender gets OK; unknown id E:103."""
+    """§5 row: direct reaches bob with the sender's listener; the sender gets nothing; E:103."""
     a, b = await identified(url, "alice", "bob")
     for ident in (b.user["id"], b.user["uuid"]):
         await a.send({"cmd": "direct", "id": ident, "val": "d1", "listener": "d"})
-        await b.expect({"cmd": "direct", "val": "d1", "origin": OBJ("alice")})
-        await a.expect(OK("d"))
+        await b.expect({"cmd": "direct", "val": "d1", "origin": OBJ("alice"), "listener": "d"})
+        await a.expect_nothing()
     await a.send({"cmd": "direct", "id": "nope", "val": "d1", "listener": "d"})
     await a.expect(status("E:103 | ID not found", "d"))
     assert b.model.direct_data == "d1"
@@ -494,9 +494,19 @@ async def test_case_32_unlink_ghost_room(url):
 
 
 async def test_case_33_direct_by_username(url):
-    """FIX #7: direct to a unique username reaches it (no listener); the sender gets OK."""
+    """FIX #7: direct to a unique username reaches it, with the listener; the sender, nothing."""
     a, b = await identified(url, "alice", "bob")
     await a.send({"cmd": "direct", "id": "bob", "val": "x", "listener": "d"})
+    await b.expect({"cmd": "direct", "val": "x", "origin": OBJ("alice"), "listener": "d"})
+    await a.expect_nothing()
+    await close_all(a, b)
+
+
+async def test_direct_listener_not_forwarded_when_configured(make_server):
+    """[cl4] direct_forward_listener = false: bob gets no listener, the sender gets OK."""
+    url = make_server(cl4={"direct_forward_listener": False}).url
+    a, b = await identified(url, "alice", "bob")
+    await a.send({"cmd": "direct", "id": b.user["uuid"], "val": "x", "listener": "d"})
     await b.expect({"cmd": "direct", "val": "x", "origin": OBJ("alice")})
     await a.expect(OK("d"))
     await close_all(a, b)

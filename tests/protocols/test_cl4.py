@@ -543,15 +543,17 @@ def test_first_message_identifies_and_is_handled(harness):
 
 
 def test_28_direct_by_snowflake_and_uuid(harness):
-    """#28 (FIX #7): no listener to the recipient; OK(d) to the sender; unknown id E:103."""
+    """#28 (§5 row): the recipient gets the listener, the sender nothing; unknown id E:103."""
     alice = harness.client("alice", "alice")
     bob = harness.client("bob", "bob")
     for key in ("id", "uuid"):
         harness.send(
             alice, {"cmd": "direct", "id": harness.obj(bob)[key], "val": "d1", "listener": "d"}
         )
-        assert bob.take() == [{"cmd": "direct", "val": "d1", "origin": harness.obj(alice)}]
-        assert alice.take() == [ok("d")]
+        assert bob.take() == [
+            {"cmd": "direct", "val": "d1", "origin": harness.obj(alice), "listener": "d"}
+        ]
+        assert alice.take() == []
     harness.send(alice, {"cmd": "direct", "id": "nope", "val": "d1", "listener": "d"})
     assert alice.take() == [status("E:103 | ID not found", listener="d")]
 
@@ -575,16 +577,14 @@ def test_28_direct_is_global(harness):
     assert bob.take() == [{"cmd": "direct", "val": "far", "origin": harness.obj(alice)}]
 
 
-def test_28_direct_forward_listener_parity():
-    """Option direct_forward_listener: 0.2.0 behaviour, the recipient gets the listener."""
-    harness = Harness(direct_forward_listener=True)
+def test_28_direct_unforwarded_listener_option():
+    """direct_forward_listener = false: no listener to the recipient, OK(d) to the sender."""
+    harness = Harness(direct_forward_listener=False)
     alice = harness.client("alice", "alice")
     bob = harness.client("bob", "bob")
     harness.send(alice, {"cmd": "direct", "id": "bob", "val": "d1", "listener": "d"})
-    assert bob.take() == [
-        {"cmd": "direct", "val": "d1", "origin": harness.obj(alice), "listener": "d"}
-    ]
-    assert alice.take() == []
+    assert bob.take() == [{"cmd": "direct", "val": "d1", "origin": harness.obj(alice)}]
+    assert alice.take() == [ok("d")]
 
 
 def test_28_direct_ambiguous_username(harness):
@@ -652,12 +652,14 @@ def test_32_unlink_room_never_joined(harness):
 
 
 def test_33_direct_by_username(harness):
-    """#33 (FIX #7): direct by a unique username is delivered and acknowledged."""
+    """#33 (FIX #7): direct by a unique username is delivered, with the listener."""
     alice = harness.client("alice", "alice")
     bob = harness.client("bob", "bob")
     harness.send(alice, {"cmd": "direct", "id": "bob", "val": "x", "listener": "d"})
-    assert bob.take() == [{"cmd": "direct", "val": "x", "origin": harness.obj(alice)}]
-    assert alice.take() == [ok("d")]
+    assert bob.take() == [
+        {"cmd": "direct", "val": "x", "origin": harness.obj(alice), "listener": "d"}
+    ]
+    assert alice.take() == []
 
 
 @pytest.mark.parametrize("fields", [("id", "username", "uuid"), ("id",), ("username",)])
