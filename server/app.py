@@ -78,7 +78,8 @@ class Server:
         if self.plugins.hooks("variable"):
             self.scratch_rooms.variable_hooks_for = self.plugins.variable_hooks
         if cfg.bridge.enabled:
-            Bridge(self.scratch_rooms, self.scratch_options, self.cl4.engine, cfg.bridge.rooms)
+            Bridge(self.scratch_rooms, self.scratch_options, self.cl4.engine, cfg.bridge.rooms,
+                   self.plugins)
         await self.plugins.start()
         host: Any = cfg.server.host or None
         self._listener = await self.loop.create_server(

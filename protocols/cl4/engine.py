@@ -49,7 +49,8 @@ logger = logging.getLogger("stratus.cl4")
 Send = Callable[[Hashable, "dict | str"], None]
 Close = Callable[[Hashable, int, str], None]
 CommandHandler = Callable[["Cl4Request"], None]
-GvarObserver = Callable[[str, str, Any], None]
+# (sender, room, name, val) of a gvar delivered in a CL4 room.
+GvarObserver = Callable[[Cl4Client, str, str, Any], None]
 PreDispatchHook = Callable[[Cl4Client, dict], "dict | Reject | None"]
 
 SNOWFLAKE_INSTANCE = 42  # as the reference server (spec §6)
@@ -255,11 +256,11 @@ class Cl4Engine:
             self._send(member.connection, message)
         return len(recipients)
 
-    def notify_gvar(self, room: str, name: str, val: Any) -> None:
-        """Tell every gvar observer about a CL4 gvar delivered in `room`."""
+    def notify_gvar(self, sender: Cl4Client, room: str, name: str, val: Any) -> None:
+        """Tell every gvar observer about a CL4 gvar `sender` delivered in `room`."""
         for observer in tuple(self.gvar_observers):
             try:
-                observer(room, name, val)
+                observer(sender, room, name, val)
             except Exception:
                 logger.exception("CL4 gvar observer %r failed", observer)
 

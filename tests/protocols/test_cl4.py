@@ -1000,15 +1000,17 @@ def test_replace_and_remove_builtin(harness):
 
 
 def test_gvar_observer_and_emit_gvar(harness):
-    """Bridge: observers see every CL4 gvar; emit_gvar parses JSON-string values (§12)."""
+    """Bridge: observers see every CL4 gvar and its sender; emit_gvar parses JSON strings (§12)."""
     observed = []
-    harness.engine.gvar_observers.append(lambda *args: observed.append(args))
+    harness.engine.gvar_observers.append(
+        lambda sender, *args: observed.append((sender.username, *args))
+    )
     harness.engine.gvar_observers.append(lambda *args: 1 / 0)  # logged, not propagated
     alice = harness.client("alice", "alice")
     harness.send(alice, {"cmd": "link", "val": ["r1", "r2"]})
     alice.take()
     harness.send(alice, {"cmd": "gvar", "name": "v", "val": [1]})
-    assert observed == [("r1", "v", [1]), ("r2", "v", [1])]
+    assert observed == [("alice", "r1", "v", [1]), ("alice", "r2", "v", [1])]
     alice.take()
     for value, parsed in [("5", 5), ("abc", "abc"), ('{"a":1}', {"a": 1}), ("null", "null")]:
         assert harness.engine.emit_gvar("r1", "☁ score", value) == 1
