@@ -980,3 +980,85 @@ async def test_huge_integer_requests_answered_once_scratchattach(sprite_server):
     finally:
         await peer.close()
     assert "Traceback" not in sprite_server.log()[log_start:]
+
+
+def with_client_id(value: str, client_id: str) -> str:
+    """A FROM_CLIENT value re-addressed to another client id (its payload unchanged)."""
+    payload, trailer = value.split(".")
+    return f"{payload}.{client_id}{trailer[5:]}"
+
+
+async def test_replayed_handshake_refused_after_10001_fresh_ones(tmp_path, keys):
+    """A captured secure connect cannot be replayed, even after 10,001 fresh ones on the server
+    (the replay memory is never evicted)."""
+    proc = ServerProcess(tmp_path, {"server": {"log_level": "debug"}})
+    write_plugin_config(proc, [{
+        "use": "plugins.sprites.scratchcommunication:CloudRequests",
+        "rooms": ["sc-*"],
+        "handlers": HANDLERS,
+        "ec_key_file": str(keys.ec_file),
+        "secure_connects_per_minute": 20_000,
+        "total_secure_connects_per_minute": 20_000,
+    }])
+    proc.start()
+    try:
+        room = fresh_room("sc")
+        victim_peer = await Peer.join(proc.url, room, "victim")
+        victim = Sprite(victim_peer, client_id="31337")
+        captured = victim.model.ec_connect(keys.ec.public_point.hex(), victim.ts())
+        await victim.put(captured)
+        assert (await victim.request("add 1 2"))[0] == "3"
+        await victim_peer.close()  # frees its client id: only the replay memory stands guard
+
+        peer = await Peer.join(proc.url, room, "mallory")
+        attacker = Sprite(peer, client_id="42424")
+        point = keys.ec.public_point.hex()
+        for _ in range(10_001):  # stamped now: ACTs may repeat, each key blob is new
+            await attacker.put(attacker.model.ec_connect(point, centiseconds_now()))
+        attacker.last_ts = centiseconds_now()  # its request's salt must follow the last ACT
+        assert (await attacker.request("add 2 2", timeout=60))[0] == "4"  # all were accepted
+
+        start = len(peer.sets)
+        await attacker.put([with_client_id(value, "31337") for value in captured])
+        replayer = Sprite(peer, client_id="31337")
+        replayer.model.key_str = victim.model.key_str  # as if the attacker knew the key
+        await replayer.put(replayer.model.send("add 3 3", ts=replayer.ts()))
+        await expect_silence(peer, TO_CLIENT, start, wait=1.0)
+        assert "packet for session 31337 dropped: replayed handshake" in proc.log()
+        await peer.close()
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.log()
+
+
+async def test_total_secure_connect_limit(tmp_path, keys):
+    """Past total_secure_connects_per_minute (all connections together) connects are dropped."""
+    proc = ServerProcess(tmp_path)
+    write_plugin_config(proc, [{
+        "use": "plugins.sprites.scratchcommunication:CloudRequests",
+        "rooms": ["sc-*"],
+        "handlers": HANDLERS,
+        "ec_key_file": str(keys.ec_file),
+        "total_secure_connects_per_minute": 2,
+    }])
+    proc.start()
+    peers = []
+    try:
+        room = fresh_room("sc")
+        for number, expected in ((1, "2"), (2, "3"), (3, None)):
+            peer = await Peer.join(proc.url, room, f"player{number}")
+            peers.append(peer)
+            sprite = Sprite(peer)
+            await sprite.connect_ec(keys.ec)
+            if expected is not None:
+                assert (await sprite.request(f"add 1 {number}"))[0] == expected
+            else:
+                start = len(peer.sets)
+                await sprite.put(sprite.model.send("add 1 1", ts=sprite.ts()))
+                await expect_silence(peer, TO_CLIENT, start)
+        assert "more than 2 secure connects a minute in total" in proc.log()
+    finally:
+        for peer in peers:
+            await peer.close()
+        proc.stop()
+    assert "Traceback" not in proc.log()
