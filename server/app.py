@@ -241,9 +241,12 @@ class Server:
         else:
             hop = headers.get("X-Real-IP", "").strip()
         try:
-            return str(ipaddress.ip_address(hop))
+            address = ipaddress.ip_address(hop)
         except ValueError:
             return peer
+        # A zone index ("fe80::1%<anything>") names an interface of another host and is free
+        # client text; without it the address is plain, wherever it is logged or compared.
+        return str(address).partition("%")[0]
 
     def refuse_upgrade(self, connection: Connection) -> Response | None:
         """An HTTP refusal for a WebSocket upgrade, or None to accept it."""

@@ -249,7 +249,7 @@ class Client:
             self._connection.close(code)
 
     def __repr__(self) -> str:
-        return f"<Client {self.protocol} {self.username!r} {self.address}>"
+        return f"<Client {self.protocol} {printable(self.username, 40)} {printable(self.address)}>"
 
 
 class Plugin:

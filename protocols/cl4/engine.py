@@ -30,6 +30,7 @@ from protocols.cl4.wire import (
     too_deep_fields,
 )
 from protocols.js import MISSING  # "no listener": a listener may be "", 0 or false
+from server.logsafe import printable
 
 __all__ = [
     "MISSING",
@@ -62,12 +63,6 @@ _LISTENER_TYPES = (str, int, float, bool)
 _MAX_EXPANSION = 12
 
 
-
-
-def _loggable(value: object, limit: int = 120) -> str:
-    """Client-supplied text for a log line: control characters escaped, length bounded."""
-    text = ascii(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -562,7 +557,7 @@ class Cl4Engine:
         try:
             command.handler(Cl4Request(self, session, message))
         except Exception:
-            logger.exception("CL4 command %s from %r failed", _loggable(name), session)
+            logger.exception("CL4 command %s from %r failed", printable(name), session)
             self.reply(session, StatusCode.INTERNAL_SERVER_ERROR, listener_of(message))
 
     def sessions(self) -> Iterable[Cl4Client]:
