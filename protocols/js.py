@@ -19,7 +19,7 @@ __all__ = [
     "MISSING",
     "JSONDepthError",
     "JSONError",
-    "bracket_count_within",
+    "surely_within_depth",
     "deeper_than",
     "js_number_to_string",
     "js_string",
@@ -64,12 +64,14 @@ def deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def bracket_count_within(text: str, limit: int) -> bool:
-    """Whether `text` holds at most `limit` opening brackets, so no JSON in it nests deeper.
+def surely_within_depth(text: str, limit: int) -> bool:
+    """True if no JSON in `text` can nest more than `limit` containers (False: maybe it does).
 
-    Two C-speed counts: the exact depth walk is needed only for the rare text that fails this.
+    Cheap enough for every message: nesting d levels takes 2d characters, and a JSON text
+    with at most `limit` opening brackets cannot nest deeper. The exact walk (`deeper_than`)
+    is left for the rare text that fails both.
     """
-    return text.count("[") + text.count("{") <= limit
+    return len(text) <= 2 * limit + 1 or text.count("[") + text.count("{") <= limit
 
 
 class _Missing:
@@ -107,6 +109,7 @@ def strict_json_parser(
     decode = json.JSONDecoder(parse_constant=_reject_constant, **decoder_options).decode
     # Unbounded, the parser's own stack lasts far beyond MAX_JSON_DEPTH, so this text holds too.
     too_deep = f"nested deeper than {max_depth or MAX_JSON_DEPTH} levels"
+    short_text = math.inf if max_depth is None else 2 * max_depth + 1
 
     def parse(text: str) -> Any:
         try:
@@ -124,9 +127,11 @@ def strict_json_parser(
             # MemoryError and the like: the caller must only ever see JSONError, whatever a
             # client sends.
             raise JSONError(f"{type(exc).__name__}: {exc}") from None
+        # The length test repeats surely_within_depth's first step inline: it settles nearly
+        # every message without a function call on this hot path.
         if (
-            max_depth is not None
-            and not bracket_count_within(text, max_depth)
+            len(text) > short_text
+            and not surely_within_depth(text, max_depth)
             and deeper_than(value, max_depth)
         ):
             raise JSONDepthError(too_deep)

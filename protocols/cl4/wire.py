@@ -11,10 +11,10 @@ from protocols.js import (
     MAX_JSON_DEPTH,
     JSONDepthError,
     JSONError,
-    bracket_count_within,
     deeper_than,
     js_string,
     strict_json_parser,
+    surely_within_depth,
 )
 
 __all__ = [
@@ -65,7 +65,7 @@ def too_deep_fields(message: dict, text: str) -> dict[str, list[str]] | None:
 
     The message object is one level, so a field may hold MAX_JSON_DEPTH - 1 levels.
     """
-    if bracket_count_within(text, MAX_JSON_DEPTH):
+    if surely_within_depth(text, MAX_JSON_DEPTH):
         return None
     details = {
         str(key): list(_TOO_DEEP)

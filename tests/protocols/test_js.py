@@ -21,6 +21,7 @@ from protocols.js import (
     js_string,
     js_stringify,
     parse_json,
+    surely_within_depth,
     utf16_len,
 )
 
@@ -137,6 +138,14 @@ def test_deeper_than_measures_iteratively():
     assert not deeper_than("[[[", 0)
     assert deeper_than({"a": [1, {"b": []}]}, 2)
     assert not deeper_than({"a": [1, {"b": []}]}, 4)
+
+
+def test_surely_within_depth_never_clears_a_deep_text():
+    """The cheap text test may only say "within" when no nesting can exceed the limit."""
+    assert surely_within_depth("[" * 3 + "]" * 3, 3)  # short: 2 * limit + 1 characters or fewer
+    assert surely_within_depth('{"a":"' + "x" * 500 + '"}', 3)  # long, few brackets
+    assert not surely_within_depth("[" * 4 + "]" * 4, 3)
+    assert not surely_within_depth('"' + "[" * 10 + '"', 3)  # maybe deep: the walk decides
 
 
 def test_parse_json_deep_nesting_raises_json_error():
