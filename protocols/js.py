@@ -19,12 +19,12 @@ __all__ = [
     "MISSING",
     "JSONDepthError",
     "JSONError",
-    "surely_within_depth",
     "deeper_than",
     "js_number_to_string",
     "js_string",
     "js_stringify",
     "parse_json",
+    "surely_within_depth",
     "utf16_len",
 ]
 
