@@ -63,8 +63,6 @@ _LISTENER_TYPES = (str, int, float, bool)
 _MAX_EXPANSION = 12
 
 
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reject:
     """A pre-dispatch hook's veto: the sender gets `status` (+details, +listener)."""
