@@ -977,6 +977,9 @@ async def test_huge_integer_requests_answered_once_scratchattach(sprite_server):
             assert reply == expected, text
             await asyncio.sleep(0.3)
             assert client.values_for(request_id) == values
+        start = len(peer.sets)  # an unknown name is not answered (spec): the same with HUGE
+        await client.send(f"nosuchname&{HUGE}", client.new_request_id())
+        await expect_silence(peer, FROM_HOST, start)
     finally:
         await peer.close()
     assert "Traceback" not in sprite_server.log()[log_start:]
