@@ -15,18 +15,63 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MISSING",
+    "JSONDepthError",
     "JSONError",
+    "deeper_than",
     "js_number_to_string",
     "js_string",
     "js_stringify",
     "parse_json",
+    "surely_within_depth",
     "utf16_len",
 ]
 
 
 class JSONError(ValueError):
     """Text that JavaScript's JSON.parse would reject."""
+
+
+class JSONDepthError(JSONError):
+    """Valid JSON nested deeper than the server accepts (`MAX_JSON_DEPTH`)."""
+
+
+# Containers (objects and arrays) one message may nest, counting the message itself. Fixed, not
+# configurable: code that walks parsed values recursively (the C parser, cerberus' error
+# copies, repr in log lines, plugins) needs 2-3 stack frames per level, and this keeps them all
+# far below Python's recursion limit of 1000 wherever a message is handled. No Scratch or
+# CloudLink client nests anywhere near this deep.
+MAX_JSON_DEPTH = 100
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests more than `limit` containers (a scalar nests 0, `[]` 1).
+
+    Walks iteratively, so any depth is safe to measure.
+    """
+    if type(value) not in (dict, list):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        items = container.values() if type(container) is dict else container
+        for item in items:
+            if type(item) is dict or type(item) is list:
+                stack.append((item, depth + 1))
+    return False
+
+
+def surely_within_depth(text: str, limit: int) -> bool:
+    """True if no JSON in `text` can nest more than `limit` containers (False: maybe it does).
+
+    Cheap enough for every message: nesting d levels takes 2d characters, and a JSON text
+    with at most `limit` opening brackets cannot nest deeper. The exact walk (`deeper_than`)
+    is left for the rare text that fails both.
+    """
+    return len(text) <= 2 * limit + 1 or text.count("[") + text.count("{") <= limit
 
 
 class _Missing:
@@ -52,22 +97,45 @@ def _reject_constant(name: str) -> float:
     raise JSONError(f"{name} is not valid JSON")
 
 
-def strict_json_parser(**decoder_options: Any) -> Callable[[str], Any]:
+def strict_json_parser(
+    max_depth: int | None = MAX_JSON_DEPTH, **decoder_options: Any
+) -> Callable[[str], Any]:
     """A JSON.parse-like parser: NaN/Infinity literals and every decoder failure raise JSONError.
 
-    `decoder_options` go to `json.JSONDecoder` (e.g. how numbers are built).
+    Text nested deeper than `max_depth` containers raises JSONDepthError (None: only the
+    parser's own stack bounds it, still as JSONDepthError). `decoder_options` go to
+    `json.JSONDecoder` (e.g. how numbers are built).
     """
     decode = json.JSONDecoder(parse_constant=_reject_constant, **decoder_options).decode
+    # Unbounded, the parser's own stack lasts far beyond MAX_JSON_DEPTH, so this text holds too.
+    too_deep = f"nested deeper than {max_depth or MAX_JSON_DEPTH} levels"
+    short_text = math.inf if max_depth is None else 2 * max_depth + 1
 
     def parse(text: str) -> Any:
         try:
-            return decode(text)
+            value = decode(text)
         except JSONError:
             raise
+        except RecursionError:
+            raise JSONDepthError(too_deep) from None
+        except json.JSONDecodeError as exc:
+            raise JSONError(str(exc)) from None
+        except ValueError:
+            # int() of a literal beyond Python's int-string limit (4300 digits by default).
+            raise JSONError("number literal too long") from None
         except Exception as exc:
-            # Includes RecursionError from deep nesting and MemoryError: the caller must only
-            # ever see JSONError, whatever a client sends.
+            # MemoryError and the like: the caller must only ever see JSONError, whatever a
+            # client sends.
             raise JSONError(f"{type(exc).__name__}: {exc}") from None
+        # The length test repeats surely_within_depth's first step inline: it settles nearly
+        # every message without a function call on this hot path.
+        if (
+            len(text) > short_text
+            and not surely_within_depth(text, max_depth)
+            and deeper_than(value, max_depth)
+        ):
+            raise JSONDepthError(too_deep)
+        return value
 
     return parse
 

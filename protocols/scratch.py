@@ -153,6 +153,39 @@ def connect_refusal(connection: Connection, options: ScratchOptions) -> tuple[st
     return None
 
 
+# Writes
+
+
+def accepts_name(name: Any, section: ScratchSection) -> bool:
+    """Whether a write may use this variable name ([scratch] strict_variable_names)."""
+    return not section.strict_variable_names or (
+        type(name) is str and name.startswith(CLOUD_PREFIXES) and name not in CLOUD_PREFIXES
+    )
+
+
+def apply_variable_hooks(room: Room, client: Any, name: Any, value: Any,
+                         section: ScratchSection) -> Any:
+    """Run the room's variable-write hooks on a write by `client`: the value to store, or DROP.
+
+    Every write into a Scratch room from a client goes through here, whatever protocol it
+    came in by (a Scratch set, a bridged CL4 gvar), so plugins that own variable names see
+    them all. A value a plugin changed must still be valid.
+    """
+    write = VariableWrite(client, room.id, None if name is MISSING else name, value)
+    for hook in room.variable_hooks:
+        outcome = hook(write)
+        if outcome is DROP:
+            return DROP
+        write.value = outcome
+    if write.value is not value and not is_valid_value(
+        write.value, section.max_value_length, section.allow_non_numeric_values
+    ):
+        log.warning("a plugin turned a write into an invalid value %s; dropped",
+                    printable(write.value))
+        return DROP
+    return write.value
+
+
 # Session
 
 
@@ -339,35 +372,18 @@ class ScratchSession:
         if not is_valid_value(value, section.max_value_length, section.allow_non_numeric_values):
             return
         name = message.get("name", MISSING)
-        if section.strict_variable_names and not (
-            type(name) is str and name.startswith(CLOUD_PREFIXES) and name not in CLOUD_PREFIXES
-        ):
+        if not accepts_name(name, section):
             return
         if room.variable_hooks:
-            value = self._run_variable_hooks(room, name, value)
+            value = apply_variable_hooks(room, self._plugin_client(), name, value, section)
             if value is DROP:
                 return
         key = variable_key(name)
         if not room.set(key, value, self.connection):
             raise ProtocolViolation(GENERIC_ERROR, "too many variables")
 
-    def _run_variable_hooks(self, room: Room, name: Any, value: Any) -> Any:
-        """Let plugins transform or refuse a write; a changed value must still be valid."""
-        write = VariableWrite(self.plugins.client(self.connection), room.id,
-                              None if name is MISSING else name, value)
-        for hook in room.variable_hooks:
-            outcome = hook(write)
-            if outcome is DROP:
-                return DROP
-            write.value = outcome
-        section = self.options.section
-        if write.value is not value and not is_valid_value(
-            write.value, section.max_value_length, section.allow_non_numeric_values
-        ):
-            log.warning("a plugin turned a write into an invalid value %s; dropped",
-                        printable(write.value))
-            return DROP
-        return write.value
+    def _plugin_client(self) -> Any:
+        return self.plugins.client(self.connection) if self.plugins is not None else None
 
     def _delete_or_rename(self, method: str, message: dict) -> None:
         section = self.options.section
@@ -394,7 +410,8 @@ class ScratchSession:
         if (
             room.variable_hooks
             and key in room.values
-            and self._run_variable_hooks(room, new_name, room.values[key]) is DROP
+            and apply_variable_hooks(room, self._plugin_client(), new_name, room.values[key],
+                                     section) is DROP
         ):
             return
         new_key = variable_key(new_name)

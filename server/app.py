@@ -78,7 +78,8 @@ class Server:
         if self.plugins.hooks("variable"):
             self.scratch_rooms.variable_hooks_for = self.plugins.variable_hooks
         if cfg.bridge.enabled:
-            Bridge(self.scratch_rooms, self.scratch_options, self.cl4.engine, cfg.bridge.rooms)
+            Bridge(self.scratch_rooms, self.scratch_options, self.cl4.engine, cfg.bridge.rooms,
+                   self.plugins)
         await self.plugins.start()
         host: Any = cfg.server.host or None
         self._listener = await self.loop.create_server(
@@ -244,9 +245,12 @@ class Server:
         else:
             hop = headers.get("X-Real-IP", "").strip()
         try:
-            return str(ipaddress.ip_address(hop))
+            address = ipaddress.ip_address(hop)
         except ValueError:
             return peer
+        # A zone index ("fe80::1%<anything>") names an interface of another host and is free
+        # client text; without it the address is plain, wherever it is logged or compared.
+        return str(address).partition("%")[0]
 
     def refuse_upgrade(self, connection: Connection) -> Response | None:
         """An HTTP refusal for a WebSocket upgrade, or None to accept it."""

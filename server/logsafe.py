@@ -8,7 +8,14 @@ _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 def printable(text: object, limit: int = 120) -> str:
     """`text` with control characters escaped and cut to `limit` characters."""
-    value = text if isinstance(text, str) else repr(text)
+    if isinstance(text, str):
+        value = text
+    else:
+        try:
+            value = repr(text)
+        except (ValueError, RecursionError):
+            # An int beyond Python's int-string limit, or a structure nested past the stack.
+            value = f"<unprintable {type(text).__name__}>"
     if len(value) > limit:
         value = value[:limit] + f"...({len(value)} chars)"
     return value.translate(_ESCAPES)

@@ -37,6 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from protocols.cl4.codes import Status, StatusCode
 
+# Re-exported for plugins: client text in their log lines goes through it too.
+from .logsafe import printable as printable
+
 if TYPE_CHECKING:
     from protocols.cl4.engine import Cl4Engine
 
@@ -246,7 +249,7 @@ class Client:
             self._connection.close(code)
 
     def __repr__(self) -> str:
-        return f"<Client {self.protocol} {self.username!r} {self.address}>"
+        return f"<Client {self.protocol} {printable(self.username, 40)} {printable(self.address)}>"
 
 
 class Plugin:

@@ -10,7 +10,7 @@ config.toml:
 
 from __future__ import annotations
 
-from server.plugins import DROP, Plugin, VariableWrite, on_variable
+from server.plugins import DROP, Plugin, VariableWrite, on_variable, printable
 
 
 class ScoreValidator(Plugin):
@@ -29,7 +29,8 @@ class ScoreValidator(Plugin):
         except (TypeError, ValueError):
             return DROP
         if score < 0:
-            self.log.info("refused %r = %r in %s", write.name, write.value, write.room)
+            self.log.info("refused %s = %s in %s", printable(write.name),
+                          printable(write.value), printable(write.room))
             return DROP  # not stored, not relayed
         if score > self.maximum:
             return self.maximum  # stored and relayed instead of the written value

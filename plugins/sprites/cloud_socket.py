@@ -235,18 +235,24 @@ def _blob_digest(blob: str) -> bytes:
 
 
 class HandshakeReplayCache:
-    """Remembers recently used key blobs so a replayed secure connect is rejected (§13.5)."""
+    """Every key blob that opened a session within the window, so a replay is rejected (§13.5).
 
-    def __init__(self, window: float = 300.0, max_entries: int = 10_000):
+    Nothing is forgotten before its window ends, whatever arrives meanwhile: `capacity` (None:
+    unbounded) caps how many blobs are held at once, and while it is reached `full` is true and
+    new handshakes must be refused rather than make room. The plugin sizes the capacity from
+    its global connect rate limit, so within that limit it never fills.
+    """
+
+    def __init__(self, window: float = 300.0, capacity: int | None = None):
         self.window = window
-        self.max_entries = max_entries
+        self.capacity = capacity
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     def _purge(self, now: float) -> None:
-        while self._seen and (
-            len(self._seen) > self.max_entries
-            or next(iter(self._seen.values())) < now - self.window
-        ):
+        while self._seen and next(iter(self._seen.values())) < now - self.window:
             self._seen.popitem(last=False)
 
     def seen(self, blob: str, now: float) -> bool:
@@ -254,12 +260,19 @@ class HandshakeReplayCache:
         self._purge(now)
         return _blob_digest(blob) in self._seen
 
-    def remember(self, blob: str, now: float) -> None:
-        """Record a blob that completed a handshake."""
+    def full(self, now: float) -> bool:
+        """True while `capacity` blobs are remembered: refuse handshakes until some expire."""
+        self._purge(now)
+        return self.capacity is not None and len(self._seen) >= self.capacity
+
+    def remember(self, blob: str, now: float) -> bool:
+        """Record a blob that completed a handshake; False (not recorded) if full."""
+        if self.full(now):
+            return False
         digest = _blob_digest(blob)
         self._seen[digest] = now
         self._seen.move_to_end(digest)  # keep insertion order = time order for purging
-        self._purge(now)
+        return True
 
 
 @dataclass(frozen=True)
@@ -277,6 +290,12 @@ class SocketLimits:
     clock_skew_allowance: float = 0.0
     max_value_length: int = DEFAULT_MAX_VALUE_LENGTH
     min_interval: float = 0.1
+
+    @property
+    def replay_window(self) -> float:
+        """How long a connect's key blob stays acceptable: ACT may be up to
+        future_window + clock_skew_allowance ahead and connect_max_age behind."""
+        return self.connect_max_age + self.future_window + self.clock_skew_allowance
 
 
 @dataclass
@@ -322,7 +341,9 @@ class SocketSessions:
         self.limits = limits or SocketLimits()
         self.server_keys = [key for key in (ec_key, rsa_key) if key is not None]
         self.registry = registry if registry is not None else ClientIdRegistry()
-        self.replay_cache = replay_cache or HandshakeReplayCache(self.limits.connect_max_age)
+        if replay_cache is None:
+            replay_cache = HandshakeReplayCache(self.limits.replay_window)
+        self.replay_cache = replay_cache
         self.rng = rng or random.SystemRandom()
         self.pacer = OutboundPacer(TO_CLIENT_VARIABLES, self.limits.min_interval)
         # Per connection, not per session: the sprite's salt floor survives its reconnects.
@@ -461,6 +482,9 @@ class SocketSessions:
         blob = "".join(self._fragments.pop(slot)[0] for slot in slots)
         if self.replay_cache.seen(blob, now):
             return SocketEvent(DROPPED, client_id, "replayed handshake")
+        if self.replay_cache.full(now):
+            # Forgetting an older blob to make room would let its replay through.
+            return SocketEvent(DROPPED, client_id, "too many recent secure connects")
         for server_key in self.server_keys:
             try:
                 key_str = server_key.recover_key_string(blob, act)

@@ -41,6 +41,7 @@ from .requests_grammar import (
     RequestError,
     RequestSyntaxError,
     convert_arguments,
+    fits_int_limit,
     parse_requests,
     reply_for_exception,
     resolve_handler,
@@ -162,7 +163,7 @@ def _declared(value: Any, returns: Any) -> Any:
             return float(value)
         if origin is str and value is not None:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     return value
 
@@ -182,6 +183,9 @@ def format_result(value: Any, returns: Any = None, *, lists: bool = False) -> An
         return "true" if value else "false"
     if isinstance(value, float):
         return format_number(value)
+    if isinstance(value, int) and not fits_int_limit(value):
+        # Python will not write it in decimal; as a Scratch number it is Infinity anyway.
+        return "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, list | tuple):
         items = [format_result(item) for item in value]
         return items if lists else " ".join(str(item) for item in items)
@@ -251,7 +255,9 @@ async def handle_text_request(
     try:
         try:
             parsed = parse_requests(text)
-        except RequestSyntaxError:
+        except Exception as error:  # a request always gets its one reply, even on a bug here
+            if on_error is not None and not isinstance(error, RequestSyntaxError):
+                on_error(error, "(parsing)")
             return SYNTAX_ERROR_REPLY
         reply = SYNTAX_ERROR_REPLY
         for sub_request in parsed:

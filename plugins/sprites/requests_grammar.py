@@ -12,6 +12,7 @@ import ast
 import inspect
 import math
 import re
+import sys
 import typing
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,6 +32,10 @@ _JS_WHITESPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2
 _JS_WHITESPACE += "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 _QUOTES = "'\""
 PYTHON_SYNTAX_ATTRIBUTE = "allow_python_syntax"
+# Python refuses to turn ints of more decimal digits than this into text or back (a guard
+# against quadratic conversions); 0 means no limit. Such integers in requests stay text.
+INT_DIGIT_LIMIT = sys.get_int_max_str_digits()
+_INT_BOUND = 10**INT_DIGIT_LIMIT if INT_DIGIT_LIMIT else None
 
 
 class RequestSyntaxError(ValueError):
@@ -80,17 +85,41 @@ def js_number(token: str) -> float | None:
     return float(text)
 
 
+def fits_int_limit(value: int) -> bool:
+    """Whether Python can write `value` as decimal text (see INT_DIGIT_LIMIT)."""
+    return _INT_BOUND is None or -_INT_BOUND < value < _INT_BOUND
+
+
+def exact_int(digits: str, base: int = 10) -> int | None:
+    """int(digits, base), or None when the value has more decimal digits than INT_DIGIT_LIMIT."""
+    if base == 10:
+        # Checked before int(), which would raise ValueError (and whose cost grows
+        # quadratically with the length where there is no limit to stop it).
+        if INT_DIGIT_LIMIT and len(digits.lstrip("+-")) > INT_DIGIT_LIMIT:
+            return None
+        return int(digits)
+    value = int(digits, base)  # powers of two convert in linear time, at any length
+    return value if fits_int_limit(value) else None
+
+
 def token_value(token: str) -> object:
-    """An unquoted token's value: int when integral in form, float for other numbers, else str."""
+    """An unquoted token's value: int when integral in form, float for other numbers, else str.
+
+    An integer beyond Python's int-string limit (INT_DIGIT_LIMIT decimal digits) stays the
+    token's text: an `int` parameter then refuses it as a syntax error, a `float` one gets
+    Infinity (JavaScript's Number of it), `str` and unannotated ones get the digits as sent.
+    """
     text = token.strip(_JS_WHITESPACE)
     number = js_number(token)
     if number is None:
         return token
     if _INTEGER.fullmatch(text):
-        return int(text)  # exact, also beyond 2**53
+        value = exact_int(text)  # exact, also beyond 2**53
+        return token if value is None else value
     if text[:2].lower() in _PREFIXED:
         base, _ = _PREFIXED[text[:2].lower()]
-        return int(text[2:], base)
+        value = exact_int(text[2:], base)
+        return token if value is None else value
     return number
 
 
@@ -168,6 +197,13 @@ def _parse_call(text: str, name: str) -> ParsedRequest:
             raise RequestSyntaxError("**kwargs are not literals")
         args = tuple(ast.literal_eval(argument) for argument in call.args)
         kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+        # Decimal literals past the limit are already a SyntaxError; 0x... ones are not.
+        if any(
+            type(node) is ast.Constant and type(node.value) is int
+            and not fits_int_limit(node.value)
+            for node in ast.walk(call)
+        ):
+            raise RequestSyntaxError("integer literal beyond the int-string limit")
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as error:
         if isinstance(error, RequestSyntaxError):
             raise
@@ -233,8 +269,13 @@ def _to_int(value: object, text: str | None) -> int:
 
 
 def _to_float(value: object, text: str | None) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # beyond a double: what JavaScript's Number() gives
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, float):
+        return value
     if isinstance(value, str):
         number = js_number(value)
         if number is not None and value.strip(_JS_WHITESPACE):

@@ -23,7 +23,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.plugins import DROP, Client, Plugin, VariableWrite, on_disconnect, on_variable
+from server.plugins import (
+    DROP,
+    Client,
+    Plugin,
+    VariableWrite,
+    on_disconnect,
+    on_variable,
+    printable,
+)
 
 from .request_api import (
     DEFAULT_TIMEOUT,
@@ -157,8 +165,8 @@ class ScratchattachRequests(Plugin):
         outcome = connection.state.receive(write.value, time.time())
         if isinstance(outcome, IncomingRequest):
             if len(connection.tasks) >= self.max_pending_requests:
-                self.log.info("%s: too many unanswered requests; %s dropped", client.address,
-                              outcome.name)
+                self.log.info("%s: too many unanswered requests; %s dropped",
+                              printable(client.address), printable(outcome.name))
             else:
                 task = asyncio.ensure_future(self._answer(connection, outcome))
                 connection.tasks.add(task)
@@ -167,9 +175,10 @@ class ScratchattachRequests(Plugin):
             if connection.writer.pending < MAX_QUEUED_RESENDS:
                 connection.writer.enqueue(outcome.sets)
             else:
-                self.log.debug("%s: re-request dropped (queue full)", client.address)
+                self.log.debug("%s: re-request dropped (queue full)", printable(client.address))
         elif isinstance(outcome, Dropped):
-            self.log.debug("%s: TO_HOST value dropped: %s", client.address, outcome.reason)
+            self.log.debug("%s: TO_HOST value dropped: %s", printable(client.address),
+                           outcome.reason)
         return DROP
 
     @on_variable("☁ FROM_HOST_*")
@@ -204,7 +213,7 @@ class ScratchattachRequests(Plugin):
         client = connection.client
         name = incoming.name
         if name not in self.handlers:
-            self.log.info("unknown request %r", name[:100])
+            self.log.info("unknown request %s", printable(name))
             result: Any = self.unknown_request_reply or None
         else:
             context = RequestContext(client, client.room, client.username,
@@ -220,15 +229,17 @@ class ScratchattachRequests(Plugin):
             except RequestError as error:
                 result = error.reply_text()
             except RequestSyntaxError as error:
-                self.log.info("request %s: arguments do not fit: %s", name, error)
+                self.log.info("request %s: arguments do not fit: %s", printable(name),
+                              printable(str(error)))
                 result = error_response(name)
             except RequestTimeout:
-                self.log.warning("request %s timed out after %s s", name, self.handler_timeout)
+                self.log.warning("request %s timed out after %s s", printable(name),
+                                 self.handler_timeout)
                 result = error_response(name)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                self.log.error("request %s failed", name, exc_info=error)
+                self.log.error("request %s failed", printable(name), exc_info=error)
                 result = error_response(name)
         if result is None or not client.open:
             return
@@ -236,6 +247,7 @@ class ScratchattachRequests(Plugin):
         try:
             planned = connection.state.respond(incoming.request_id, result, now)
         except ResponseTooLong:
-            self.log.warning("response to %s is too long; answered with the error list", name)
+            self.log.warning("response to %s is too long; answered with the error list",
+                             printable(name))
             planned = connection.state.respond(incoming.request_id, error_response(name), now)
         await connection.writer.enqueue(planned)

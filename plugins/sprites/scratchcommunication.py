@@ -24,12 +24,21 @@ Configuration (config.toml)::
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from server.plugins import DROP, Client, Plugin, VariableWrite, on_disconnect, on_variable
+from server.plugins import (
+    DROP,
+    Client,
+    Plugin,
+    VariableWrite,
+    on_disconnect,
+    on_variable,
+    printable,
+)
 
 from .cloud_socket import (
     CONNECTED,
@@ -68,23 +77,37 @@ from .runtime import (
 
 __all__ = ["CloudRequests", "CloudSockets", "MessageTooLong", "UnknownClient"]
 
-_NOTEWORTHY_DROPS = ("client id bound to another connection", "replayed handshake")
+_NOTEWORTHY_DROPS = (
+    "client id bound to another connection",
+    "replayed handshake",
+    "too many recent secure connects",
+)
+
+
+class PerMinuteLimit:
+    """At most `per_minute` events in any 60 seconds (a sliding window of their times)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._times: deque[float] = deque()
+
+    def allow(self, now: float) -> bool:
+        """Count one event at `now` if the limit allows it; False (not counted) otherwise."""
+        while self._times and self._times[0] <= now - 60:
+            self._times.popleft()
+        if len(self._times) >= self.per_minute:
+            return False
+        self._times.append(now)
+        return True
 
 
 class _SocketConnection(ConnectionState):
-    def __init__(self, client: Any, writer: PacedWriter, sessions: SocketSessions) -> None:
+    def __init__(self, client: Any, writer: PacedWriter, sessions: SocketSessions,
+                 secure_connects_per_minute: int) -> None:
         super().__init__(client, writer)
         self.sessions = sessions
-        self.secure_connects: deque[float] = deque()  # times of recent secure connects
-
-    def allow_secure_connect(self, now: float, per_minute: int) -> bool:
-        """Rate-limit secure connects (an RSA key recovery costs tens of ms of CPU)."""
-        while self.secure_connects and self.secure_connects[0] <= now - 60:
-            self.secure_connects.popleft()
-        if len(self.secure_connects) >= per_minute:
-            return False
-        self.secure_connects.append(now)
-        return True
+        # An RSA key recovery costs tens of ms of CPU: one connection may not ask for many.
+        self.secure_connects = PerMinuteLimit(secure_connects_per_minute)
 
     def close(self) -> None:
         super().close()
@@ -100,7 +123,8 @@ class CloudSockets(Plugin):
     `max_sessions` (4 per connection), `max_message_chars` (500000), `max_fragments` (16),
     `fragment_ttl` (60), `connect_max_age` (300), `clock_skew_allowance` (0),
     `expiry_interval` (30), `max_pending_messages` (8 handler tasks per connection),
-    `secure_connects_per_minute` (12 per connection).
+    `secure_connects_per_minute` (12 per connection), `total_secure_connects_per_minute` (600
+    for the whole plugin: every connection and room together).
     """
 
     name = "cloud-sockets"
@@ -108,7 +132,7 @@ class CloudSockets(Plugin):
         "ec_key_file", "rsa_key_file", "packet_interval", "max_value_length",
         "session_idle_timeout", "max_sessions", "max_message_chars", "max_fragments",
         "fragment_ttl", "connect_max_age", "clock_skew_allowance", "expiry_interval",
-        "max_pending_messages", "secure_connects_per_minute",
+        "max_pending_messages", "secure_connects_per_minute", "total_secure_connects_per_minute",
     })
 
     def __init__(self, host: Any, settings: Any = None) -> None:
@@ -141,7 +165,18 @@ class CloudSockets(Plugin):
             self.ec_key = read_key_file(str(settings["ec_key_file"]), "EC", self.log)
         if settings.get("rsa_key_file"):
             self.rsa_key = read_key_file(str(settings["rsa_key_file"]), "RSA", self.log)
-        self.replay_cache = HandshakeReplayCache(self.limits.connect_max_age)
+        self.total_secure_connects_per_minute = setting_int(
+            settings, "total_secure_connects_per_minute", 600
+        )
+        self._all_secure_connects = PerMinuteLimit(self.total_secure_connects_per_minute)
+        self._refusals_logged_at = -math.inf
+        # Every handshake is remembered for its whole replay window, never evicted early; no
+        # more can complete in that window than the global limit lets start, so the cache can
+        # be sized to hold them all (3,600 blobs of 32 bytes by default).
+        window = self.limits.replay_window
+        self.replay_cache = HandshakeReplayCache(
+            window, capacity=self.total_secure_connects_per_minute * math.ceil(window / 60)
+        )
         self._registries: dict[str, ClientIdRegistry] = {}
         self._connections: dict[Client, _SocketConnection] = {}
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -218,9 +253,8 @@ class CloudSockets(Plugin):
             packet is not None
             and packet.packet_type == TYPE_DATA
             and packet.payload.startswith(SAFE_CONNECT_DIGITS)
-            and not connection.allow_secure_connect(now, self.secure_connects_per_minute)
+            and not self._allow_secure_connect(connection, now)
         ):
-            self.log.info("%s: too many secure connects; one dropped", client.address)
             return DROP
         for event in connection.sessions.receive(write.value, now):
             self._handle_event(connection, event)
@@ -236,6 +270,21 @@ class CloudSockets(Plugin):
         self._forget(client)
 
     # ------------------------------------------------------------------ internals
+    def _allow_secure_connect(self, connection: _SocketConnection, now: float) -> bool:
+        """The per-connection, then the global secure-connect rate limit; logs a refusal."""
+        client = connection.client
+        if not connection.secure_connects.allow(now):
+            self.log.info("%s: too many secure connects; one dropped", printable(client.address))
+            return False
+        if not self._all_secure_connects.allow(now):
+            if now - self._refusals_logged_at >= 60:  # once a minute, however many come
+                self._refusals_logged_at = now
+                self.log.warning("more than %d secure connects a minute in total; refusing "
+                                 "them (last from %s)", self.total_secure_connects_per_minute,
+                                 printable(client.address))
+            return False
+        return True
+
     def _connection(self, client: Client, room: str) -> _SocketConnection:
         connection = self._connections.get(client)
         if connection is None:
@@ -248,7 +297,9 @@ class CloudSockets(Plugin):
                 limits=self.limits,
             )
             writer = PacedWriter(self.host.loop, client, self.limits.min_interval)
-            connection = self._connections[client] = _SocketConnection(client, writer, sessions)
+            connection = self._connections[client] = _SocketConnection(
+                client, writer, sessions, self.secure_connects_per_minute
+            )
         return connection
 
     def _forget(self, client: Client) -> None:
@@ -267,19 +318,20 @@ class CloudSockets(Plugin):
         client = connection.client
         if event.kind == MESSAGE:
             if len(connection.tasks) >= self.max_pending_messages:
-                self.log.info("%s: too many unanswered messages; one dropped", client.address)
+                self.log.info("%s: too many unanswered messages; one dropped",
+                              printable(client.address))
                 return
             self._spawn(connection, self.on_message(client, event.client_id, event.detail))
         elif event.kind == CONNECTED:
-            self.log.debug("%s connected session %s (%s)", client.address, event.client_id,
-                           event.detail)
+            self.log.debug("%s connected session %s (%s)", printable(client.address),
+                           event.client_id, event.detail)
             self._spawn_detached(self.on_connect(client, event.client_id, event.detail))
         elif event.kind == EXPIRED:
             self._spawn_detached(self.on_session_end(client, event.client_id, event.detail))
         elif event.kind == DROPPED:
             level = 20 if event.detail in _NOTEWORTHY_DROPS else 10  # INFO / DEBUG
-            self.log.log(level, "%s: packet for session %s dropped: %s", client.address,
-                         event.client_id or "-", event.detail)
+            self.log.log(level, "%s: packet for session %s dropped: %s",
+                         printable(client.address), event.client_id or "-", event.detail)
 
     def _spawn(self, connection: ConnectionState, coroutine: Any) -> None:
         task = asyncio.ensure_future(self._guarded(coroutine))
@@ -343,6 +395,7 @@ class CloudRequests(CloudSockets):
 
     def _handler_failed(self, error: BaseException, name: str) -> None:
         if isinstance(error, RequestTimeout):
-            self.log.warning("request %s timed out after %s s", name, self.handler_timeout)
+            self.log.warning("request %s timed out after %s s", printable(name),
+                             self.handler_timeout)
         else:
-            self.log.error("request %s failed", name, exc_info=error)
+            self.log.error("request %s failed", printable(name), exc_info=error)

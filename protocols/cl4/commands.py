@@ -140,7 +140,7 @@ def handle_gvar(request: Cl4Request) -> None:
             own = {**shared, "listener": listener}  # §10 #1
         for member in engine.room_members(room):
             engine.send(member, own if member is session else shared)
-        engine.notify_gvar(room, name, val)
+        engine.notify_gvar(session, room, name, val)
 
 
 def _username_matches(engine: Cl4Engine, username: str, room: str | None) -> list[Cl4Client]:

@@ -21,8 +21,16 @@ from protocols.cl4.limits import TokenBucket
 from protocols.cl4.options import Cl4Options
 from protocols.cl4.schema import DEFAULT_SCHEMA, Cl4Schema
 from protocols.cl4.session import Cl4Client
-from protocols.cl4.wire import JsonError, encode_message, parse_json
+from protocols.cl4.wire import (
+    JsonDepthError,
+    JsonError,
+    encode_message,
+    parse_json,
+    parse_message,
+    too_deep_fields,
+)
 from protocols.js import MISSING  # "no listener": a listener may be "", 0 or false
+from server.logsafe import printable
 
 __all__ = [
     "MISSING",
@@ -42,7 +50,8 @@ logger = logging.getLogger("stratus.cl4")
 Send = Callable[[Hashable, "dict | str"], None]
 Close = Callable[[Hashable, int, str], None]
 CommandHandler = Callable[["Cl4Request"], None]
-GvarObserver = Callable[[str, str, Any], None]
+# (sender, room, name, val) of a gvar delivered in a CL4 room.
+GvarObserver = Callable[[Cl4Client, str, str, Any], None]
 PreDispatchHook = Callable[[Cl4Client, dict], "dict | Reject | None"]
 
 SNOWFLAKE_INSTANCE = 42  # as the reference server (spec §6)
@@ -52,14 +61,6 @@ _LISTENER_TYPES = (str, int, float, bool)
 # Compact JSON turns one character into at most 12 ("\ud83d\ude00"), so a message shorter than
 # max_val_bytes / 12 characters cannot carry a too-large val and skips the measurement.
 _MAX_EXPANSION = 12
-
-
-
-
-def _loggable(value: object, limit: int = 120) -> str:
-    """Client-supplied text for a log line: control characters escaped, length bounded."""
-    text = ascii(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,11 +249,11 @@ class Cl4Engine:
             self._send(member.connection, message)
         return len(recipients)
 
-    def notify_gvar(self, room: str, name: str, val: Any) -> None:
-        """Tell every gvar observer about a CL4 gvar delivered in `room`."""
+    def notify_gvar(self, sender: Cl4Client, room: str, name: str, val: Any) -> None:
+        """Tell every gvar observer about a CL4 gvar `sender` delivered in `room`."""
         for observer in tuple(self.gvar_observers):
             try:
-                observer(room, name, val)
+                observer(sender, room, name, val)
             except Exception:
                 logger.exception("CL4 gvar observer %r failed", observer)
 
@@ -409,6 +410,10 @@ class Cl4Engine:
         if not within_rate:
             self._reply_rate_limited(session, listener_of(message))
             return
+        too_deep = too_deep_fields(message, text)
+        if too_deep is not None:
+            self.reply(session, StatusCode.SYNTAX, listener_of(message), details=too_deep)
+            return
         self._dispatch(session, message, len(text))
 
     def _identify(self, session: Cl4Client, text: str) -> dict | None:
@@ -418,7 +423,7 @@ class Cl4Engine:
             self._refuse_protocol(session, "Empty message")
             return None
         try:
-            message = parse_json(text)
+            message = parse_message(text)
         except JsonError:
             self._refuse_protocol(session, "Invalid JSON")
             return None
@@ -441,7 +446,11 @@ class Cl4Engine:
         """Parse a message after identification; answers E:106/E:114/E:101 itself."""
         if text:
             try:
-                message = parse_json(text)
+                message = parse_message(text)
+            except JsonDepthError as exc:
+                # Valid JSON, too deep for even the parser: a schema failure (spec §4), whose
+                # field and listener cannot be known.
+                status, details = StatusCode.SYNTAX, {"message": [str(exc)]}
             except JsonError as exc:
                 status, details = StatusCode.JSON_ERROR, f"A JSON error was raised: {exc}"
             else:
@@ -546,7 +555,7 @@ class Cl4Engine:
         try:
             command.handler(Cl4Request(self, session, message))
         except Exception:
-            logger.exception("CL4 command %s from %r failed", _loggable(name), session)
+            logger.exception("CL4 command %s from %r failed", printable(name), session)
             self.reply(session, StatusCode.INTERNAL_SERVER_ERROR, listener_of(message))
 
     def sessions(self) -> Iterable[Cl4Client]:

@@ -33,8 +33,10 @@ class Cl4Options:
     disabled_commands: tuple[str, ...] = ()
     # Refuse a setid whose name is taken with E:112 (off: cloudlink.js cannot retry setid).
     unique_usernames: bool = False
-    # 0.2.0 parity: forward a direct's listener to the recipient instead of acknowledging it.
-    direct_forward_listener: bool = False
+    # direct as the spec's §5 row and CloudLink 0.2.0: the recipient's copy carries the sender's
+    # listener (so it can answer on it) and the sender gets no OK. False: no listener forwarded,
+    # OK (+listener) to a sender that gave one.
+    direct_forward_listener: bool = True
     # Largest `val`, measured as the compact JSON the server would forward, in bytes (E:113).
     max_val_bytes: int = 262_144
     # Longest username / room name in characters (E:113): they are repeated in every ulist.

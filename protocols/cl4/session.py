@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from protocols.cl4.limits import TokenBucket
+from server.logsafe import printable
 
 __all__ = ["Cl4Client"]
 
@@ -62,4 +63,4 @@ class Cl4Client:
         self.user_object = {"id": self.snowflake, "username": username, "uuid": self.uuid}
 
     def __repr__(self) -> str:
-        return f"<Cl4Client {self.snowflake} {self.username!a}>"
+        return f"<Cl4Client {self.snowflake} {printable(self.username, 40)}>"

@@ -7,20 +7,33 @@ from typing import Any
 
 import ujson
 
-from protocols.js import JSONError, js_string, strict_json_parser
+from protocols.js import (
+    MAX_JSON_DEPTH,
+    JSONDepthError,
+    JSONError,
+    deeper_than,
+    js_string,
+    strict_json_parser,
+    surely_within_depth,
+)
 
 __all__ = [
+    "JsonDepthError",
     "JsonError",
     "coerce_name",
     "describe_id",
     "encode_message",
     "looks_like_cl4",
     "parse_json",
+    "parse_message",
+    "too_deep_fields",
 ]
 
 
 # Text that JSON.parse rejects (or that Stratus refuses to forward, see `parse_json`).
 JsonError = JSONError
+# Valid JSON nested deeper than MAX_JSON_DEPTH (or than the parser's stack allows).
+JsonDepthError = JSONDepthError
 
 
 def _parse_finite_float(text: str) -> float:
@@ -31,9 +44,35 @@ def _parse_finite_float(text: str) -> float:
     return value
 
 
-# Integers stay exact Python ints (forwarded digit for digit); only floats are checked.
+# Integers stay exact Python ints (forwarded digit for digit); only floats are checked. An
+# integer literal beyond Python's int-string limit is a JsonError, as 1e400 is.
 parse_json = strict_json_parser(parse_float=_parse_finite_float)
-parse_json.__doc__ = "Parse one JSON value like JSON.parse, refusing non-finite numbers."
+parse_json.__doc__ = (
+    "Parse one JSON value like JSON.parse, refusing non-finite numbers and nesting deeper "
+    "than MAX_JSON_DEPTH."
+)
+# Messages are parsed without the depth check so that `too_deep_fields` can name the field
+# and the reply can still carry the request's listener (E:101, spec §4). Only text too deep
+# for the parser's own stack raises JsonDepthError here.
+parse_message = strict_json_parser(None, parse_float=_parse_finite_float)
+parse_message.__doc__ = "Parse one client message like `parse_json`, without the depth check."
+
+_TOO_DEEP = [f"nested deeper than {MAX_JSON_DEPTH} levels"]
+
+
+def too_deep_fields(message: dict, text: str) -> dict[str, list[str]] | None:
+    """E:101 details naming each field of `message` (parsed from `text`) that nests too deeply.
+
+    The message object is one level, so a field may hold MAX_JSON_DEPTH - 1 levels.
+    """
+    if surely_within_depth(text, MAX_JSON_DEPTH):
+        return None
+    details = {
+        str(key): list(_TOO_DEEP)
+        for key, value in message.items()
+        if deeper_than(value, MAX_JSON_DEPTH - 1)
+    }
+    return details or None
 
 
 def encode_message(message: dict | list | str | float | bool | None) -> str:
@@ -49,7 +88,7 @@ def encode_message(message: dict | list | str | float | bool | None) -> str:
 def looks_like_cl4(text: str) -> bool:
     """True if a connection's first message identifies it as CL4 (a JSON object, string `cmd`)."""
     try:
-        message = parse_json(text)
+        message = parse_message(text)
     except JsonError:
         return False
     return type(message) is dict and type(message.get("cmd")) is str

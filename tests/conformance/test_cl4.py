@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
+from protocols.js import MAX_JSON_DEPTH
 from tests.conformance.cl4_client import (
     OBJ,
     OK,
@@ -432,12 +433,12 @@ async def test_case_27_unidentified_first_message_goes_to_scratch(url, first):
 
 
 async def test_case_28_direct_by_snowflake_and_uuid(url):
-    """FIX #7: direct reaches bob without the listener; the sender gets OK; unknown id E:103."""
+    """§5 row: direct reaches bob with the sender's listener; the sender gets nothing; E:103."""
     a, b = await identified(url, "alice", "bob")
     for ident in (b.user["id"], b.user["uuid"]):
         await a.send({"cmd": "direct", "id": ident, "val": "d1", "listener": "d"})
-        await b.expect({"cmd": "direct", "val": "d1", "origin": OBJ("alice")})
-        await a.expect(OK("d"))
+        await b.expect({"cmd": "direct", "val": "d1", "origin": OBJ("alice"), "listener": "d"})
+        await a.expect_nothing()
     await a.send({"cmd": "direct", "id": "nope", "val": "d1", "listener": "d"})
     await a.expect(status("E:103 | ID not found", "d"))
     assert b.model.direct_data == "d1"
@@ -493,9 +494,19 @@ async def test_case_32_unlink_ghost_room(url):
 
 
 async def test_case_33_direct_by_username(url):
-    """FIX #7: direct to a unique username reaches it (no listener); the sender gets OK."""
+    """FIX #7: direct to a unique username reaches it, with the listener; the sender, nothing."""
     a, b = await identified(url, "alice", "bob")
     await a.send({"cmd": "direct", "id": "bob", "val": "x", "listener": "d"})
+    await b.expect({"cmd": "direct", "val": "x", "origin": OBJ("alice"), "listener": "d"})
+    await a.expect_nothing()
+    await close_all(a, b)
+
+
+async def test_direct_listener_not_forwarded_when_configured(make_server):
+    """[cl4] direct_forward_listener = false: bob gets no listener, the sender gets OK."""
+    url = make_server(cl4={"direct_forward_listener": False}).url
+    a, b = await identified(url, "alice", "bob")
+    await a.send({"cmd": "direct", "id": b.user["uuid"], "val": "x", "listener": "d"})
     await b.expect({"cmd": "direct", "val": "x", "origin": OBJ("alice")})
     await a.expect(OK("d"))
     await close_all(a, b)
@@ -717,3 +728,31 @@ async def test_slow_reader_is_disconnected_with_1013(make_server):
     await fresh.close()
     await flooder.close()
     await slow.abort()
+
+
+# Bad input: every message is answered, nothing reaches the log as a traceback
+
+
+def nested(depth: int) -> str:
+    """JSON text of `depth` arrays nested in each other."""
+    return "[" * depth + "]" * depth
+
+
+async def test_deeply_nested_fields_get_e101(make_server):
+    """A field nested ~600 deep gets E:101 naming it (+listener); past the parser, E:101 too."""
+    srv = make_server()
+    (a,) = await identified(srv.url, "alice")
+    too_deep = [f"nested deeper than {MAX_JSON_DEPTH} levels"]
+    for field in ("val", "rooms", "id", "name"):
+        await a.send_text(f'{{"cmd":"gvar","name":"n","val":1,"listener":"L","{field}":'
+                          f"{nested(600)}}}")
+        await a.expect({"cmd": "statuscode", "code": "E:101 | Syntax", "code_id": 101,
+                        "details": {field: too_deep}, "listener": "L"})
+    await a.send_text(f'{{"cmd":"gmsg","val":1,"listener":{nested(600)}}}')
+    await a.expect(status("E:101 | Syntax", details={"listener": too_deep}))
+    await a.send_text(f'{{"cmd":"gmsg","val":{nested(50_000)},"listener":"L"}}')
+    await a.expect(status("E:101 | Syntax", details={"message": too_deep}))
+    await a.send({"cmd": "ping", "listener": "still open"})
+    await a.expect(OK("still open"))
+    await a.close()
+    assert "Traceback" not in srv.log()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from protocols.js import MAX_JSON_DEPTH
 from tests.conformance.helpers import (
     close_all,
     expect_close,
@@ -12,6 +13,7 @@ from tests.conformance.helpers import (
     fresh_room,
     handshake_text,
     joined,
+    raw_handshake,
     raw_message,
     recv,
     set_line,
@@ -226,3 +228,35 @@ async def test_case_25_names_not_checked_on_set(server, room):
     c = await joined(server.url, room, "player3")
     assert await recv(c) == "\n".join(expected for _, expected in sent_and_expected)
     await close_all(b, c)
+
+
+# Nesting
+
+
+def nested(depth: int) -> str:
+    """JSON text of `depth` arrays nested in each other."""
+    return "[" * depth + "]" * depth
+
+
+async def test_nesting_within_the_limit_is_an_ignored_value(server, room):
+    """A nested value within MAX_JSON_DEPTH is an invalid value: ignored, connection open."""
+    a, b = await pair(server.url, room)
+    await a.send(raw_message(method='"set"', name='"☁ n"', value=nested(MAX_JSON_DEPTH - 1)))
+    await a.send(set_text("☁ n", "7"))
+    assert await recv(b) == set_line("☁ n", "7")
+    await close_all(a, b)
+
+
+async def test_nesting_past_the_limit_closes_4000(server, room):
+    """A message nested past MAX_JSON_DEPTH (600 or 50 000 deep) is refused like bad JSON."""
+    for field, depth in (("value", 600), ("name", 600), ("value", 50_000)):
+        a, b = await pair(server.url, room)
+        fields = {"method": '"set"', "name": '"☁ n"', "value": "1", field: nested(depth)}
+        await a.send(raw_message(**fields))
+        await expect_close(a, 4000)
+        await expect_nothing(b)
+        await close_all(b)
+    deep_room = await ws_connect(server.url)
+    await deep_room.send(raw_handshake(nested(600)))
+    await expect_close(deep_room, 4000)
+    assert "Traceback" not in server.log()

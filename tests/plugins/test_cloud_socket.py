@@ -581,3 +581,71 @@ def test_pacer_rejects_too_small_intervals():
     """The minimum interval is 50 ms."""
     with pytest.raises(ValueError):
         OutboundPacer(TO_CLIENT_VARIABLES, min_interval=0.04)
+
+
+def test_replay_cache_refuses_rather_than_evicts():
+    """A full replay cache refuses new blobs; what it holds stays until its window ends."""
+    cache = HandshakeReplayCache(window=330.0, capacity=3)
+    for number in range(3):
+        assert cache.remember(f"{number}", 1000.0 + number)
+    assert cache.full(1010.0)
+    assert not cache.remember("fresh", 1010.0)
+    assert not cache.seen("fresh", 1010.0)
+    assert all(cache.seen(f"{number}", 1010.0) for number in range(3))
+    assert not cache.full(1330.5)  # the first blob's window has ended
+    assert not cache.seen("0", 1330.5) and cache.seen("2", 1330.5)
+    assert cache.remember("fresh", 1330.5)
+
+
+def test_replay_after_10001_fresh_handshakes_is_refused():
+    """However many fresh handshakes follow, a captured one cannot be replayed in its window."""
+    server = ECServerKey.generate()
+    cache = HandshakeReplayCache(SocketLimits().replay_window)
+    victim = fresh_sessions(ec_key=server, replay_cache=cache)
+    attacker = fresh_sessions(ec_key=server, replay_cache=cache)
+    now = 1_800_000_000.0
+    captured = SpriteClient("31337").ec_connect(server.public_point.hex(), ts=round(now * 100))
+    assert [e for v in captured for e in victim.receive(v, now)][-1].kind == CONNECTED
+    client = SpriteClient("42424", seed=3)
+    for number in range(10_001):
+        at = now + number * 0.01
+        events = connect_secure(attacker, client, server, at)
+        assert events[-1].kind == CONNECTED, number
+    assert len(cache) == 10_002
+    replay = [e for v in captured for e in attacker.receive(v, now + 120)]
+    assert replay[-1] == SocketEvent(DROPPED, "31337", "replayed handshake")
+
+
+def test_full_replay_cache_refuses_handshakes():
+    """With the cache full, a fresh handshake is dropped and the captured replay still is."""
+    server = ECServerKey.generate()
+    cache = HandshakeReplayCache(SocketLimits().replay_window, capacity=2)
+    sessions = fresh_sessions(ec_key=server, replay_cache=cache)
+    now = 1_800_000_000.0
+    captured = SpriteClient("31337").ec_connect(server.public_point.hex(), ts=round(now * 100))
+    assert [e for v in captured for e in sessions.receive(v, now)][-1].kind == CONNECTED
+    assert connect_secure(sessions, SpriteClient("11111", seed=1), server, now + 1)[-1].kind \
+        == CONNECTED
+    refused = connect_secure(sessions, SpriteClient("22222", seed=2), server, now + 2)
+    assert refused[-1] == SocketEvent(DROPPED, "22222", "too many recent secure connects")
+    replay = [e for v in captured for e in sessions.receive(v, now + 3)]
+    assert replay[-1] == SocketEvent(DROPPED, "31337", "replayed handshake")
+    later = now + SocketLimits().replay_window + 1
+    assert connect_secure(sessions, SpriteClient("22222", seed=2), server, later)[-1].kind \
+        == CONNECTED
+
+
+def test_replay_window_covers_connects_timed_in_the_future():
+    """A connect stamped 30 s ahead stays refused until its ACT is too old to be accepted."""
+    server = ECServerKey.generate()
+    limits = SocketLimits()
+    cache = HandshakeReplayCache(limits.replay_window)
+    first = fresh_sessions(ec_key=server, replay_cache=cache, limits=limits)
+    second = fresh_sessions(ec_key=server, replay_cache=cache, limits=limits)
+    now = 1_800_000_000.0
+    ahead = round((now + limits.future_window) * 100)
+    values = SpriteClient("31337").ec_connect(server.public_point.hex(), ts=ahead)
+    assert [e for v in values for e in first.receive(v, now)][-1].kind == CONNECTED
+    late = now + limits.connect_max_age + limits.future_window - 1  # ACT is not yet too old
+    events = [e for v in values for e in second.receive(v, late)]
+    assert events[-1] == SocketEvent(DROPPED, "31337", "replayed handshake")

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from plugins.sprites import digits
+from plugins.sprites.request_api import format_result
 from plugins.sprites.requests_grammar import (
     HANDLER_ERROR_REPLY,
     SYNTAX_ERROR_REPLY,
@@ -22,6 +23,7 @@ from plugins.sprites.requests_grammar import (
     parse_request,
     parse_requests,
     split_requests,
+    token_value,
 )
 
 
@@ -280,3 +282,43 @@ def test_sprite_quoted_arguments_round_trip(value):
 def test_unquoted_integers_reach_int_handlers_exactly(number):
     """Integers arrive exactly, also beyond 2**53."""
     assert handle_request(f"add {number} 0", HANDLERS) == str(number)
+
+
+HUGE = "1" + "0" * 4400  # past Python's int-string limit of 4300 digits
+HUGE_HEX = "0x" + "f" * 4000  # converts (power-of-two base) but has ~4800 decimal digits
+
+
+def test_integers_past_the_int_string_limit_stay_text():
+    """An integer token Python cannot convert to and from text is kept as its text."""
+    assert token_value(HUGE) == HUGE
+    assert token_value("-" + HUGE[1:]) == "-" + HUGE[1:]
+    assert token_value(HUGE_HEX) == HUGE_HEX
+    assert token_value("1" + "0" * 4299) == 10**4299  # just within the limit: exact
+
+
+@pytest.mark.parametrize(
+    ("text", "reply"),
+    [
+        (f"echo {HUGE}", HUGE),
+        (f"echo {HUGE_HEX} x", f"{HUGE_HEX} x"),
+        (f"shout {HUGE}", HUGE),
+        (f"scale {HUGE}", "inf"),
+        (f"add {HUGE}", SYNTAX_ERROR_REPLY),
+        (f"add {HUGE_HEX}", SYNTAX_ERROR_REPLY),
+        (f"nope {HUGE}", SYNTAX_ERROR_REPLY),
+        (f"add({HUGE})", SYNTAX_ERROR_REPLY),
+        (f"add({HUGE_HEX})", SYNTAX_ERROR_REPLY),
+        (f"scale([{HUGE_HEX}])", SYNTAX_ERROR_REPLY),
+    ],
+)
+def test_requests_with_huge_integers_get_one_reply(text, reply):
+    """Huge integer text is answered: converted where it can be, else the syntax-error reply."""
+    assert handle_request(text, HANDLERS) == reply
+
+
+def test_huge_integer_results_are_written_as_scratch_would():
+    """A result Python cannot write in decimal is Infinity, as the double Scratch holds."""
+    assert format_result(10**5000) == "Infinity"
+    assert format_result(-(10**5000)) == "-Infinity"
+    assert format_result(10**4299) == str(10**4299)
+    assert format_result([10**5000, 1], lists=True) == ["Infinity", "1"]

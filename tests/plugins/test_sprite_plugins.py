@@ -929,3 +929,139 @@ async def test_guide_python_blocks_run():
     assert await handle_text_request("withdraw 500", third) == "That is too much."
     assert await handle_text_request("slow 2", third) == "Something went wrong."
     assert issubclass(namespaces[3]["Chat"], CloudSockets)
+
+
+# ------------------------------------------------------------------------------------ bad input
+HUGE = "1" + "0" * 4400  # integer text past Python's int-string limit (4300 digits)
+
+
+async def test_huge_integer_requests_answered_once_scratchcommunication(sprite_server):
+    """Requests holding 4,400-digit integers each get exactly one reply, and no traceback."""
+    log_start = len(sprite_server.log())
+    peer = await Peer.join(sprite_server.url, fresh_room("sc"))
+    try:
+        sprite = Sprite(peer)
+        await sprite.connect_insecurely()
+        cases = [
+            (f"echo {HUGE}", HUGE),  # a str parameter gets the digits as sent
+            (f"nosuchname {HUGE}", "The command syntax was wrong."),
+            (f"test {HUGE}", "The command syntax was wrong."),  # an int parameter cannot
+            (f"add {HUGE} 1", "Infinity"),  # float parameters: JavaScript's Number()
+            (f"add(0x{'f' * 4000}, 1)", "The command syntax was wrong."),
+        ]
+        for text, expected in cases:
+            start = len(peer.sets)
+            reply, values = await sprite.request(text, timeout=10)
+            assert reply == expected, text
+            await expect_silence(peer, TO_CLIENT, start + len(values), wait=0.3)
+            assert len(sprite.packets_since(start)) == len(values) == 1
+    finally:
+        await peer.close()
+    assert "Traceback" not in sprite_server.log()[log_start:]
+
+
+async def test_huge_integer_requests_answered_once_scratchattach(sprite_server):
+    """scratchattach requests with 4,400-digit integers are answered once, without a traceback."""
+    log_start = len(sprite_server.log())
+    peer = await Peer.join(sprite_server.url, fresh_room("sa"))
+    try:
+        client = AttachClient(peer)
+        cases = [
+            (f"echo&{HUGE}", HUGE),  # digits only: sent raw
+            (f"test&{HUGE}", ["Error in request test", "Check the Python console"]),
+            (f"add&{HUGE}&1", "Infinity"),
+        ]
+        for text, expected in cases:
+            request_id = client.new_request_id()
+            reply, values = await client.request(text, timeout=10, request_id=request_id)
+            assert reply == expected, text
+            await asyncio.sleep(0.3)
+            assert client.values_for(request_id) == values
+        start = len(peer.sets)  # an unknown name is not answered (spec): the same with HUGE
+        await client.send(f"nosuchname&{HUGE}", client.new_request_id())
+        await expect_silence(peer, FROM_HOST, start)
+    finally:
+        await peer.close()
+    assert "Traceback" not in sprite_server.log()[log_start:]
+
+
+def with_client_id(value: str, client_id: str) -> str:
+    """A FROM_CLIENT value re-addressed to another client id (its payload unchanged)."""
+    payload, trailer = value.split(".")
+    return f"{payload}.{client_id}{trailer[5:]}"
+
+
+async def test_replayed_handshake_refused_after_10001_fresh_ones(tmp_path, keys):
+    """A captured secure connect cannot be replayed, even after 10,001 fresh ones on the server
+    (the replay memory is never evicted)."""
+    proc = ServerProcess(tmp_path, {"server": {"log_level": "debug"}})
+    write_plugin_config(proc, [{
+        "use": "plugins.sprites.scratchcommunication:CloudRequests",
+        "rooms": ["sc-*"],
+        "handlers": HANDLERS,
+        "ec_key_file": str(keys.ec_file),
+        "secure_connects_per_minute": 20_000,
+        "total_secure_connects_per_minute": 20_000,
+    }])
+    proc.start()
+    try:
+        room = fresh_room("sc")
+        victim_peer = await Peer.join(proc.url, room, "victim")
+        victim = Sprite(victim_peer, client_id="31337")
+        captured = victim.model.ec_connect(keys.ec.public_point.hex(), victim.ts())
+        await victim.put(captured)
+        assert (await victim.request("add 1 2"))[0] == "3"
+        await victim_peer.close()  # frees its client id: only the replay memory stands guard
+
+        peer = await Peer.join(proc.url, room, "mallory")
+        attacker = Sprite(peer, client_id="42424")
+        point = keys.ec.public_point.hex()
+        for _ in range(10_001):  # stamped now: ACTs may repeat, each key blob is new
+            await attacker.put(attacker.model.ec_connect(point, centiseconds_now()))
+        attacker.last_ts = centiseconds_now()  # its request's salt must follow the last ACT
+        assert (await attacker.request("add 2 2", timeout=60))[0] == "4"  # all were accepted
+
+        start = len(peer.sets)
+        await attacker.put([with_client_id(value, "31337") for value in captured])
+        replayer = Sprite(peer, client_id="31337")
+        replayer.model.key_str = victim.model.key_str  # as if the attacker knew the key
+        await replayer.put(replayer.model.send("add 3 3", ts=replayer.ts()))
+        await expect_silence(peer, TO_CLIENT, start, wait=1.0)
+        assert "packet for session 31337 dropped: replayed handshake" in proc.log()
+        await peer.close()
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.log()
+
+
+async def test_total_secure_connect_limit(tmp_path, keys):
+    """Past total_secure_connects_per_minute (all connections together) connects are dropped."""
+    proc = ServerProcess(tmp_path)
+    write_plugin_config(proc, [{
+        "use": "plugins.sprites.scratchcommunication:CloudRequests",
+        "rooms": ["sc-*"],
+        "handlers": HANDLERS,
+        "ec_key_file": str(keys.ec_file),
+        "total_secure_connects_per_minute": 2,
+    }])
+    proc.start()
+    peers = []
+    try:
+        room = fresh_room("sc")
+        for number, expected in ((1, "2"), (2, "3"), (3, None)):
+            peer = await Peer.join(proc.url, room, f"player{number}")
+            peers.append(peer)
+            sprite = Sprite(peer)
+            await sprite.connect_ec(keys.ec)
+            if expected is not None:
+                assert (await sprite.request(f"add 1 {number}"))[0] == expected
+            else:
+                start = len(peer.sets)
+                await sprite.put(sprite.model.send("add 1 1", ts=sprite.ts()))
+                await expect_silence(peer, TO_CLIENT, start)
+        assert "more than 2 secure connects a minute in total" in proc.log()
+    finally:
+        for peer in peers:
+            await peer.close()
+        proc.stop()
+    assert "Traceback" not in proc.log()

@@ -24,6 +24,7 @@ from protocols.cl4 import (
     looks_like_cl4,
     parse_json,
 )
+from protocols.js import MAX_JSON_DEPTH
 from tests.protocols.cl4_harness import Harness, ok, status
 
 TW_HANDSHAKE = {
@@ -542,15 +543,17 @@ def test_first_message_identifies_and_is_handled(harness):
 
 
 def test_28_direct_by_snowflake_and_uuid(harness):
-    """#28 (FIX #7): no listener to the recipient; OK(d) to the sender; unknown id E:103."""
+    """#28 (§5 row): the recipient gets the listener, the sender nothing; unknown id E:103."""
     alice = harness.client("alice", "alice")
     bob = harness.client("bob", "bob")
     for key in ("id", "uuid"):
         harness.send(
             alice, {"cmd": "direct", "id": harness.obj(bob)[key], "val": "d1", "listener": "d"}
         )
-        assert bob.take() == [{"cmd": "direct", "val": "d1", "origin": harness.obj(alice)}]
-        assert alice.take() == [ok("d")]
+        assert bob.take() == [
+            {"cmd": "direct", "val": "d1", "origin": harness.obj(alice), "listener": "d"}
+        ]
+        assert alice.take() == []
     harness.send(alice, {"cmd": "direct", "id": "nope", "val": "d1", "listener": "d"})
     assert alice.take() == [status("E:103 | ID not found", listener="d")]
 
@@ -574,16 +577,14 @@ def test_28_direct_is_global(harness):
     assert bob.take() == [{"cmd": "direct", "val": "far", "origin": harness.obj(alice)}]
 
 
-def test_28_direct_forward_listener_parity():
-    """Option direct_forward_listener: 0.2.0 behaviour, the recipient gets the listener."""
-    harness = Harness(direct_forward_listener=True)
+def test_28_direct_unforwarded_listener_option():
+    """direct_forward_listener = false: no listener to the recipient, OK(d) to the sender."""
+    harness = Harness(direct_forward_listener=False)
     alice = harness.client("alice", "alice")
     bob = harness.client("bob", "bob")
     harness.send(alice, {"cmd": "direct", "id": "bob", "val": "d1", "listener": "d"})
-    assert bob.take() == [
-        {"cmd": "direct", "val": "d1", "origin": harness.obj(alice), "listener": "d"}
-    ]
-    assert alice.take() == []
+    assert bob.take() == [{"cmd": "direct", "val": "d1", "origin": harness.obj(alice)}]
+    assert alice.take() == [ok("d")]
 
 
 def test_28_direct_ambiguous_username(harness):
@@ -662,12 +663,14 @@ def test_32_unlink_room_never_joined(harness):
 
 
 def test_33_direct_by_username(harness):
-    """#33 (FIX #7): direct by a unique username is delivered and acknowledged."""
+    """#33 (FIX #7): direct by a unique username is delivered, with the listener."""
     alice = harness.client("alice", "alice")
     bob = harness.client("bob", "bob")
     harness.send(alice, {"cmd": "direct", "id": "bob", "val": "x", "listener": "d"})
-    assert bob.take() == [{"cmd": "direct", "val": "x", "origin": harness.obj(alice)}]
-    assert alice.take() == [ok("d")]
+    assert bob.take() == [
+        {"cmd": "direct", "val": "x", "origin": harness.obj(alice), "listener": "d"}
+    ]
+    assert alice.take() == []
 
 
 @pytest.mark.parametrize("fields", [("id", "username", "uuid"), ("id",), ("username",)])
@@ -1008,15 +1011,17 @@ def test_replace_and_remove_builtin(harness):
 
 
 def test_gvar_observer_and_emit_gvar(harness):
-    """Bridge: observers see every CL4 gvar; emit_gvar parses JSON-string values (§12)."""
+    """Bridge: observers see every CL4 gvar and its sender; emit_gvar parses JSON strings (§12)."""
     observed = []
-    harness.engine.gvar_observers.append(lambda *args: observed.append(args))
+    harness.engine.gvar_observers.append(
+        lambda sender, *args: observed.append((sender.username, *args))
+    )
     harness.engine.gvar_observers.append(lambda *args: 1 / 0)  # logged, not propagated
     alice = harness.client("alice", "alice")
     harness.send(alice, {"cmd": "link", "val": ["r1", "r2"]})
     alice.take()
     harness.send(alice, {"cmd": "gvar", "name": "v", "val": [1]})
-    assert observed == [("r1", "v", [1]), ("r2", "v", [1])]
+    assert observed == [("alice", "r1", "v", [1]), ("alice", "r2", "v", [1])]
     alice.take()
     for value, parsed in [("5", 5), ("abc", "abc"), ('{"a":1}', {"a": 1}), ("null", "null")]:
         assert harness.engine.emit_gvar("r1", "☁ score", value) == 1
@@ -1062,11 +1067,60 @@ def test_parse_json_tolerates_trailing_whitespace():
     assert parse_json('{"cmd":"ping"}\r\n ') == {"cmd": "ping"}
 
 
-def test_deeply_nested_json_is_a_json_error(harness):
-    """Nesting beyond the parser's depth is E:114, not a crash."""
+def test_nesting_beyond_the_parser_is_a_syntax_error(harness):
+    """Valid JSON too deep for the parser itself is E:101 (no listener can be read), no crash."""
     alice = harness.client("alice")
     harness.send(alice, '{"cmd":"gmsg","val":' + "[" * 100_000 + "]" * 100_000 + "}")
-    assert alice.take()[0]["code"] == "E:114 | JSON error"
+    assert alice.take() == [
+        {
+            "cmd": "statuscode",
+            "code": "E:101 | Syntax",
+            "code_id": 101,
+            "details": {"message": [f"nested deeper than {MAX_JSON_DEPTH} levels"]},
+        }
+    ]
+
+
+def nested(depth: int) -> str:
+    """JSON text of `depth` arrays nested in each other."""
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("field", ["val", "listener", "rooms", "name", "id", "extra"])
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 600, 950])
+def test_too_deep_field_is_a_syntax_error_naming_it(harness, field, depth):
+    """A field nested past the limit gets E:101 naming the field, with a valid listener."""
+    alice = harness.client("alice")
+    listener = "" if field == "listener" else ',"listener":"deep"'
+    harness.send(alice, f'{{"cmd":"gvar","name":"n","val":1{listener},"{field}":{nested(depth)}}}')
+    expected = {
+        "cmd": "statuscode",
+        "code": "E:101 | Syntax",
+        "code_id": 101,
+        "details": {field: [f"nested deeper than {MAX_JSON_DEPTH} levels"]},
+    }
+    if field != "listener":
+        expected["listener"] = "deep"
+    assert alice.take() == [expected]
+
+
+def test_nesting_up_to_the_limit_is_relayed(harness):
+    """A val holding MAX_JSON_DEPTH - 1 levels (the message is one more) is delivered."""
+    alice = harness.client("alice")
+    depth = MAX_JSON_DEPTH - 1
+    harness.send(alice, f'{{"cmd":"gmsg","val":{nested(depth)}}}')
+    (message,) = alice.take()
+    assert message["cmd"] == "gmsg"
+    assert json.dumps(message["val"], separators=(",", ":")) == nested(depth)
+
+
+def test_too_deep_first_message_is_answered_after_identification(harness):
+    """The identifying message itself may be too deep: the client is identified, then E:101."""
+    alice = harness.connect("alice")
+    harness.send(alice, f'{{"cmd":"gmsg","val":{nested(700)},"listener":"x"}}')
+    assert alice.take()[-1]["details"] == {"val": [f"nested deeper than {MAX_JSON_DEPTH} levels"]}
+    harness.send(alice, {"cmd": "ping", "listener": "p"})
+    assert alice.take()[-1]["code"] == "I:100 | OK"
 
 
 json_values = st.recursive(
@@ -1153,3 +1207,14 @@ def test_exotic_schema_rules_use_cerberus_only():
     assert schema._fast_check is None
     assert schema.errors({"sides": 1}) == {"sides": ["min value is 2"]}
     assert schema.errors({"sides": 3}) is None
+
+
+def test_integer_literal_past_the_int_string_limit_is_a_json_error(harness):
+    """A 4,400-digit integer is E:114 like 1e400 (JSON.parse would give Infinity); 4,300 relay."""
+    alice = harness.client("alice")
+    harness.send(alice, '{"cmd":"gmsg","val":1' + "0" * 4400 + "}")
+    assert alice.take() == [
+        status("E:114 | JSON error", details="A JSON error was raised: number literal too long")
+    ]
+    harness.send(alice, '{"cmd":"gmsg","val":1' + "0" * 4299 + "}")
+    assert alice.take()[0]["val"] == 10**4299

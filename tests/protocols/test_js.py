@@ -12,12 +12,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from protocols.js import (
+    MAX_JSON_DEPTH,
     MISSING,
+    JSONDepthError,
     JSONError,
+    deeper_than,
     js_number_to_string,
     js_string,
     js_stringify,
     parse_json,
+    surely_within_depth,
     utf16_len,
 )
 
@@ -101,6 +105,47 @@ def test_parse_json_duplicate_keys_last_wins():
     parsed = parse_json('{"method":"handshake","x":1,"method":"set"}')
     assert parsed == {"method": "set", "x": 1.0}
     assert list(parsed) == ["method", "x"]
+
+
+def test_parse_json_accepts_nesting_up_to_the_limit():
+    """MAX_JSON_DEPTH nested containers parse; one more is a JSONDepthError."""
+    limit = MAX_JSON_DEPTH
+    assert parse_json("[" * limit + "]" * limit) is not None
+    with pytest.raises(JSONDepthError, match=f"nested deeper than {limit} levels"):
+        parse_json("[" * (limit + 1) + "]" * (limit + 1))
+    with pytest.raises(JSONDepthError):
+        parse_json('{"method":"set","name":' + '{"a":' * limit + "1" + "}" * limit + "}")
+
+
+def test_parse_json_bracket_characters_in_strings_do_not_count():
+    """Brackets inside strings are text, not nesting: many of them still parse."""
+    text = '{"method":"set","name":"☁ x","value":"' + "[{" * 5000 + '"}'
+    assert parse_json(text)["value"] == "[{" * 5000
+
+
+def test_parse_json_wide_structures_are_not_deep():
+    """Thousands of sibling containers are one level each, not a deep structure."""
+    assert len(parse_json("[" + ",".join(["[]"] * 5000) + "]")) == 5000
+
+
+def test_deeper_than_measures_iteratively():
+    """Depth is measured without recursion, far past the recursion limit."""
+    deep: list = []
+    for _ in range(50_000):
+        deep = [deep]
+    assert deeper_than(deep, 49_999)
+    assert not deeper_than(deep, 50_001)
+    assert not deeper_than("[[[", 0)
+    assert deeper_than({"a": [1, {"b": []}]}, 2)
+    assert not deeper_than({"a": [1, {"b": []}]}, 4)
+
+
+def test_surely_within_depth_never_clears_a_deep_text():
+    """The cheap text test may only say "within" when no nesting can exceed the limit."""
+    assert surely_within_depth("[" * 3 + "]" * 3, 3)  # short: 2 * limit + 1 characters or fewer
+    assert surely_within_depth('{"a":"' + "x" * 500 + '"}', 3)  # long, few brackets
+    assert not surely_within_depth("[" * 4 + "]" * 4, 3)
+    assert not surely_within_depth('"' + "[" * 10 + '"', 3)  # maybe deep: the walk decides
 
 
 def test_parse_json_deep_nesting_raises_json_error():

@@ -16,6 +16,7 @@ from tests.conformance.helpers import (
     set_line,
     set_text,
 )
+from tests.conftest import ServerProcess
 
 
 @pytest.fixture
@@ -132,3 +133,40 @@ async def test_bridge_is_off_by_default(make_server):
     await drain(cl4)
     await close_all(cl4)
     await scratch.close()
+
+
+@pytest.fixture
+def bridged_sprites(tmp_path):
+    """A bridged server whose `sc-*` rooms run CloudRequests and `sa-*` ScratchattachRequests."""
+    proc = ServerProcess(tmp_path, {"bridge": {"enabled": True}})
+    with proc.config_path.open("a", encoding="utf-8") as config:
+        for plugin, rooms in (("scratchcommunication:CloudRequests", "sc-*"),
+                              ("scratchattach_plugin:ScratchattachRequests", "sa-*")):
+            config.write(f'\n[[plugins]]\nuse = "plugins.sprites.{plugin}"\nrooms = ["{rooms}"]\n'
+                         'handlers = "examples.sprite_handlers:Handlers"\n')
+    yield proc.start()
+    proc.stop()
+
+
+async def test_cl4_cannot_forge_sprite_replies(bridged_sprites):
+    """A CL4 gvar named like a sprite plugin's variables obeys the plugin as a Scratch set does:
+    reply variables are refused, request variables consumed; none reaches or stays in the room."""
+    srv = bridged_sprites
+    for prefix, owned in (("sc", ["☁ TO_CLIENT_1", "☁ TO_CLIENT_4", "☁ FROM_CLIENT"]),
+                          ("sa", ["☁ FROM_HOST_1", "☁ FROM_HOST_9", "☁ TO_HOST"])):
+        room = fresh_room(prefix)
+        victim = await joined(srv.url, room, "victim")
+        attacker = await cl4_in(srv.url, room, "mallory")
+        await asyncio.sleep(0.1)
+        for name in owned:
+            await attacker.send({"cmd": "gvar", "name": name, "val": "1201918.123450000"})
+        await attacker.send({"cmd": "gvar", "name": "☁ marker", "val": 5})
+        lines = await recv_until(victim, lambda got: set_line("☁ marker", 5) in got)
+        assert lines == [set_line("☁ marker", 5)], lines  # the bridge works, nothing forged
+        await expect_nothing(victim)
+        late = await joined(srv.url, room, "latecomer")
+        assert str(await recv(late)).split("\n") == [set_line("☁ marker", 5)]  # none stored
+        await close_all(attacker)
+        await victim.close()
+        await late.close()
+    assert "Traceback" not in srv.log()

@@ -616,3 +616,26 @@ async def test_trusted_proxy_forwarded_for_on_the_fast_path(make_server):
     line = await raw.text_until(lambda line: json.loads(line).get("cmd") == "client_ip")
     assert json.loads(line)["val"] == "203.0.113.7"
     await raw.close()
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "X-Real-IP"])
+async def test_forwarded_scoped_ipv6_is_plain_in_replies_and_log(make_server, header):
+    """A forwarded "fe80::1%<text>" (a zone any text can fill) is the plain address everywhere."""
+    srv = make_server(server={"trusted_proxies": ["127.0.0.1"], "log_level": "debug"},
+                      store={"backend": "memory"})
+    zone = "\x9b31mFAKE\x85 LINE"  # C1 controls: CSI and NEL, which terminals obey
+    raw = await Raw.request(srv.port, build(extra=[(header, f"fe80::1%{zone}")]))
+    assert raw.status == b"HTTP/1.1 101 Switching Protocols"
+    raw.send(text_frame(json.dumps(CL4_HANDSHAKE)))
+    line = await raw.text_until(lambda line: json.loads(line).get("cmd") == "client_ip")
+    assert json.loads(line)["val"] == "fe80::1"
+    await raw.close()
+    scratch = await Raw.request(srv.port, build(extra=[(header, f"fe80::1%{zone}")]))
+    scratch.send(text_frame("not json"))  # closed with 4000, which is logged with the peer
+    assert (await scratch.frame())[0] == 0x8
+    await scratch.close()
+    await asyncio.sleep(0.2)
+    log = srv.log()
+    assert "closing fe80::1 with 4000" in log
+    assert not any(char in log for char in "\x9b\x85") and "FAKE" not in log
+    assert "Traceback" not in log
