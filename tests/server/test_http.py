@@ -302,6 +302,17 @@ def test_long_request_line_gets_414(http_server):
     assert reply.status == 414
 
 
+def test_repeated_x_real_ip_from_a_trusted_proxy_is_served(make_server):
+    """Two X-Real-IP headers from a trusted proxy are ignored, not a traceback and a drop."""
+    srv = make_server(server={"trusted_proxies": ["127.0.0.1"]}, store={"backend": "memory"})
+    twice = b"X-Real-IP: 203.0.113.7\r\nX-Real-IP: 203.0.113.8\r\n"
+    reply = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n" + twice + b"\r\n")
+    assert (reply.status, reply.body) == (200, b"ok\n")
+    reply = exchange(srv.port, UPGRADE[:-2] + twice + b"\r\n", half_close=True)
+    assert reply.status == 101
+    assert "Traceback" not in srv.log()
+
+
 # Methods and pipelining
 
 def test_head_has_headers_and_no_body(http_server):
