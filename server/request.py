@@ -65,15 +65,15 @@ class RequestReader:
         Raises RequestError when the request cannot be served.
         """
         if self.request is None:
-            # The parser keeps every byte until the head is complete and answers 431 once it
-            # holds more than `max_bytes`: give it at most one byte more than that, so the
-            # limit holds however the bytes were split across reads.
-            room = self._max_bytes + 1 - self._head_bytes
+            # The parser keeps every byte until the head is complete: give it at most
+            # `max_bytes`, so the limit is exact however the bytes were split across reads.
+            room = self._max_bytes - self._head_bytes
             if len(data) > room:
                 data, self._held = data[:room], data[room:]
             self._head_bytes += len(data)
         parser = self._parser
-        parser.receive_data(data)
+        if data:  # (no bytes would tell the parser that the client sent EOF)
+            parser.receive_data(data)
         try:
             while True:
                 event = parser.next_event()
@@ -92,6 +92,9 @@ class RequestReader:
                 elif isinstance(event, h11.EndOfMessage):
                     self.leftover = parser.trailing_data[0]
                     return self.request
+                elif self._held:  # NEED_DATA, but the head did not end within the limit
+                    raise RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                       f"head over {self._max_bytes} bytes")
                 else:  # NEED_DATA (PAUSED and ConnectionClosed follow EndOfMessage or EOF)
                     return None
         except h11.RemoteProtocolError as exc:
