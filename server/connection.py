@@ -129,7 +129,8 @@ class Connection(asyncio.Protocol):
             self._receive_frames(data)
 
     def eof_received(self) -> bool:
-        if self.state == CONNECTING and self._handshake is not None:
+        reader = self._handshake
+        if self.state == CONNECTING and reader is not None and not reader.discarding:
             # The client half-closed inside its request: nothing more will come, so say so.
             self._refuse_request(RequestError(HTTPStatus.BAD_REQUEST, "incomplete request"))
         return False  # let the transport close itself
@@ -174,7 +175,6 @@ class Connection(asyncio.Protocol):
             self._refuse_request(error)
             return
         if request is not None:
-            self._handshake = None  # frees the parser
             self._handle_request(request, reader)
 
     def _refuse_request(self, error: RequestError) -> None:
@@ -223,6 +223,7 @@ class Connection(asyncio.Protocol):
         if response.status_code != 101:
             self._answer(upgrade_refusal(response, handshake.handshake_exc))
             return
+        self._handshake = None  # frees the parser; frames are scanned here from now on
         self.request_headers = headers
         self.transport.write(response.serialize())
         self.state = OPEN
@@ -232,9 +233,19 @@ class Connection(asyncio.Protocol):
 
     def _answer(self, response: Response) -> None:
         """Send a response that ends the HTTP exchange (it says `Connection: close`)."""
+        transport = self.transport
+        transport.write(response.serialize())
+        reader = self._handshake
+        if reader is not None and not reader.complete and transport.can_write_eof():
+            # Answered before the request's end (an error, a body too large, a client waiting
+            # for 100 Continue): closing with unread bytes would reset the connection and
+            # could destroy the answer. Half-close instead, and drop what the client still
+            # sends until it closes (or handshake_timeout ends it).
+            reader.discard()
+            transport.write_eof()
+            return
         self._handshake = None
-        self.transport.write(response.serialize())
-        self.transport.close()
+        transport.close()
 
     # Frames
 

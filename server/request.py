@@ -8,7 +8,8 @@ Line endings may be CRLF or a bare LF (RFC 9112 2.2 allows a recipient to accept
 Memory is bounded per pending request: the head (request line and headers) may hold at most
 `MAX_REQUEST_BYTES`, and so may the body, which is counted and discarded as it arrives (no
 route reads a body; reading it before answering spares the client a reset that could eat the
-answer). A client waiting for `100 Continue` gets its answer before it sends the body.
+answer). A client waiting for `100 Continue` gets its answer before it sends the body. A
+request answered before its end is then `discard`ed: whatever still arrives is dropped.
 
 Each connection serves one request and the answer closes it, so bytes after the request are
 never parsed as HTTP: after an upgrade they are the client's first frames (`leftover`).
@@ -46,7 +47,7 @@ class RequestReader:
     """Reads one request, fed with bytes as they arrive (see the module docstring)."""
 
     __slots__ = ("_parser", "_max_bytes", "_head_bytes", "_held", "method", "request",
-                 "has_body", "body_bytes", "leftover")
+                 "has_body", "body_bytes", "leftover", "complete", "discarding")
 
     def __init__(self, max_bytes: int = MAX_REQUEST_BYTES) -> None:
         self._parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
@@ -58,12 +59,22 @@ class RequestReader:
         self.has_body = False  # the request announces a body (Content-Length > 0 or chunked)
         self.body_bytes = 0
         self.leftover = b""  # bytes after the request, once it has been read
+        self.complete = False  # the request has been read to its end
+        self.discarding = False  # answered early: what still arrives is dropped
+
+    def discard(self) -> None:
+        """Drop everything received from now on (the request was answered before its end)."""
+        self.discarding = True
+        self._held = b""
+        self._parser = None  # frees its buffer
 
     def receive_data(self, data: bytes) -> Request | None:
         """The request once it has been read (its body discarded), or None for more bytes.
 
         Raises RequestError when the request cannot be served.
         """
+        if self.discarding:
+            return None
         if self.request is None:
             # The parser keeps every byte until the head is complete: give it at most
             # `max_bytes`, so the limit is exact however the bytes were split across reads.
@@ -90,6 +101,7 @@ class RequestReader:
                     if held:
                         parser.receive_data(held)
                 elif isinstance(event, h11.EndOfMessage):
+                    self.complete = True
                     self.leftover = parser.trailing_data[0]
                     return self.request
                 elif self._held:  # NEED_DATA, but the head did not end within the limit

@@ -141,6 +141,19 @@ def test_chunked_body_over_the_limit_gets_413(http_server):
     assert reply.status == 413
 
 
+def test_client_still_sending_after_an_early_answer_is_not_reset(http_server):
+    """A client that goes on sending its body after a 413 is not reset: it reads the answer."""
+    with socket.create_connection(("127.0.0.1", http_server.port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
+        time.sleep(0.1)  # the answer is sent meanwhile
+        sock.sendall(b"x" * 1_000_000)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert Reply(data).status == 413
+
+
 def test_upgrade_with_a_body_gets_400(http_server):
     """A WebSocket upgrade request that carries a body is refused with 400."""
     reply = exchange(http_server.port, b"GET / HTTP/1.1\r\n" + UPGRADE_HEADERS.encode()
