@@ -218,6 +218,20 @@ def test_partial_request_times_out(make_server):
     assert time.monotonic() - started < 5
 
 
+def test_body_sent_after_an_early_answer_times_out(make_server):
+    """A client that goes on sending after its answer is dropped after handshake_timeout."""
+    srv = make_server(server={"handshake_timeout": 0.5, "ping_interval": 0.2},
+                      store={"backend": "memory"})
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
+        assert Reply(sock.recv(65536)).status == 413
+        deadline = time.monotonic() + 5
+        with pytest.raises(OSError):  # a reset, once the server has dropped the connection
+            while time.monotonic() < deadline:
+                sock.sendall(b"x" * 1000)
+                time.sleep(0.05)
+
+
 # Line endings
 
 def test_bare_lf_request_is_served(http_server):
