@@ -95,7 +95,7 @@ class RequestReader:
                                            f"body over {self._max_bytes} bytes")
                 elif isinstance(event, h11.Request):
                     self.request = self._convert(event)
-                    if parser.they_are_waiting_for_100_continue:
+                    if self.has_body and parser.they_are_waiting_for_100_continue:
                         return self.request  # answered before the body is sent
                     held, self._held = self._held, b""
                     if held:

@@ -69,6 +69,12 @@ def test_waiting_for_100_continue_returns_at_the_head():
     assert request is not None and reader.has_body
 
 
+def test_expect_100_continue_without_a_body_reads_to_the_end():
+    """Expect: 100-continue on a request without a body changes nothing: it is read whole."""
+    reader, request = read(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\nframes")
+    assert request is not None and reader.complete and reader.leftover == b"frames"
+
+
 @pytest.mark.parametrize("pieces", [1, 3, 50])
 def test_head_limit_is_exact(pieces):
     """A head of exactly the limit is read; one byte more is 431, however it is split."""
