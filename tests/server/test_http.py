@@ -232,6 +232,18 @@ def test_body_sent_after_an_early_answer_times_out(make_server):
                 time.sleep(0.05)
 
 
+def test_bad_requests_are_logged_escaped_at_debug_level(make_server):
+    """At debug level a bad request is logged once, its control characters escaped."""
+    srv = make_server(server={"log_level": "debug"}, store={"backend": "memory"})
+    assert exchange(srv.port, b"\x1b[2J\x1b[31mGET / HTTP/1.1\r\n\r\n").status == 400
+    deadline = time.monotonic() + 5
+    while "bad HTTP request" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in srv.log().splitlines() if "bad HTTP request" in line]
+    assert len(lines) == 1 and "400" in lines[0] and "\\x1b" in lines[0]
+    assert "\x1b" not in srv.log()
+
+
 # Line endings
 
 def test_bare_lf_request_is_served(http_server):
