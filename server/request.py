@@ -118,8 +118,8 @@ class RequestReader:
         if event.http_version not in _SUPPORTED_VERSIONS:
             raise RequestError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
                                f"HTTP/{event.http_version.decode()}")
-        # websockets' own limits, so a request the fast path takes whole is taken here too
-        # when it arrives in pieces, and one websockets would refuse is refused here.
+        # websockets' line and header-count limits, as its parser had them: the fast path
+        # stays within them, so what it takes whole is taken here when it comes in pieces.
         if len(event.method) + len(event.target) + 10 > MAX_LINE:
             raise RequestError(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
         fields = event.headers.raw_items()
