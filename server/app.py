@@ -243,7 +243,8 @@ class Server:
         if hops:
             hop = hops[0] if self.config.server.forwarded_for == "first" else hops[-1]
         else:
-            hop = headers.get("X-Real-IP", "").strip()
+            real = headers.get_all("X-Real-IP")  # more than one: no answer, so the peer
+            hop = real[0].strip() if len(real) == 1 else ""
         try:
             address = ipaddress.ip_address(hop)
         except ValueError:

@@ -2,8 +2,9 @@
 
 A plain upgrade request that arrives whole is recognised by `upgrade.parse_upgrade` and answered
 with a pre-built 101. Every other request (plain HTTP pages, malformed or unusual upgrades, a
-request arriving in pieces) goes through websockets' Sans-I/O `ServerProtocol` (request parsing,
-header validation, refusals, the 101 response). After the upgrade, frames are scanned here
+request arriving in pieces) is read by `request.RequestReader` (h11) and answered with an HTTP
+status, whatever the bytes; an upgrade among them is validated and accepted or refused by
+websockets' Sans-I/O `ServerProtocol`. After the upgrade, frames are scanned here
 directly: the common case, a small masked text frame, costs one header decode, one C unmask and
 one UTF-8 decode, with no task, future or queue per message. Control frames, fragmentation and
 every framing error follow RFC 6455 with the close codes the Scratch spec names (1002, 1007, 1009).
@@ -19,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.speedups import apply_mask
@@ -40,6 +43,7 @@ from .framing import (
     parse_close_payload,
 )
 from .logsafe import printable
+from .request import RequestError, RequestReader
 from .upgrade import Upgrade, parse_upgrade, switching_protocols
 
 if TYPE_CHECKING:
@@ -49,9 +53,6 @@ log = logging.getLogger("stratus.connection")
 
 # Connection states.
 CONNECTING, OPEN, CLOSING, CLOSED = range(4)
-
-# Longest upgrade request accepted (websockets itself allows 8 KiB lines, 128 headers).
-MAX_REQUEST_BYTES = 65536
 
 # Close codes for framing violations (RFC 6455 7.4.1).
 PROTOCOL_ERROR = 1002
@@ -103,7 +104,7 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.backlog: Any = None
         self.plugin_client: Any = None
-        self._handshake: ServerProtocol | None = None  # made when the fast path defers
+        self._handshake: RequestReader | None = None  # made when the fast path defers
         self._buffer: bytearray | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
@@ -128,6 +129,10 @@ class Connection(asyncio.Protocol):
             self._receive_frames(data)
 
     def eof_received(self) -> bool:
+        reader = self._handshake
+        if self.state == CONNECTING and reader is not None and not reader.discarding:
+            # The client half-closed inside its request: nothing more will come, so say so.
+            self._refuse_request(RequestError(HTTPStatus.BAD_REQUEST, "incomplete request"))
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -153,9 +158,9 @@ class Connection(asyncio.Protocol):
 
     def _receive_handshake(self, data: bytes) -> None:
         # Fast path: a whole plain upgrade request in the first read is answered here.
-        # Anything else (a request in pieces, plain HTTP, anything unusual) goes to websockets.
-        handshake = self._handshake
-        if handshake is None and self._buffer is None:
+        # Anything else (a request in pieces, plain HTTP, anything unusual) is read with h11.
+        reader = self._handshake
+        if reader is None:
             end = data.find(b"\r\n\r\n")
             if end >= 0:
                 end += 4
@@ -163,46 +168,23 @@ class Connection(asyncio.Protocol):
                 if upgrade is not None:
                     self._accept_upgrade(upgrade, data[end:])
                     return
-        if handshake is None:
-            handshake = self._new_handshake()
-        # The upgrade request goes to the Sans-I/O parser only up to its blank line: bytes
-        # after it are frames the client pipelined, which the parser would consume itself.
-        # Until the blank line arrives, everything is fed as it comes, so the parser's own
-        # limits (line length, header count) answer oversized requests early.
-        buffer = self._buffer
-        if buffer is None:
-            buffer = self._buffer = bytearray()
-        fed = len(buffer)
-        buffer += data
-        end = buffer.find(b"\r\n\r\n", max(0, fed - 3))
-        if end < 0:
-            handshake.receive_data(bytes(data))
-            self._write_handshake_output(handshake)
-            if len(buffer) > MAX_REQUEST_BYTES:
-                self.transport.close()
+            reader = self._handshake = RequestReader()
+        try:
+            request = reader.receive_data(data)
+        except RequestError as error:
+            self._refuse_request(error)
             return
-        end += 4
-        request_bytes, leftover = bytes(buffer[fed:end]), bytes(buffer[end:])
-        self._buffer = None
-        handshake.receive_data(request_bytes)
-        for event in handshake.events_received():
-            if isinstance(event, Request):
-                self._handle_request(handshake, event)
-                break
-        self._write_handshake_output(handshake)
-        if self.state == OPEN:
-            self._handshake = None  # frees the parser; frames are scanned here from now on
-            self.server.connection_upgraded(self)
-            if leftover and self.state == OPEN:
-                self._receive_frames(leftover)
-        elif self.state == CONNECTING and self._handshake is not None and not handshake.eof_sent:
-            self.transport.close()  # not a complete HTTP request
+        if request is not None:
+            self._handle_request(request, reader)
 
-    def _new_handshake(self) -> ServerProtocol:
-        handshake = self._handshake = ServerProtocol(
-            max_size=self.server.config.server.max_message_bytes, logger=_websockets_logger
-        )
-        return handshake
+    def _refuse_request(self, error: RequestError) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("bad HTTP request from %s: %d %s", printable(self.peer), error.status,
+                      printable(error.detail))
+        status = error.status
+        head = self._handshake is not None and self._handshake.method == "HEAD"
+        self._answer(plain_response(status, status.phrase, f"{status.phrase}.\n".encode(),
+                                    "text/plain; charset=utf-8", head=head))
 
     def _accept_upgrade(self, upgrade: Upgrade, leftover: bytes) -> None:
         """The fast path's twin of `_handle_request` for a request websockets would accept."""
@@ -211,9 +193,7 @@ class Connection(asyncio.Protocol):
         self.peer = server.client_address(self.peer, headers)
         refusal = server.refuse_upgrade(self)
         if refusal is not None:
-            handshake = self._new_handshake()
-            handshake.send_response(refusal)  # then EOF: the exchange is over
-            self._write_handshake_output(handshake)
+            self._answer(refusal)
             return
         self.request_headers = headers
         self.transport.write(switching_protocols(upgrade.accept, time.time()))
@@ -222,36 +202,50 @@ class Connection(asyncio.Protocol):
         if leftover and self.state == OPEN:
             self._receive_frames(leftover)
 
-    def _handle_request(self, handshake: ServerProtocol, request: Request) -> None:
+    def _handle_request(self, request: Request, reader: RequestReader) -> None:
         server = self.server
         headers = request.headers
         self.peer = server.client_address(self.peer, headers)
-        if "websocket" not in headers.get("Upgrade", "").lower():
-            handshake.send_response(server.http_response(request))
+        if not any("websocket" in value.lower() for value in headers.get_all("Upgrade")):
+            self._answer(server.http_response(request))
             return
         refusal = server.refuse_upgrade(self)
         if refusal is not None:
-            handshake.send_response(refusal)
+            self._answer(refusal)
             return
+        if reader.has_body:
+            self._answer(plain_response(400, "Bad Request",
+                                        b"A WebSocket upgrade request has no body.\n",
+                                        "text/plain; charset=utf-8"))
+            return
+        handshake = ServerProtocol(logger=_websockets_logger)
         response = handshake.accept(request)
-        if response.status_code == 101:
-            self.request_headers = headers
-            handshake.send_response(response)
-            self.state = OPEN
-        else:
-            handshake.send_response(response)
+        if response.status_code != 101:
+            self._answer(upgrade_refusal(response, handshake.handshake_exc))
+            return
+        self._handshake = None  # frees the parser; frames are scanned here from now on
+        self.request_headers = headers
+        self.transport.write(response.serialize())
+        self.state = OPEN
+        server.connection_upgraded(self)
+        if reader.leftover and self.state == OPEN:
+            self._receive_frames(reader.leftover)  # frames the client sent with its request
 
-    def _write_handshake_output(self, handshake: ServerProtocol) -> None:
+    def _answer(self, response: Response) -> None:
+        """Send a response that ends the HTTP exchange (it says `Connection: close`)."""
         transport = self.transport
-        assert transport is not None
-        close_after = False
-        for chunk in handshake.data_to_send():
-            if chunk:
-                transport.write(chunk)
-            else:
-                close_after = True  # SEND_EOF: the HTTP exchange is over
-        if close_after and self.state == CONNECTING:
-            transport.close()
+        transport.write(response.serialize())
+        reader = self._handshake
+        if reader is not None and not reader.complete and transport.can_write_eof():
+            # Answered before the request's end (an error, a body too large, a client waiting
+            # for 100 Continue): closing with unread bytes would reset the connection and
+            # could destroy the answer. Half-close instead, and drop what the client still
+            # sends until it closes (or handshake_timeout ends it).
+            reader.discard()
+            transport.write_eof()
+            return
+        self._handshake = None
+        transport.close()
 
     # Frames
 
@@ -462,3 +456,22 @@ def plain_response(status: int, reason: str, body: bytes, content_type: str,
     for key, value in (extra or {}).items():
         headers[key] = value
     return Response(status, reason, headers, b"" if head else body)
+
+
+def upgrade_refusal(response: Response, error: Exception | None) -> Response:
+    """websockets' refusal of an upgrade, with the headers every Stratus page carries.
+
+    An unsupported WebSocket version gets 426 and the version this server speaks, as
+    RFC 6455 4.2.2 asks, where websockets answers 400.
+    """
+    if isinstance(error, InvalidHeader) and error.name == "Sec-WebSocket-Version":
+        return plain_response(426, "Upgrade Required",
+                              b"This server speaks WebSocket version 13.\n",
+                              "text/plain; charset=utf-8",
+                              {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"})
+    own = ("date", "connection", "content-length", "content-type")
+    extra = {name: value for name, value in response.headers.raw_items()
+             if name.lower() not in own}
+    return plain_response(response.status_code, response.reason_phrase, response.body,
+                          response.headers.get("Content-Type", "text/plain; charset=utf-8"),
+                          extra)
