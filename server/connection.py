@@ -144,14 +144,14 @@ class Connection(asyncio.Protocol):
         self.plugin_client: Any = None
         # The resolved address counted against [server] max_connections_per_ip, if any.
         self.counted_address: str | None = None
-        self.read_limits: ReadLimits = server.read_limits
-        # Frames and bytes that may be read before the budget is consulted again; the budget
-        # keeps the fractions and when it was last refilled.
-        self._frame_credit = 0
-        self._frame_tokens = float(self.read_limits.frame_burst)
+        limits = self.read_limits = server.read_limits
+        # Frames and bytes that may be read before the budget is consulted again (a full burst
+        # to begin with); the budget keeps the fractions and when it was last refilled.
+        self._frame_credit = limits.frame_burst if limits.frames_per_second else UNLIMITED
+        self._frame_tokens = 0.0
         self._frames_refilled = self.created
-        self._byte_credit = 0
-        self._byte_tokens = self.read_limits.bytes_per_second
+        self._byte_credit = int(limits.bytes_per_second) or UNLIMITED
+        self._byte_tokens = 0.0
         self._bytes_refilled = self.created
         self._resume_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -321,12 +321,9 @@ class Connection(asyncio.Protocol):
         end = len(data)
         pos = 0
         max_size = self.server.config.server.max_message_bytes
-        credit = self._frame_credit
         while end - pos >= 2:
-            if credit <= 0:
-                credit = self._recharge_frames()
-                if not credit:
-                    break  # over budget: reading is paused, the rest waits in the buffer
+            if self._frame_credit <= 0 and not self._recharge_frames():
+                break  # over budget: reading is paused, the rest waits in the buffer
             first = data[pos]
             second = data[pos + 1]
             length = second & 0x7F
@@ -375,9 +372,8 @@ class Connection(asyncio.Protocol):
                 self._other_frame(first, apply_mask(data[pos + header : frame_end], mask))
             if self.state == CLOSED or self.transport is None:
                 return
-            credit -= 1
+            self._frame_credit -= 1
             pos = frame_end
-        self._frame_credit = credit
         if pos == end:
             self._buffer = None
         elif pos or buffer is None:
@@ -391,18 +387,23 @@ class Connection(asyncio.Protocol):
     def limit_reading(self, limits: ReadLimits) -> None:
         """Read this connection within `limits` from now on (a protocol's own budget)."""
         self.read_limits = limits
-        self._frame_tokens = float(limits.frame_burst)
+        if limits.frames_per_second:
+            self._frame_credit = min(self._frame_credit, limits.frame_burst)
+            self._frame_tokens = float(limits.frame_burst)  # granted when the credit runs out
+        else:
+            self._frame_credit = UNLIMITED
 
     def _recharge_frames(self) -> int:
         """Frames that may be read now; 0 pauses reading until the budget has refilled."""
         limits = self.read_limits
         rate = limits.frames_per_second
         if not rate:
+            self._frame_credit = UNLIMITED
             return UNLIMITED
         now = time.monotonic()
         tokens = _refill(self._frame_tokens, now - self._frames_refilled, rate, limits.frame_burst)
         self._frames_refilled = now
-        granted = int(tokens)
+        granted = self._frame_credit = int(tokens)
         self._frame_tokens = tokens - granted
         if not granted:
             quantum = min(float(limits.frame_burst), max(1.0, rate * THROTTLE_QUANTUM))

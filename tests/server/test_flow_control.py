@@ -6,6 +6,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from tests.conformance.cl4_client import Cl4
 from tests.conformance.helpers import http_get
 from tests.server.rawclient import OP_TEXT, RawClient, build_frame
@@ -36,9 +38,13 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_scratch_flooder_is_slowed_down_not_dropped_and_others_are_served(make_server):
+@pytest.mark.parametrize("frames_per_second", [1000, 0])
+async def test_scratch_flooder_is_slowed_down_not_dropped_and_others_are_served(
+    make_server, frames_per_second
+):
     """A Scratch client over its message rate gets every set applied, later; others meanwhile."""
-    server = make_server(scratch={"messages_per_second": 400, "message_burst": 40})
+    server = make_server(server={"max_frames_per_second": frames_per_second},
+                         scratch={"messages_per_second": 400, "message_burst": 40})
     flooder = await RawClient.open(server.url)
     watcher = await RawClient.open(server.url)
     alice = await RawClient.open(server.url)
