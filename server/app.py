@@ -200,6 +200,7 @@ class Server:
         if limit and len(self.connections) > limit + self.config.server.reserved_fds // 2:
             # Past the limit, connections are still accepted to be answered 503; this far past
             # it (unfinished requests piling up) half the fd reserve is kept for the store.
+            self._server_full()
             connection.abort()
 
     def connection_dropped(self, connection: Connection) -> None:
@@ -277,15 +278,18 @@ class Server:
         except ValueError:
             return peer
 
+    def _server_full(self) -> None:
+        if not self._refusing:
+            self._refusing = True
+            log.warning("connection limit reached (%d connections, limit %d from [server] "
+                        "max_connections and the open-file limit): new connections get 503 "
+                        "until some close", len(self.connections), self.connection_limit)
+
     def refuse_upgrade(self, connection: Connection) -> Response | None:
         """An HTTP refusal for a WebSocket upgrade, or None to accept it."""
         limit = self.connection_limit
         if limit and len(self.connections) > limit:
-            if not self._refusing:
-                self._refusing = True
-                log.warning("connection limit reached (%d connections, limit %d from "
-                            "[server] max_connections and the open-file limit): new "
-                            "connections get 503 until some close", len(self.connections), limit)
+            self._server_full()
             return plain_response(503, "Service Unavailable", b"Server is full.\n",
                                   "text/plain; charset=utf-8")
         per_address = self.config.server.max_connections_per_ip

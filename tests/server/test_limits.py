@@ -123,3 +123,23 @@ async def test_oldest_empty_rooms_leave_memory_past_max_idle_rooms(make_server):
         assert await client.recv_sets() == [{"method": "set", "name": "☁ v", "value": "0"}]
     finally:
         await client.abort()
+
+
+async def test_connections_that_never_send_a_request_cannot_eat_the_fd_reserve(make_server):
+    """Silent connections far past the limit are dropped at once; the server then recovers."""
+    server = make_server(open_files=100, server={"reserved_fds": 40})  # 60, dropped past 80
+    silent = [await RawClient.connect_tcp(server.url) for _ in range(90)]
+    try:
+        dropped = 0
+        for client in silent:
+            dropped += await client.wait_eof(timeout=0.05)
+        assert dropped >= 9
+        for client in silent:
+            await client.abort()
+        client = await eventually_upgrades(server.url)
+        await client.abort()
+        assert server.log().count("connection limit reached") == 1
+        assert "Too many open files" not in server.log()
+    finally:
+        for client in silent:
+            await client.abort()
