@@ -6,9 +6,10 @@
     python bench/run.py --target stratus --scenario classroom --set scratch.batch_hz=30
 
 Targets: stratus (python -m server, in-memory store), stratus-sqlite (default store),
+stratus-base (the same from another checkout, `--base DIR`: before/after comparisons),
 relay (bench/relay.py, asyncio), relay-uvloop, cloudlink (CloudLink 0.2.0.1, own venv).
 Scenarios: classroom, bigroom, burst, burst50, idle, idle10k (see loadgen.PRESETS), ramp,
-ramp-bigroom (see RAMPS).
+ramp-bigroom (see RAMPS), flood-scratch and flood-cl4 (classroom plus one flooder, see FLOODS).
 
 The server runs under `taskset -c 0`, the generator (bench/loadgen.py, bench/.venv; with
 `--client c` bench/.bin/loadgen, built from bench/cgen/loadgen.c by bench/setup.sh) under
@@ -42,9 +43,15 @@ GEN_PY = BENCH / ".venv" / "bin" / "python"
 GEN_C = BENCH / ".bin" / "loadgen"  # bench/cgen/loadgen.c, built by bench/setup.sh
 CL_PY = BENCH / ".venv-cloudlink" / "bin" / "python"
 
-TARGETS = ["stratus", "stratus-sqlite", "relay", "relay-uvloop", "cloudlink"]
+TARGETS = ["stratus", "stratus-sqlite", "stratus-base", "relay", "relay-uvloop", "cloudlink"]
 SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp",
-             "ramp-bigroom"]
+             "ramp-bigroom", "flood-scratch", "flood-cl4"]
+# name: (generator scenario, flooder protocol). bench/flood.py runs beside the generator on
+# its core at the lowest priority, sending as fast as TCP allows and reconnecting when closed.
+FLOODS = {"flood-scratch": ("classroom", "scratch"), "flood-cl4": ("classroom", "cl4")}
+# The flooder starts this many seconds after the generator, once its clients have joined (the
+# generator's warmup then covers the change), so the window measures a flood in full swing.
+FLOOD_START = 2.0
 ALL_TARGETS = ["stratus", "relay", "cloudlink"]
 ALL_SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp",
              "ramp-bigroom"]
@@ -87,7 +94,8 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- servers
-def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[str]) -> None:
+def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[str],
+                   base: bool = False) -> None:
     tables: dict[str, dict[str, object]] = {
         "server": {"host": "127.0.0.1", "port": port, "log_level": "warning",
                    "data_dir": str(data)},
@@ -95,6 +103,9 @@ def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[s
         # bigroom puts 500 clients in one room; the protocol's default limit is 128
         "scratch": {"max_clients_per_room": 1000},
     }
+    if not base:  # a checkout from before the key existed would refuse it
+        # every generated client comes from 127.0.0.1
+        tables["server"]["max_connections_per_ip"] = 0
     for item in sets:
         key, _, raw = item.partition("=")
         table, _, name = key.partition(".")
@@ -111,7 +122,7 @@ def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[s
 
 
 class Server:
-    def __init__(self, target: str, sets: list[str], tag: str) -> None:
+    def __init__(self, target: str, sets: list[str], tag: str, base: Path | None = None) -> None:
         self.target = target
         self.port = free_port()
         self.tmp = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
@@ -121,8 +132,13 @@ class Server:
         if target.startswith("stratus"):
             cfg = self.tmp / "bench.toml"
             backend = "sqlite" if target == "stratus-sqlite" else "memory"
-            stratus_config(cfg, self.port, self.tmp / "data", backend, sets)
+            stratus_config(cfg, self.port, self.tmp / "data", backend, sets,
+                           base=target == "stratus-base")
             cmd, cwd = [py, "-m", "server", "--config", str(cfg)], ROOT
+            if target == "stratus-base":
+                if base is None:
+                    raise SystemExit("target stratus-base needs --base DIR (another checkout)")
+                cwd = base
         elif target.startswith("relay"):
             cmd = [py, str(BENCH / "relay.py"), "--port", str(self.port)]
             if target == "relay-uvloop":
@@ -185,6 +201,9 @@ def run_loadgen(target: str, scenario: str, args: argparse.Namespace, extra: lis
         r = run_once(target, scenario, args, extra, f"{tag}-a{attempt}")
         r["load_before"] = round(load, 2)
         r["attempts"] = attempt + 1
+        if "flood_cpu_pct" in r and isinstance(r.get("other_cpu_pct"), int | float):
+            # the flooder is part of the scenario, not background noise
+            r["other_cpu_pct"] = round(max(0.0, r["other_cpu_pct"] - r["flood_cpu_pct"]), 1)
         other = r.get("other_cpu_pct", 0.0) or 0.0
         if best is None or other < best.get("other_cpu_pct", 0.0):
             best = r
@@ -199,27 +218,60 @@ def run_loadgen(target: str, scenario: str, args: argparse.Namespace, extra: lis
 
 def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[str],
              tag: str) -> dict:
-    srv = Server(target, args.set, tag)
+    srv = Server(target, args.set, tag, args.base)
+    flooder: subprocess.Popen | None = None
     try:
         gen = [str(GEN_C)] if args.client == "c" else [str(GEN_PY), str(BENCH / "loadgen.py")]
+        gen_scenario, flood_protocol = FLOODS.get(scenario, (scenario, None))
         cmd = ["taskset", "-c", GEN_CORE, *gen,
-               "--url", srv.url, "--scenario", scenario, "--server-pid", str(srv.pid),
+               "--url", srv.url, "--scenario", gen_scenario, "--server-pid", str(srv.pid),
                "--client", args.client, "--warmup", str(args.warmup),
                "--duration", str(args.duration), *extra]
         if target == "cloudlink" and scenario.startswith("idle"):
             cmd += ["--barrier-timeout", "120"]
         limit = args.warmup + args.duration + 400
+        if flood_protocol is not None:
+            flooder = subprocess.Popen(
+                ["taskset", "-c", GEN_CORE, "nice", "-n", "19", sys.executable,
+                 str(BENCH / "flood.py"), "--url", srv.url, "--protocol", flood_protocol,
+                 "--reconnect", "--start-after", str(FLOOD_START), "--seconds", str(limit)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
         try:
             res = json.loads(p.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
             res = {"error": f"loadgen failed rc={p.returncode}: {p.stderr[-2000:]}"}
+        if flooder is not None:
+            res.update(stop_flooder(flooder))
         if srv.proc.poll() is not None:
             res.setdefault("errors", {})["server exited"] = srv.proc.returncode
     finally:
+        if flooder is not None and flooder.poll() is None:
+            flooder.kill()
+            flooder.wait()
         srv.stop()
     res["target"] = target
     return res
+
+
+def stop_flooder(flooder: subprocess.Popen) -> dict:
+    """Stop bench/flood.py; its figures plus the CPU it used (% of one core, whole run)."""
+    with open(f"/proc/{flooder.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        alive = float(f.read().split()[0]) - started
+    flooder.send_signal(signal.SIGTERM)
+    try:
+        out, err = flooder.communicate(timeout=10)
+        result = json.loads(out.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, IndexError, ValueError):
+        flooder.kill()
+        out, err = flooder.communicate()
+        return {"flood_error": (err or "")[-500:]}
+    result["flood_cpu_pct"] = round(100 * cpu / alive, 1) if alive > 0 else None
+    return result
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -251,8 +303,17 @@ def median_of(runs: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+COLS_FLOOD = [
+    ("flood_sent_per_s", "flooder sent/s", "{:.0f}"),
+    ("flood_rate_limited", "flooder E:116", "{:.0f}"),
+    ("flood_connections", "flooder conns", "{:.0f}"),
+]
+
+
 def table(scenario: str, by_target: dict[str, list[dict]], ref: str | None) -> str:
     cols = COLS_IDLE if scenario.startswith("idle") else COLS_TRAFFIC
+    if scenario in FLOODS:
+        cols = cols + COLS_FLOOD
     ratio_key = "server_cpu_us_per_join" if scenario.startswith("idle") else \
         "server_cpu_us_per_line"
     head = ["target", "runs"] + [c[1] for c in cols]
@@ -383,6 +444,8 @@ def main() -> None:
     ap.add_argument("--client", default="c", choices=["c", "picows", "websockets"],
                     help="generator: c (bench/.bin/loadgen, the default), or loadgen.py "
                     "with picows or websockets")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="checkout the stratus-base target runs `python -m server` in")
     ap.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                     help="stratus config override, e.g. scratch.batch_hz=30 (repeatable)")
     ap.add_argument("--ref", default="relay", help="target the CPU ratio column divides by")

@@ -20,7 +20,7 @@ from protocols.cl4.wire import looks_like_cl4
 
 from . import __version__
 from .config import Config
-from .connection import CLOSING, CONNECTING, OPEN, Connection, plain_response
+from .connection import CONNECTING, OPEN, Connection, ReadLimits, plain_response
 from .logsafe import printable
 from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
@@ -51,6 +51,18 @@ class Server:
         self.trusted_proxies = [
             ipaddress.ip_network(network, strict=False) for network in config.server.trusted_proxies
         ]
+        section = config.server
+        self.read_limits = ReadLimits(section.max_frames_per_second, section.frame_burst,
+                                      section.max_bytes_per_second)
+        # A Scratch client's messages are nearly all sets: [scratch] sets how fast it is read.
+        self.scratch_read_limits = ReadLimits(config.scratch.messages_per_second,
+                                              config.scratch.message_burst,
+                                              section.max_bytes_per_second)
+        # Most connections at once (0 = no limit): max_connections, capped by the open-file
+        # limit less a reserve for the store, logs and refusals (set in `start`).
+        self.connection_limit = section.max_connections
+        self._refusing = False  # a "server full" episode is under way (logged once)
+        self._per_address: dict[str, int] = {}  # upgraded connections per client address
         self._listener: asyncio.Server | None = None
         self._stopping = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -61,6 +73,8 @@ class Server:
         """Open the store and start listening."""
         self.loop = asyncio.get_running_loop()
         cfg = self.config
+        self.connection_limit = connection_limit(cfg.server.max_connections,
+                                                 cfg.server.reserved_fds)
         self.store = open_store(cfg.store, cfg.data_dir)
         section = cfg.scratch
         limits = RoomLimits(
@@ -72,6 +86,7 @@ class Server:
             coalesce=section.coalesce,
             max_pending_lines=section.max_pending_lines,
             idle_timeout=cfg.store.room_idle_timeout,
+            max_idle_rooms=cfg.store.max_idle_rooms,
         )
         self.scratch_rooms = RoomRegistry(scratch.NAMESPACE, scratch.CODEC, limits, self.store,
                                           self.loop)
@@ -169,10 +184,7 @@ class Server:
                 elif not connection.ping():
                     log.debug("dropping %s: no pong", printable(connection.peer))
                     connection.abort()
-            elif state == CONNECTING:
-                if connection.created <= handshake_deadline:
-                    connection.abort()
-            elif state == CLOSING and now >= connection.close_deadline:
+            elif state == CONNECTING and connection.created <= handshake_deadline:
                 connection.abort()
 
     def _persist(self) -> None:
@@ -189,9 +201,29 @@ class Server:
 
     def connection_opened(self, connection: Connection) -> None:
         self.connections[connection] = None
+        limit = self.connection_limit
+        if limit and len(self.connections) > limit + self.config.server.reserved_fds // 2:
+            # Past the limit, connections are still accepted to be answered 503; this far past
+            # it (unfinished requests piling up) half the fd reserve is kept for the store.
+            self._server_full()
+            connection.abort()
 
     def connection_dropped(self, connection: Connection) -> None:
         self.connections.pop(connection, None)
+        self._connection_gone(connection)
+
+    def _connection_gone(self, connection: Connection) -> None:
+        address = connection.counted_address
+        if address is not None:
+            connection.counted_address = None
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
+        if self._refusing and len(self.connections) < self.connection_limit * 0.9:
+            self._refusing = False
+            log.info("accepting connections again (%d open)", len(self.connections))
 
     def connection_upgraded(self, connection: Connection) -> None:
         refusal = scratch.connect_refusal(connection, self.scratch_options)
@@ -205,6 +237,7 @@ class Server:
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.pop(connection, None)
+        self._connection_gone(connection)
         if self.plugins.hooks("disconnect"):
             self.plugins.disconnected(connection)  # while the client still has its room
         session = connection.session
@@ -223,6 +256,7 @@ class Server:
         """The session for a connection, chosen by its first message (CL4 spec §2)."""
         if self.config.cl4.enabled and looks_like_cl4(first_text):
             return self.cl4.session_for(connection)
+        connection.limit_reading(self.scratch_read_limits)
         return scratch.ScratchSession(connection, self.scratch_rooms, self.scratch_options,
                                       self.plugins)
 
@@ -253,12 +287,32 @@ class Server:
         # client text; without it the address is plain, wherever it is logged or compared.
         return str(address).partition("%")[0]
 
+    def _server_full(self) -> None:
+        if not self._refusing:
+            self._refusing = True
+            log.warning("connection limit reached (%d connections, limit %d from [server] "
+                        "max_connections and the open-file limit): new connections get 503 "
+                        "until some close", len(self.connections), self.connection_limit)
+
     def refuse_upgrade(self, connection: Connection) -> Response | None:
         """An HTTP refusal for a WebSocket upgrade, or None to accept it."""
-        limit = self.config.server.max_connections
+        limit = self.connection_limit
         if limit and len(self.connections) > limit:
+            self._server_full()
             return plain_response(503, "Service Unavailable", b"Server is full.\n",
                                   "text/plain; charset=utf-8")
+        per_address = self.config.server.max_connections_per_ip
+        if per_address:
+            address = connection.peer
+            count = self._per_address.get(address, 0)
+            if count >= per_address:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("refusing %s: %d connections from it", printable(address), count)
+                return plain_response(429, "Too Many Requests",
+                                      b"Too many connections from your address.\n",
+                                      "text/plain; charset=utf-8")
+            self._per_address[address] = count + 1
+            connection.counted_address = address
         return None
 
     def http_response(self, request: Request) -> Response:
@@ -299,6 +353,19 @@ class Server:
             "</body></html>"
         )
         return body.encode()
+
+
+def connection_limit(max_connections: int, reserved_fds: int) -> int:
+    """`max_connections` (0 = none), capped by the open-file limit less `reserved_fds`."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return max_connections
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    by_files = max(1, soft - reserved_fds)
+    return min(max_connections, by_files) if max_connections else by_files
 
 
 def install_signal_handlers(server: Server) -> None:

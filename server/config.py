@@ -37,6 +37,11 @@ class ServerSection:
     data_dir: str = "data"
     max_message_bytes: int = field(default=1_048_576, metadata=_at_least(1024))
     max_connections: int = field(default=0, metadata=_at_least(0))
+    max_connections_per_ip: int = field(default=256, metadata=_at_least(0))
+    reserved_fds: int = field(default=64, metadata=_at_least(8))
+    max_frames_per_second: float = field(default=1000.0, metadata=_at_least(0.0))
+    frame_burst: int = field(default=200, metadata=_at_least(1))
+    max_bytes_per_second: int = field(default=4_194_304, metadata=_at_least(0))
     handshake_timeout: float = field(default=30.0, metadata=_at_least(0.1))
     ping_interval: float = field(default=30.0, metadata=_at_least(0.1))
     close_timeout: float = field(default=5.0, metadata=_at_least(0.0))
@@ -56,6 +61,7 @@ class StoreSection:
     retry_max_interval: float = field(default=5.0, metadata=_at_least(0.01))
     shutdown_write_timeout: float = field(default=5.0, metadata=_at_least(0.0))
     startup_check_timeout: float = field(default=10.0, metadata=_at_least(0.0))
+    max_idle_rooms: int = field(default=1000, metadata=_at_least(0))
 
 
 @dataclass
@@ -64,6 +70,8 @@ class ScratchSection:
     burst_window_ms: float = field(default=2.0, metadata={"min": 0.0, "max": 1000.0})
     coalesce: str = field(default="latest", metadata=_choice("latest", "all"))
     max_pending_lines: int = field(default=4096, metadata=_at_least(1))
+    messages_per_second: float = field(default=10_000.0, metadata=_at_least(0.0))
+    message_burst: int = field(default=1000, metadata=_at_least(1))
     max_variables_per_room: int = field(default=128, metadata=_at_least(1))
     max_clients_per_room: int = field(default=128, metadata=_at_least(1))
     max_rooms: int = field(default=16384, metadata=_at_least(1))

@@ -13,6 +13,12 @@ Outbound data is written straight to the transport as pre-encoded frames, so a r
 a batch once and write the same bytes to every member. asyncio's write-buffer limits tell us
 when a client stops reading (`paused`); rooms then keep only *which* variables it is missing
 and send their newest values when it drains.
+
+Inbound, a client pays for its own input: every connection has a read budget (`ReadLimits`,
+frames and bytes per second). One over its budget is no longer read (`pause_reading`) until a
+timer finds the budget refilled, so TCP slows the sender down at no CPU cost to anyone else;
+frames already read stay buffered and are handled first, in order. The hot path only counts
+down a credit handed out by the budget, and looks at the clock when it runs out.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +66,30 @@ PROTOCOL_ERROR = 1002
 INVALID_DATA = 1007
 MESSAGE_TOO_BIG = 1009
 
+# A connection over its read budget sleeps until this much of a second's budget has refilled,
+# so a client sending at the limit costs a timer and a read every 50 ms, not one per frame.
+THROTTLE_QUANTUM = 0.05
+UNLIMITED = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """How fast one connection's input is read: frames (any opcode) and bytes per second.
+
+    0 means no limit. `frame_burst` frames may arrive at once; bytes may burst one second's
+    worth, and a message larger than that is read whole, the connection then waits longer.
+    """
+
+    frames_per_second: float = 0.0
+    frame_burst: int = 1
+    bytes_per_second: float = 0.0
+
+
+def _refill(tokens: float, elapsed: float, rate: float, burst: float) -> float:
+    tokens += elapsed * rate
+    return burst if tokens > burst else tokens
+
+
 _websockets_logger = logging.getLogger("websockets.server")
 _websockets_logger.setLevel(logging.WARNING)  # its INFO lines duplicate ours, per connection
 
@@ -76,11 +107,20 @@ class Connection(asyncio.Protocol):
         "room",
         "created",
         "pong_pending",
-        "close_deadline",
         "close_code",
         "paused",
         "backlog",
         "plugin_client",
+        "counted_address",
+        "read_limits",
+        "_frame_credit",
+        "_frame_tokens",
+        "_frames_refilled",
+        "_byte_credit",
+        "_byte_tokens",
+        "_bytes_refilled",
+        "_resume_timer",
+        "_close_timer",
         "_handshake",
         "_buffer",
         "_fragments",
@@ -99,11 +139,23 @@ class Connection(asyncio.Protocol):
         self.room: Any = None
         self.created = time.monotonic()
         self.pong_pending = False
-        self.close_deadline = 0.0
         self.close_code: int | None = None
         self.paused = False
         self.backlog: Any = None
         self.plugin_client: Any = None
+        # The resolved address counted against [server] max_connections_per_ip, if any.
+        self.counted_address: str | None = None
+        limits = self.read_limits = server.read_limits
+        # Frames and bytes that may be read before the budget is consulted again (a full burst
+        # to begin with); the budget keeps the fractions and when it was last refilled.
+        self._frame_credit = limits.frame_burst if limits.frames_per_second else UNLIMITED
+        self._frame_tokens = 0.0
+        self._frames_refilled = self.created
+        self._byte_credit = int(limits.bytes_per_second) or UNLIMITED
+        self._byte_tokens = 0.0
+        self._bytes_refilled = self.created
+        self._resume_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
         self._handshake: RequestReader | None = None  # made when the fast path defers
         self._buffer: bytearray | None = None
         self._fragments: list[bytes] | None = None
@@ -140,6 +192,12 @@ class Connection(asyncio.Protocol):
         self.state = CLOSED
         self._buffer = self._fragments = None
         self.backlog = None
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         if previous != CONNECTING:
             self.server.connection_closed(self)
         else:
@@ -258,6 +316,8 @@ class Connection(asyncio.Protocol):
         pos = 0
         max_size = self.server.config.server.max_message_bytes
         while end - pos >= 2:
+            if self._frame_credit <= 0 and not self._recharge_frames():
+                break  # over budget: reading is paused, the rest waits in the buffer
             first = data[pos]
             second = data[pos + 1]
             length = second & 0x7F
@@ -290,14 +350,14 @@ class Connection(asyncio.Protocol):
             if frame_end > end:
                 break
             if first == 0x81 and self._fragments is None:
-                mask = data[pos + header - 4 : pos + header]
-                payload = apply_mask(data[pos + header : frame_end], mask)
-                try:
-                    text = payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    self.fail(INVALID_DATA)
-                    return
-                if self.state == OPEN:
+                if self.state == OPEN:  # after our close frame, data is discarded unread
+                    mask = data[pos + header - 4 : pos + header]
+                    payload = apply_mask(data[pos + header : frame_end], mask)
+                    try:
+                        text = payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        self.fail(INVALID_DATA)
+                        return
                     self.server.text_received(self, text)
             elif first == 0x8A:  # pong (length checked above)
                 self.pong_pending = False
@@ -306,11 +366,82 @@ class Connection(asyncio.Protocol):
                 self._other_frame(first, apply_mask(data[pos + header : frame_end], mask))
             if self.state == CLOSED or self.transport is None:
                 return
+            self._frame_credit -= 1
             pos = frame_end
         if pos == end:
             self._buffer = None
         elif pos or buffer is None:
             self._buffer = bytearray(data[pos:])
+        self._byte_credit -= pos
+        if self._byte_credit < 0:
+            self._recharge_bytes()
+
+    # Read budget
+
+    def limit_reading(self, limits: ReadLimits) -> None:
+        """Read this connection within `limits` from now on (a protocol's own budget)."""
+        self.read_limits = limits
+        if limits.frames_per_second:
+            self._frame_credit = min(self._frame_credit, limits.frame_burst)
+            self._frame_tokens = float(limits.frame_burst)  # granted when the credit runs out
+        else:
+            self._frame_credit = UNLIMITED
+
+    def _recharge_frames(self) -> int:
+        """Frames that may be read now; 0 pauses reading until the budget has refilled."""
+        limits = self.read_limits
+        rate = limits.frames_per_second
+        if not rate:
+            self._frame_credit = UNLIMITED
+            return UNLIMITED
+        now = time.monotonic()
+        tokens = _refill(self._frame_tokens, now - self._frames_refilled, rate, limits.frame_burst)
+        self._frames_refilled = now
+        granted = self._frame_credit = int(tokens)
+        self._frame_tokens = tokens - granted
+        if not granted:
+            quantum = min(float(limits.frame_burst), max(1.0, rate * THROTTLE_QUANTUM))
+            self._throttle((quantum - tokens) / rate)
+        return granted
+
+    def _recharge_bytes(self) -> None:
+        """Settle bytes read beyond the credit; pause reading while the budget is in debt."""
+        rate = self.read_limits.bytes_per_second
+        if not rate:
+            self._byte_credit = UNLIMITED
+            return
+        now = time.monotonic()
+        tokens = _refill(self._byte_tokens, now - self._bytes_refilled, rate, rate)
+        tokens += self._byte_credit  # negative: what was read beyond the credit
+        self._bytes_refilled = now
+        if tokens >= 1.0:
+            self._byte_credit = int(tokens)
+            self._byte_tokens = tokens - self._byte_credit
+            return
+        self._byte_credit = 0
+        self._byte_tokens = tokens
+        self._throttle((rate * THROTTLE_QUANTUM - tokens) / rate)
+
+    def _throttle(self, delay: float) -> None:
+        if self.state == CLOSED:
+            return
+        timer = self._resume_timer
+        if timer is not None:
+            if timer.when() >= self.server.loop.time() + delay:
+                return
+            timer.cancel()
+        else:
+            self.transport.pause_reading()
+        self._resume_timer = self.server.loop.call_later(delay, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume_timer = None
+        if self.state == CLOSED:
+            return
+        if self._buffer:
+            self._receive_frames(b"")  # what was read before the pause comes first
+        if self._resume_timer is None and self.state != CLOSED:
+            self.transport.resume_reading()
 
     def _other_frame(self, first: int, payload: bytes) -> None:
         """Everything but an unfragmented text frame or a pong: the rare, stricter path."""
@@ -377,6 +508,7 @@ class Connection(asyncio.Protocol):
         self.transport.write(close_frame(code))
         self.state = CLOSING
         self.transport.close()
+        self._drop_after_close_timeout()
 
     # Sending
 
@@ -399,8 +531,8 @@ class Connection(asyncio.Protocol):
         self._leave_room()
         self.close_code = code
         self.state = CLOSING
-        self.close_deadline = time.monotonic() + self.server.config.server.close_timeout
         self.transport.write(close_frame(code, reason))
+        self._drop_after_close_timeout()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("closing %s with %d", printable(self.peer), code)
 
@@ -413,6 +545,15 @@ class Connection(asyncio.Protocol):
         self.state = CLOSING
         self._buffer = None
         self.transport.close()
+        self._drop_after_close_timeout()
+
+    def _drop_after_close_timeout(self) -> None:
+        # Our close frame may sit behind unsent data, or the client may never answer it (nor
+        # read what is left): either way TCP ends `close_timeout` seconds after we closed.
+        if self._close_timer is None:
+            self._close_timer = self.server.loop.call_later(
+                self.server.config.server.close_timeout, self.abort
+            )
 
     def _leave_room(self) -> None:
         # Rooms write to members' transports directly, so a closing connection leaves at once.

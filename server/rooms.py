@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .framing import encode_text
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("stratus.rooms")
 
 TRY_AGAIN_LATER = 1013  # a client too far behind in "all" mode; it reconnects and gets a dump
+
+# Empty rooms past max_idle_rooms that one eviction pass may look at beyond those it drops.
+EVICTION_SCAN_SLACK = 64
 
 # A room that flushed within this many flush intervals counts as busy. At 60 Hz (50 ms) a
 # room with 50 writes/s is busy ~92 % of the time, one with 10 writes/s ~40 %.
@@ -56,6 +60,7 @@ class RoomLimits:
     coalesce: str = "latest"
     max_pending_lines: int = 4096
     idle_timeout: float = 3600.0
+    max_idle_rooms: int = 1000
 
 
 class RoomCodec:
@@ -121,6 +126,8 @@ class Room:
         """Add `member` and send it every variable at once; False if the room is full."""
         if len(self.members) >= self.registry.limits.max_clients:
             return False
+        if not self.members:
+            self.registry.idle.pop(self, None)
         if self.updates:
             # The dump goes out before the member is registered for batches, so every
             # batched update it receives is at least as new as the dump.
@@ -136,6 +143,7 @@ class Room:
             member.backlog = None
             if not self.members:
                 self.empty_since = self.registry.loop.time()
+                self.registry.room_emptied(self)
 
     # Variables
 
@@ -351,6 +359,8 @@ class RoomRegistry:
         self.quiet_after = QUIET_AFTER_FLUSHES * self.flush_interval
         self.burst_window = limits.burst_window
         self.unsaved_rooms: dict[Room, None] = {}
+        # Rooms without members, oldest-empty first (a dict used as an ordered set).
+        self.idle: dict[Room, None] = {}
         # Called after every stored write with (room, key, value), e.g. by the CL4 bridge.
         self.write_observers: list[Callable[[Room, str, Any], None]] = []
         # Called with a new room's id; returns the plugin hooks for its variable writes.
@@ -422,6 +432,7 @@ class RoomRegistry:
         if self.variable_hooks_for is not None:
             room.variable_hooks = self.variable_hooks_for(room_id)
         self.rooms[room_id] = room
+        self.idle[room] = None
         log.debug("room %s created (%d stored variables)", printable(room_id), len(rows))
         return room
 
@@ -451,21 +462,48 @@ class RoomRegistry:
         for room in rooms:
             room.save_ticket = ticket
 
-    def sweep_idle(self, now: float, committed_ticket: int) -> int:
-        """Drop rooms empty for longer than the idle timeout whose values are safely stored."""
-        idle = self.limits.idle_timeout
+    def room_emptied(self, room: Room) -> None:
+        """`room` lost its last member: keep it, unless more than max_idle_rooms are empty."""
+        self.idle[room] = None
+        excess = len(self.idle) - self.limits.max_idle_rooms
+        if excess > 0:
+            self._evict_oldest_idle(excess, self.store.committed)
+
+    def _evict_oldest_idle(self, count: int, committed_ticket: int) -> int:
+        # Rooms whose changes are not on disk yet are skipped (a later pass takes them); the
+        # scan is bounded so a run of them cannot make every leave walk all empty rooms.
         dropped = 0
-        for room_id, room in list(self.rooms.items()):
-            if (
-                not room.members
-                and now - room.empty_since >= idle
-                and room not in self.unsaved_rooms
-                and room.save_ticket <= committed_ticket
-            ):
-                if room.flush_handle is not None:
-                    room.flush_handle.cancel()
-                del self.rooms[room_id]
+        for room in list(islice(self.idle, count + EVICTION_SCAN_SLACK)):
+            if self._is_stored(room, committed_ticket):
+                self._drop(room)
                 dropped += 1
+                if dropped == count:
+                    break
+        return dropped
+
+    def _is_stored(self, room: Room, committed_ticket: int) -> bool:
+        return room not in self.unsaved_rooms and room.save_ticket <= committed_ticket
+
+    def _drop(self, room: Room) -> None:
+        if room.flush_handle is not None:
+            room.flush_handle.cancel()
+        del self.idle[room]
+        del self.rooms[room.id]
+
+    def sweep_idle(self, now: float, committed_ticket: int) -> int:
+        """Drop rooms empty for longer than the idle timeout, and the oldest empty rooms past
+        max_idle_rooms, as long as their values are safely stored."""
+        timeout = self.limits.idle_timeout
+        dropped = 0
+        for room in list(self.idle):
+            if now - room.empty_since < timeout:
+                break  # oldest-empty first: the rest are younger
+            if self._is_stored(room, committed_ticket):
+                self._drop(room)
+                dropped += 1
+        excess = len(self.idle) - self.limits.max_idle_rooms
+        if excess > 0:
+            dropped += self._evict_oldest_idle(excess, committed_ticket)
         return dropped
 
     def flush_all(self) -> None:

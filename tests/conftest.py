@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -60,8 +61,10 @@ def write_toml(path: Path, settings: dict) -> None:
 class ServerProcess:
     """A `python -m server` subprocess with its own config file and data directory."""
 
-    def __init__(self, workdir: Path, settings: dict | None = None, port: int | None = None):
+    def __init__(self, workdir: Path, settings: dict | None = None, port: int | None = None,
+                 open_files: int | None = None):
         self.workdir = workdir
+        self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the server process
         self.port = port or free_port()
         self.data_dir = workdir / "data"
         self.config_path = workdir / "config.toml"
@@ -90,6 +93,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -103,6 +107,9 @@ class ServerProcess:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def _limit_open_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -139,10 +146,11 @@ def make_server(tmp_path):
     """Factory for private servers with config overrides; all are stopped after the test."""
     started: list[ServerProcess] = []
 
-    def factory(port: int | None = None, workdir: Path | None = None, **settings) -> ServerProcess:
+    def factory(port: int | None = None, workdir: Path | None = None,
+                open_files: int | None = None, **settings) -> ServerProcess:
         directory = workdir or tmp_path / f"server{len(started)}"
         directory.mkdir(parents=True, exist_ok=True)
-        proc = ServerProcess(directory, settings, port=port).start()
+        proc = ServerProcess(directory, settings, port=port, open_files=open_files).start()
         started.append(proc)
         return proc
 

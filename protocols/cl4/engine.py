@@ -57,6 +57,8 @@ PreDispatchHook = Callable[[Cl4Client, dict], "dict | Reject | None"]
 SNOWFLAKE_INSTANCE = 42  # as the reference server (spec §6)
 DEFAULT_ROOM = "default"
 CLOSE_NORMAL = 1000
+# A client that keeps sending far past its rate limit is closed instead of answered forever.
+CLOSE_POLICY_VIOLATION = 1008
 _LISTENER_TYPES = (str, int, float, bool)
 # Compact JSON turns one character into at most 12 ("\ud83d\ude00"), so a message shorter than
 # max_val_bytes / 12 characters cannot carry a too-large val and skips the measurement.
@@ -163,6 +165,12 @@ class Cl4Engine:
             message_bucket,
             setid_bucket,
         )
+        if message_bucket is not None and options.max_rate_limited_replies > 0:
+            # E:116 replies are forgiven at the allowed message rate: a client sending up to
+            # twice the limit is answered forever, a flood drains this bucket within a second.
+            session.rate_limited_bucket = TokenBucket(
+                options.messages_per_second, options.max_rate_limited_replies, now
+            )
         self._sessions[connection] = session
         return session
 
@@ -467,6 +475,13 @@ class Cl4Engine:
         return None
 
     def _reply_rate_limited(self, session: Cl4Client, listener: Any) -> None:
+        if not self._take(session.rate_limited_bucket):
+            logger.info("closing CL4 client %s with %d: it kept sending past the rate limit",
+                        printable(session.ip), CLOSE_POLICY_VIOLATION)
+            session.closed = True
+            self._close(session.connection, CLOSE_POLICY_VIOLATION, "Rate limited")
+            self.disconnect(session.connection)
+            return
         self.reply(
             session,
             StatusCode.RATE_LIMITED,

@@ -47,6 +47,9 @@ class Cl4Options:
     # Sustained messages per second per client, and the burst allowed above it (E:116).
     messages_per_second: float = 50.0
     message_burst: int = 100
+    # E:116 replies a client may collect faster than messages_per_second (each is forgiven
+    # after 1/messages_per_second s); one more closes it with 1008. 0 = never close.
+    max_rate_limited_replies: int = 500
     # setid attempts per minute per client, and the burst (E:116).
     setid_per_minute: float = 6.0
     setid_burst: int = 3
@@ -72,6 +75,7 @@ class Cl4Options:
             "max_rooms_per_client",
             "messages_per_second",
             "message_burst",
+            "max_rate_limited_replies",
             "setid_per_minute",
             "setid_burst",
         ):

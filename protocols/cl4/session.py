@@ -20,6 +20,7 @@ class Cl4Client:
         "identified",
         "ip",
         "message_bucket",
+        "rate_limited_bucket",
         "rooms",
         "setid_bucket",
         "snowflake",
@@ -49,6 +50,8 @@ class Cl4Client:
         self.closed = False
         self.message_bucket = message_bucket
         self.setid_bucket = setid_bucket
+        # E:116 replies left before the client is closed (see Cl4Engine._reply_rate_limited).
+        self.rate_limited_bucket: TokenBucket | None = None
         # Shared by every message that carries it: never mutate, replace (see `set_username`).
         self.user_object: dict[str, str] = {"id": snowflake, "uuid": uuid}
 

@@ -855,6 +855,31 @@ def test_message_rate_limit_disabled():
     assert alice.take() == [ok()] * 500
 
 
+def test_client_that_keeps_flooding_is_closed_with_1008():
+    """Past max_rate_limited_replies E:116 replies beyond the rate, the client is closed 1008."""
+    harness = Harness(messages_per_second=10, message_burst=5, max_rate_limited_replies=20)
+    alice = harness.connect("alice")
+    for _ in range(26):
+        harness.send(alice, {"cmd": "ping"})
+    frames = alice.take()
+    assert frames == [ok()] * 5 + [status("E:116 | Rate limited", frames[5]["details"])] * 20
+    assert alice.closed == (1008, "Rate limited")
+    harness.send(alice, {"cmd": "ping"})
+    assert alice.take() == []
+
+
+def test_client_at_twice_the_rate_is_answered_not_closed():
+    """A client sending twice messages_per_second gets E:116 for half, and stays open."""
+    harness = Harness(messages_per_second=10, message_burst=5, max_rate_limited_replies=20)
+    alice = harness.connect("alice")
+    for _ in range(400):  # 20 s at 20 messages a second
+        harness.clock.advance(0.05)
+        harness.send(alice, {"cmd": "ping"})
+    codes = [frame["code"] for frame in alice.take()]
+    assert alice.closed is None
+    assert codes.count("E:116 | Rate limited") >= 190
+
+
 def test_setid_rate_limit():
     """setid attempts are limited per client per minute (CloudLink issue #23)."""
     harness = Harness(setid_per_minute=1, setid_burst=2)
