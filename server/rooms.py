@@ -432,6 +432,9 @@ class RoomRegistry:
         if self.variable_hooks_for is not None:
             room.variable_hooks = self.variable_hooks_for(room_id)
         self.rooms[room_id] = room
+        # A new room counts as empty until its first join, which may never come (the client
+        # can leave while the room is read): bound the empty rooms here too.
+        self._evict_excess_idle(reserve=1)
         self.idle[room] = None
         log.debug("room %s created (%d stored variables)", printable(room_id), len(rows))
         return room
@@ -465,7 +468,10 @@ class RoomRegistry:
     def room_emptied(self, room: Room) -> None:
         """`room` lost its last member: keep it, unless more than max_idle_rooms are empty."""
         self.idle[room] = None
-        excess = len(self.idle) - self.limits.max_idle_rooms
+        self._evict_excess_idle()
+
+    def _evict_excess_idle(self, reserve: int = 0) -> None:
+        excess = len(self.idle) + reserve - self.limits.max_idle_rooms
         if excess > 0:
             self._evict_oldest_idle(excess, self.store.committed)
 
