@@ -4,6 +4,8 @@ from __future__ import annotations
 
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Lone surrogates (valid in JS strings, so in client text) cannot be encoded by a log handler.
+_ESCAPES.update({code: f"\\u{code:04x}" for code in range(0xD800, 0xE000)})
 
 
 def printable(text: object, limit: int = 120) -> str:

@@ -19,3 +19,10 @@ def test_values_python_cannot_repr_are_still_logged():
         deep = [deep]
     assert printable(deep) == "<unprintable list>"
     assert printable([1, "\n"]) == "[1, '\\n']"
+
+
+def test_lone_surrogates_are_escaped():
+    """A lone surrogate from a client (a valid JS string) is written as its escape."""
+    line = printable("room\ud800x")
+    assert line == "room\\ud800x"
+    line.encode("utf-8")  # a UTF-8 log file accepts the line
