@@ -158,6 +158,8 @@ class Server:
             connection.abort()
         await asyncio.sleep(0)
         await self.plugins.stop()
+        if self.scratch_rooms is not None:
+            await self.scratch_rooms.settle_loads(self.config.store.shutdown_write_timeout)
         self._persist()
         if self.scratch_rooms is not None:
             await asyncio.to_thread(self.scratch_rooms.close)

@@ -439,6 +439,13 @@ class RoomRegistry:
         log.debug("room %s created (%d stored variables)", printable(room_id), len(rows))
         return room
 
+    async def settle_loads(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) for rooms being read, so the messages queued behind their
+        joins are applied before the final write at shutdown."""
+        deadline = self.loop.time() + timeout
+        while self.loading and (left := deadline - self.loop.time()) > 0:
+            await asyncio.wait(list(self.loading.values()), timeout=left)
+
     def close(self) -> None:
         """Stop the store reader thread (waits for a read in progress)."""
         if self._reader is not None:
