@@ -10,38 +10,63 @@ Only rooms matching the configured globs are bridged.
 
 from __future__ import annotations
 
-import fnmatch
 import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server.globs import compile_globs
 from server.plugins import DROP
 
 from .js import js_number_to_string, js_stringify
-from .scratch import accepts_name, apply_variable_hooks, key_to_name, variable_key
+from .scratch import (
+    ScratchProtocol,
+    accepts_name,
+    apply_variable_hooks,
+    key_to_name,
+    variable_key,
+)
 from .validators import is_valid_value
 
 if TYPE_CHECKING:
-    from server.plugins import PluginManager
-    from server.rooms import Room, RoomRegistry
+    from server.app import Server
+    from server.rooms import Room
 
-    from .cl4.engine import Cl4Engine
-    from .cl4.session import Cl4Client
-    from .scratch import ScratchOptions
+    from .cl4.endpoint import Cl4Protocol
+    from .cl4.state import Cl4ClientState
+
+
+@dataclass(frozen=True)
+class BridgeSection:
+    """The [bridge] table."""
+
+    enabled: bool = False
+    rooms: list[str] = field(default_factory=lambda: ["*"])
 
 
 class Bridge:
-    """Forwards variable writes between one Scratch room registry and one CL4 engine."""
+    """Forwards variable writes between the Scratch rooms and the CL4 engine."""
 
-    def __init__(self, scratch_rooms: RoomRegistry, options: ScratchOptions, engine: Cl4Engine,
-                 rooms: list[str], plugins: PluginManager | None = None) -> None:
-        self.scratch_rooms = scratch_rooms
-        self.options = options
-        self.engine = engine
-        self.plugins = plugins
-        self.pattern = re.compile("|".join(fnmatch.translate(glob) for glob in rooms) or "(?!)")
+    name = "bridge"
+
+    def __init__(self, section: BridgeSection, scratch: ScratchProtocol,
+                 cl4: Cl4Protocol) -> None:
+        self.scratch = scratch
+        self.cl4 = cl4
+        self.pattern: re.Pattern = compile_globs(section.rooms)
         self._forwarding = False  # set while writing a gvar into Scratch, so it does not echo
-        scratch_rooms.write_observers.append(self.scratch_written)
-        engine.gvar_observers.append(self.gvar_sent)
+        self.server: Server | None = None
+
+    def install(self, server: Server) -> None:
+        """Nothing to register before start."""
+        self.server = server
+
+    async def start(self, server: Server) -> None:
+        """Watch both sides (after both protocols started)."""
+        self.scratch.rooms.write_observers.append(self.scratch_written)
+        self.cl4.engine.gvar_observers.append(self.gvar_sent)
+
+    async def stop(self) -> None:
+        """Nothing to release."""
 
     def scratch_written(self, room: Room, key: str, value: Any) -> None:
         """A Scratch variable changed: tell CL4 room `room.id`."""
@@ -51,24 +76,24 @@ class Bridge:
         if not isinstance(name, str):
             return
         text = value if isinstance(value, str) else js_number_to_string(value)
-        self.engine.emit_gvar(room.id, name, text)
+        self.cl4.engine.emit_gvar(room.id, name, text)
 
-    def gvar_sent(self, sender: Cl4Client, room_id: str, name: str, val: Any) -> None:
+    def gvar_sent(self, sender: Cl4ClientState, room_id: str, name: str, val: Any) -> None:
         """A CL4 gvar went to room `room_id`: write it into the Scratch room of that id."""
         if not self.pattern.fullmatch(room_id):
             return
-        room = self.scratch_rooms.get(room_id)
+        room = self.scratch.rooms.get(room_id)
         if room is None:
             return  # nobody runs that project now; don't create rooms for CL4 traffic
         if isinstance(val, (dict, list, bool)) or val is None:
             val = js_stringify(val)
-        section = self.options.section
+        section = self.scratch.options.section
         if not is_valid_value(val, section.max_value_length, section.allow_non_numeric_values):
             return
         if not accepts_name(name, section):
             return
         if room.variable_hooks:
-            client = self.plugins.client(sender.connection) if self.plugins else None
+            client = self.server.plugins.client(sender.connection)
             val = apply_variable_hooks(room, client, name, val, section)
             if val is DROP:
                 return

@@ -1,6 +1,11 @@
-"""Command line: `python -m server [--config FILE] [--host H] [--port P] [--log-level L]`.
+"""The composition root and command line.
 
+`python -m server [--config FILE] [--host H] [--port P] [--log-level L]` runs the server;
 `python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key.
+
+This is the one module that wires concrete protocols, the bridge and plugins to the core
+(`build_server`) and declares the protocols' config tables (`CONFIG_TABLES`): the core
+(`server.*`) imports no protocol and no plugin, and protocols import no plugin.
 """
 
 from __future__ import annotations
@@ -11,9 +16,45 @@ import logging
 import sys
 from pathlib import Path
 
+from plugins.sprites import keygen
+from protocols.bridge import Bridge, BridgeSection
+from protocols.cl4 import Cl4Options
+from protocols.cl4.endpoint import Cl4Protocol
+from protocols.scratch import ScratchProtocol, ScratchSection
+
 from . import __version__
-from .config import ConfigError, load_config
+from .app import Server, serve
+from .config import Config, ConfigError, new_config
+from .config import load_config as load_core_config
 from .store import StoreError
+
+# The protocols' tables of config.toml, in the order config.toml documents them.
+CONFIG_TABLES: dict[str, type] = {
+    "scratch": ScratchSection,
+    "cl4": Cl4Options,
+    "bridge": BridgeSection,
+}
+
+
+def default_config() -> Config:
+    """Built-in defaults for every table (the core's and the protocols')."""
+    return new_config(CONFIG_TABLES)
+
+
+def load_config(path=None, env=None, overrides=None) -> Config:
+    """`server.config.load_config` with the protocols' tables declared."""
+    return load_core_config(path, env, overrides, CONFIG_TABLES)
+
+
+def build_server(config: Config) -> Server:
+    """A server with both protocols (CL4 is offered the first message first; Scratch takes
+    the rest) and, when [bridge] enabled, the bridge between them."""
+    cl4 = Cl4Protocol(config.cl4)
+    scratch = ScratchProtocol(config.scratch)
+    components: list = [cl4, scratch]
+    if config.bridge.enabled:
+        components.append(Bridge(config.bridge, scratch, cl4))
+    return Server(config, components)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,10 +118,8 @@ def config_file(explicit: str | None) -> tuple[Path | None, str]:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    if argv[:1] == ["keygen"]:  # `python -m server keygen ...` (see server/keygen.py)
-        from .keygen import main as keygen_main
-
-        return keygen_main(argv[1:])
+    if argv[:1] == ["keygen"]:  # `python -m server keygen ...` (see plugins/sprites/keygen.py)
+        return keygen.main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides: dict[str, dict] = {"server": {}}
     for key in ("host", "port", "log_level"):
@@ -103,13 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("stratus").info("Configuration: %s", config_origin)
-    from .app import serve
-
     raise_open_file_limit()
 
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(config))
+            runner.run(_serve(config))
     except StoreError as exc:
         print(f"stratus: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -120,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stratus: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _serve(config: Config) -> None:
+    # Built inside the loop: the server's shutdown event belongs to it.
+    await serve(build_server(config))
 
 
 if __name__ == "__main__":

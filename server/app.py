@@ -1,4 +1,10 @@
-"""The server: listening socket, HTTP routes, protocol selection, liveness and lifecycle."""
+"""The server core: listening socket, connections, HTTP routes, rooms and lifecycle.
+
+It knows no wire protocol. Protocols, the bridge and other components are handed to `Server`
+by the composition root (`server.__main__.build_server`); each is installed at once (it
+registers its protocol entry, routes, plugin wiring and facade service) and started once the
+store is open (it opens its room namespaces). See docs/architecture.md.
+"""
 
 from __future__ import annotations
 
@@ -8,56 +14,84 @@ import ipaddress
 import logging
 import signal
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from protocols import scratch
-from protocols.bridge import Bridge
-from protocols.cl4.endpoint import Cl4Endpoint
-from protocols.cl4.wire import looks_like_cl4
-
 from . import __version__
+from .backplane import Backplane, LocalBackplane
+from .budget import ReadLimits
+from .codes import CloseCode, State
 from .config import Config
-from .connection import CONNECTING, OPEN, Connection, ReadLimits, plain_response
+from .connection import Connection
+from .events import EventBus
+from .facade import Facade
+from .fanout import Codec, Fanout, FanoutSettings
+from .http import plain_response
 from .logsafe import printable
+from .persistence import Persister
 from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
+from .routes import TEXT, RouteTable
+from .session import ProtocolRegistry
 from .store import Store, open_store
 
 log = logging.getLogger("stratus")
 
 ROBOTS_TXT = b"User-agent: *\nDisallow: /\n"
-GOING_AWAY = 1001
 JANITOR_INTERVAL = 60.0
+OPEN, CONNECTING = State.OPEN, State.CONNECTING
+
+
+class Component(Protocol):
+    """A part of the server the composition root plugs in (a protocol, the bridge, ...)."""
+
+    name: str
+
+    def install(self, server: Server) -> None:
+        """Register protocol entries, routes, plugin wiring and services (no loop yet)."""
+
+    async def start(self, server: Server) -> None:
+        """The store is open and the loop runs: open room namespaces."""
+
+    async def stop(self) -> None:
+        """The server is shutting down (clients are gone)."""
 
 
 class Server:
     """One Stratus server process: owns connections, rooms, the store and the timers."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, components: Iterable[Component] = (),
+                 backplane: Callable[[], Backplane] = LocalBackplane) -> None:
         self.config = config
+        self.settings = config.server
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: dict[Connection, None] = {}
         self.started = time.time()
         self.store: Store | None = None
-        self.scratch_rooms: RoomRegistry | None = None
-        self.scratch_options = scratch.ScratchOptions.from_config(config.scratch)
-        self.cl4 = Cl4Endpoint(config.cl4, config.cl4.max_queue_bytes)
-        self.plugins = PluginManager(self)
+        self.events = EventBus()
+        self.routes = RouteTable()
+        self.protocols = ProtocolRegistry()
+        # Checks every upgraded connection passes before its first message: each returns
+        # None or the (text, close code) to refuse it with.
+        self.upgrade_checks: list[Callable[[Connection], tuple[str, int] | None]] = []
+        self.rooms: dict[str, RoomRegistry] = {}  # room namespaces by name
+        self._backplane_factory = backplane
+        self._backplanes: list[Backplane] = []
+        self.facade = Facade(self)
+        self.plugins = PluginManager(self.facade)
         self.plugins.load_config(config.plugins)
-        self.plugins.attach_cl4(self.cl4.engine)
+        self.components = list(components)
+        for component in self.components:
+            component.install(self)
         self.trusted_proxies = [
             ipaddress.ip_network(network, strict=False) for network in config.server.trusted_proxies
         ]
         section = config.server
         self.read_limits = ReadLimits(section.max_frames_per_second, section.frame_burst,
                                       section.max_bytes_per_second)
-        # A Scratch client's messages are nearly all sets: [scratch] sets how fast it is read.
-        self.scratch_read_limits = ReadLimits(config.scratch.messages_per_second,
-                                              config.scratch.message_burst,
-                                              section.max_bytes_per_second)
         # Most connections at once (0 = no limit): max_connections, capped by the open-file
         # limit less a reserve for the store, logs and refusals (set in `start`).
         self.connection_limit = section.max_connections
@@ -66,35 +100,23 @@ class Server:
         self._listener: asyncio.Server | None = None
         self._stopping = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._committed = 0
+        self.routes.add("/healthz", self._health)
+        self.routes.add("/robots.txt", lambda request: plain_response(200, "OK", ROBOTS_TXT, TEXT))
+        if section.status_page:
+            self.routes.add("/", self._status_page)
 
     # Lifecycle
 
     async def start(self) -> None:
-        """Open the store and start listening."""
+        """Open the store, start the components and the plugins, and start listening."""
         self.loop = asyncio.get_running_loop()
         cfg = self.config
         self.connection_limit = connection_limit(cfg.server.max_connections,
                                                  cfg.server.reserved_fds)
         self.store = open_store(cfg.store, cfg.data_dir)
-        section = cfg.scratch
-        limits = RoomLimits(
-            max_variables=section.max_variables_per_room,
-            max_clients=section.max_clients_per_room,
-            max_rooms=section.max_rooms,
-            batch_hz=section.batch_hz,
-            burst_window=section.burst_window_ms / 1000.0,
-            coalesce=section.coalesce,
-            max_pending_lines=section.max_pending_lines,
-            idle_timeout=cfg.store.room_idle_timeout,
-            max_idle_rooms=cfg.store.max_idle_rooms,
-        )
-        self.scratch_rooms = RoomRegistry(scratch.NAMESPACE, scratch.CODEC, limits, self.store,
-                                          self.loop)
-        if self.plugins.hooks("variable"):
-            self.scratch_rooms.variable_hooks_for = self.plugins.variable_hooks
-        if cfg.bridge.enabled:
-            Bridge(self.scratch_rooms, self.scratch_options, self.cl4.engine, cfg.bridge.rooms,
-                   self.plugins)
+        for component in self.components:
+            await component.start(self)
         await self.plugins.start()
         host: Any = cfg.server.host or None
         self._listener = await self.loop.create_server(
@@ -108,6 +130,20 @@ class Server:
         )
         log.info("Stratus %s listening on %s (store: %s, config: %s)", __version__, addresses,
                  cfg.store.backend, cfg.source)
+
+    def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
+                   fanout: FanoutSettings) -> RoomRegistry:
+        """A room namespace with its fan-out, backplane and persistence (call from `start`)."""
+        if namespace in self.rooms:
+            raise ValueError(f"room namespace {namespace!r} is opened twice")
+        backplane = self._backplane_factory()
+        spreader = Fanout(namespace, fanout, codec, self.loop, self.events)
+        backplane.attach(spreader.deliver)
+        self._backplanes.append(backplane)
+        registry = RoomRegistry(namespace, limits, self.store, spreader, backplane,
+                                Persister(namespace, self.store), self.loop)
+        self.rooms[namespace] = registry
+        return registry
 
     @property
     def port(self) -> int:
@@ -144,11 +180,11 @@ class Server:
             self._listener.close()
         for timer in self._timers.values():
             timer.cancel()
-        if self.scratch_rooms is not None:
-            self.scratch_rooms.flush_all()
+        for registry in self.rooms.values():
+            registry.flush_all()
         for connection in list(self.connections):
             if connection.state == OPEN:
-                connection.close(GOING_AWAY)
+                connection.close(CloseCode.GOING_AWAY)
             else:
                 connection.abort()
         deadline = time.monotonic() + min(self.config.server.close_timeout, 3.0)
@@ -158,11 +194,18 @@ class Server:
             connection.abort()
         await asyncio.sleep(0)
         await self.plugins.stop()
-        if self.scratch_rooms is not None:
-            await self.scratch_rooms.settle_loads(self.config.store.shutdown_write_timeout)
+        for component in reversed(self.components):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("%s failed to stop", getattr(component, "name", component))
+        for registry in self.rooms.values():
+            await registry.settle_loads(self.config.store.shutdown_write_timeout)
         self._persist()
-        if self.scratch_rooms is not None:
-            await asyncio.to_thread(self.scratch_rooms.close)
+        for registry in self.rooms.values():
+            await asyncio.to_thread(registry.close)
+        for backplane in self._backplanes:
+            await backplane.close()
         try:
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
@@ -190,19 +233,30 @@ class Server:
                 connection.abort()
 
     def _persist(self) -> None:
-        if self.scratch_rooms is not None:
-            self.scratch_rooms.persist()
+        for registry in self.rooms.values():
+            registry.persist()
+        store = self.store
+        if store is not None:
+            committed = store.committed
+            if committed != self._committed:
+                self._committed = committed
+                if self.events.store_committed:
+                    self.events.store_committed(committed)
 
     def _janitor(self) -> None:
-        if self.scratch_rooms is not None and self.store is not None:
-            dropped = self.scratch_rooms.sweep_idle(self.loop.time(), self.store.committed)
+        if self.store is None:
+            return
+        for registry in self.rooms.values():
+            dropped = registry.sweep_idle(self.loop.time(), self.store.committed)
             if dropped:
-                log.info("dropped %d idle rooms from memory", dropped)
+                log.info("dropped %d idle %s rooms from memory", dropped, registry.namespace)
 
     # Callbacks from connections
 
     def connection_opened(self, connection: Connection) -> None:
         self.connections[connection] = None
+        if self.events.connection_opened:
+            self.events.connection_opened(connection)
         limit = self.connection_limit
         if limit and len(self.connections) > limit + self.config.server.reserved_fds // 2:
             # Past the limit, connections are still accepted to be answered 503; this far past
@@ -211,8 +265,11 @@ class Server:
             connection.abort()
 
     def connection_dropped(self, connection: Connection) -> None:
+        """A connection ended before it was upgraded."""
         self.connections.pop(connection, None)
         self._connection_gone(connection)
+        if self.events.connection_closed:
+            self.events.connection_closed(connection, None)
 
     def _connection_gone(self, connection: Connection) -> None:
         address = connection.counted_address
@@ -228,39 +285,44 @@ class Server:
             log.info("accepting connections again (%d open)", len(self.connections))
 
     def connection_upgraded(self, connection: Connection) -> None:
-        refusal = scratch.connect_refusal(connection, self.scratch_options)
-        if refusal is not None:
-            text, code = refusal
-            log.info("refusing %s with %d", printable(connection.peer), code)
-            connection.send_text(text)
-            connection.close(code)
-            return
+        if self.events.connection_upgraded:
+            self.events.connection_upgraded(connection)
+        for check in self.upgrade_checks:
+            refusal = check(connection)
+            if refusal is not None:
+                text, code = refusal
+                log.info("refusing %s with %d", printable(connection.peer), code)
+                if self.events.client_refused:
+                    self.events.client_refused(connection.peer, code, "upgrade check")
+                connection.send_text(text)
+                connection.close(code)
+                return
         self.plugins.connected(connection)
 
     def connection_closed(self, connection: Connection) -> None:
+        """An upgraded connection ended (its session was told when it started closing)."""
         self.connections.pop(connection, None)
         self._connection_gone(connection)
+        if self.events.connection_closed:
+            self.events.connection_closed(connection, connection.close_code)
         if self.plugins.hooks("disconnect"):
-            self.plugins.disconnected(connection)  # while the client still has its room
-        session = connection.session
-        if session is not None:
-            session.on_close()
-        elif connection.room is not None:
-            connection.room.leave(connection)
+            self.plugins.disconnected(connection)
+        else:
+            self.plugins.forget(connection)
 
-    def text_received(self, connection: Connection, text: str) -> None:
-        session = connection.session
-        if session is None:
-            session = connection.session = self.select_protocol(connection, text)
-        session.on_text(text)
-
-    def select_protocol(self, connection: Connection, first_text: str) -> Any:
-        """The session for a connection, chosen by its first message (CL4 spec §2)."""
-        if self.config.cl4.enabled and looks_like_cl4(first_text):
-            return self.cl4.session_for(connection)
-        connection.limit_reading(self.scratch_read_limits)
-        return scratch.ScratchSession(connection, self.scratch_rooms, self.scratch_options,
-                                      self.plugins)
+    def first_text(self, connection: Connection, text: str) -> None:
+        """A connection's first message: the protocol that claims it serves the connection."""
+        selected = self.protocols.select(text)
+        if selected is None:
+            connection.close(CloseCode.PROTOCOL_ERROR, "Unknown protocol")
+            return
+        entry, token = selected
+        session = connection.session = entry.open(connection, token)
+        if entry.read_limits is not None:
+            connection.limit_reading(entry.read_limits)
+        if self.events.protocol_selected:
+            self.events.protocol_selected(connection, entry.name)
+        session.receive(text)
 
     # HTTP
 
@@ -301,8 +363,9 @@ class Server:
         limit = self.connection_limit
         if limit and len(self.connections) > limit:
             self._server_full()
-            return plain_response(503, "Service Unavailable", b"Server is full.\n",
-                                  "text/plain; charset=utf-8")
+            if self.events.client_refused:
+                self.events.client_refused(connection.peer, 503, "server full")
+            return plain_response(503, "Service Unavailable", b"Server is full.\n", TEXT)
         per_address = self.config.server.max_connections_per_ip
         if per_address:
             address = connection.peer
@@ -310,51 +373,58 @@ class Server:
             if count >= per_address:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("refusing %s: %d connections from it", printable(address), count)
+                if self.events.client_refused:
+                    self.events.client_refused(address, 429, "connections per address")
                 return plain_response(429, "Too Many Requests",
-                                      b"Too many connections from your address.\n",
-                                      "text/plain; charset=utf-8")
+                                      b"Too many connections from your address.\n", TEXT)
             self._per_address[address] = count + 1
             connection.counted_address = address
         return None
 
     def http_response(self, request: Request) -> Response:
-        """Answer a plain HTTP request (no WebSocket upgrade)."""
-        head = request.method == "HEAD"
-        if request.method not in ("GET", "HEAD"):
-            return plain_response(405, "Method Not Allowed", b"Method not allowed.\n",
-                                  "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
-        path = request.path.split("?", 1)[0]
-        if path == "/healthz":
-            fault = self.store.fault if self.store is not None else None
-            if fault:
-                return plain_response(503, "Service Unavailable", f"{fault}\n".encode(),
-                                      "text/plain; charset=utf-8", head=head)
-            return plain_response(200, "OK", b"ok\n", "text/plain; charset=utf-8", head=head)
-        if path == "/robots.txt":
-            return plain_response(200, "OK", ROBOTS_TXT, "text/plain; charset=utf-8", head=head)
-        if path == "/" and self.config.server.status_page:
-            return plain_response(200, "OK", self._status_page(), "text/html; charset=utf-8",
-                                  head=head)
-        return plain_response(404, "Not Found", b"Not found. This is a cloud-variable server.\n",
-                              "text/plain; charset=utf-8", head=head)
+        """Answer a plain HTTP request (no WebSocket upgrade) from the route table."""
+        return self.routes.respond(request)
 
-    def _status_page(self) -> bytes:
-        rooms = self.scratch_rooms.rooms if self.scratch_rooms else {}
-        active = sum(1 for room in rooms.values() if room.members)
-        uptime = int(time.time() - self.started)
+    def _health(self, request: Request) -> Response:
+        fault = self.store.fault if self.store is not None else None
+        if fault:
+            return plain_response(503, "Service Unavailable", f"{fault}\n".encode(), TEXT)
+        return plain_response(200, "OK", b"ok\n", TEXT)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for status pages and metrics."""
+        rooms = {
+            namespace: {
+                "in_memory": len(registry.rooms),
+                "active": sum(1 for room in registry.rooms.values() if room.members),
+            }
+            for namespace, registry in self.rooms.items()
+        }
+        return {
+            "version": __version__,
+            "uptime": time.time() - self.started,
+            "connections": len(self.connections),
+            "rooms": rooms,
+        }
+
+    def _status_page(self, request: Request) -> Response:
+        stats = self.stats()
+        active = sum(counts["active"] for counts in stats["rooms"].values())
+        in_memory = sum(counts["in_memory"] for counts in stats["rooms"].values())
+        uptime = int(stats["uptime"])
         body = (
             "<!doctype html><html><head><meta charset=utf-8><title>Stratus</title>"
             "<meta name=robots content=noindex></head><body>"
             "<h1>Stratus cloud-variable server</h1>"
             f"<p>Version {html.escape(__version__)}. Up {uptime // 3600} h "
             f"{uptime % 3600 // 60} min.</p>"
-            f"<p>{len(self.connections)} connections, {active} active rooms, "
-            f"{len(rooms)} rooms in memory.</p>"
+            f"<p>{stats['connections']} connections, {active} active rooms, "
+            f"{in_memory} rooms in memory.</p>"
             "<p>Point a TurboWarp project's <code>cloud_host</code> at this server's "
             "<code>ws://</code> or <code>wss://</code> address.</p>"
             "</body></html>"
         )
-        return body.encode()
+        return plain_response(200, "OK", body.encode(), "text/html; charset=utf-8")
 
 
 def connection_limit(max_connections: int, reserved_fds: int) -> int:
@@ -380,8 +450,7 @@ def install_signal_handlers(server: Server) -> None:
             pass
 
 
-async def serve(config: Config) -> None:
-    """Run a server with `config` until SIGTERM/SIGINT."""
-    server = Server(config)
+async def serve(server: Server) -> None:
+    """Run `server` until SIGTERM/SIGINT."""
     install_signal_handlers(server)
     await server.run()

@@ -1,7 +1,10 @@
 """Configuration: built-in defaults, an optional TOML file, environment and command-line overrides.
 
-Every table of `config.toml` is a dataclass here; the defaults below are the documented ones.
-Invalid settings stop start-up with a `ConfigError` naming the key and what it accepts.
+The core's tables ([server], [store]) are dataclasses here; each protocol declares its own
+table as a dataclass of the same kind ([scratch], [cl4], [bridge]), and the composition root
+(`server.__main__`) hands them to `load_config`. The defaults are the documented ones. Invalid
+settings stop start-up with a `ConfigError` naming the key and what it accepts. Every table
+is frozen once loaded: components resolve their settings at start and never re-read them.
 """
 
 from __future__ import annotations
@@ -14,101 +17,62 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocols.cl4.options import Cl4Options
-
 
 class ConfigError(ValueError):
     """A setting is missing, unknown or invalid; the message names the key."""
 
 
-def _choice(*options: Any):
+def choice(*options: Any):
     return {"choices": options}
 
 
-def _at_least(minimum: float):
+def at_least(minimum: float):
     return {"min": minimum}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerSection:
     host: str = "0.0.0.0"
     port: int = field(default=9080, metadata={"min": 0, "max": 65535})
-    log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
+    log_level: str = field(default="info", metadata=choice("debug", "info", "warning", "error"))
     data_dir: str = "data"
-    max_message_bytes: int = field(default=1_048_576, metadata=_at_least(1024))
-    max_connections: int = field(default=0, metadata=_at_least(0))
-    max_connections_per_ip: int = field(default=256, metadata=_at_least(0))
-    reserved_fds: int = field(default=64, metadata=_at_least(8))
-    max_frames_per_second: float = field(default=1000.0, metadata=_at_least(0.0))
-    frame_burst: int = field(default=200, metadata=_at_least(1))
-    max_bytes_per_second: int = field(default=4_194_304, metadata=_at_least(0))
-    handshake_timeout: float = field(default=30.0, metadata=_at_least(0.1))
-    ping_interval: float = field(default=30.0, metadata=_at_least(0.1))
-    close_timeout: float = field(default=5.0, metadata=_at_least(0.0))
-    write_buffer_high: int = field(default=262_144, metadata=_at_least(1024))
+    max_message_bytes: int = field(default=1_048_576, metadata=at_least(1024))
+    max_connections: int = field(default=0, metadata=at_least(0))
+    max_connections_per_ip: int = field(default=256, metadata=at_least(0))
+    reserved_fds: int = field(default=64, metadata=at_least(8))
+    max_frames_per_second: float = field(default=1000.0, metadata=at_least(0.0))
+    frame_burst: int = field(default=200, metadata=at_least(1))
+    max_bytes_per_second: int = field(default=4_194_304, metadata=at_least(0))
+    handshake_timeout: float = field(default=30.0, metadata=at_least(0.1))
+    ping_interval: float = field(default=30.0, metadata=at_least(0.1))
+    close_timeout: float = field(default=5.0, metadata=at_least(0.0))
+    write_buffer_high: int = field(default=262_144, metadata=at_least(1024))
     trusted_proxies: list[str] = field(default_factory=list)
-    forwarded_for: str = field(default="first", metadata=_choice("first", "last"))
+    forwarded_for: str = field(default="first", metadata=choice("first", "last"))
     status_page: bool = True
-    event_loop: str = field(default="auto", metadata=_choice("auto", "asyncio", "uvloop"))
+    event_loop: str = field(default="auto", metadata=choice("auto", "asyncio", "uvloop"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class StoreSection:
-    backend: str = field(default="sqlite", metadata=_choice("sqlite", "memory"))
+    backend: str = field(default="sqlite", metadata=choice("sqlite", "memory"))
     sqlite_file: str = "stratus.sqlite3"
-    flush_interval: float = field(default=1.0, metadata=_at_least(0.01))
-    room_idle_timeout: float = field(default=3600.0, metadata=_at_least(0.0))
-    retry_max_interval: float = field(default=5.0, metadata=_at_least(0.01))
-    shutdown_write_timeout: float = field(default=5.0, metadata=_at_least(0.0))
-    startup_check_timeout: float = field(default=10.0, metadata=_at_least(0.0))
-    max_idle_rooms: int = field(default=1000, metadata=_at_least(0))
-
-
-@dataclass
-class ScratchSection:
-    batch_hz: float = field(default=60.0, metadata=_at_least(0.0))
-    burst_window_ms: float = field(default=2.0, metadata={"min": 0.0, "max": 1000.0})
-    coalesce: str = field(default="latest", metadata=_choice("latest", "all"))
-    max_pending_lines: int = field(default=4096, metadata=_at_least(1))
-    messages_per_second: float = field(default=10_000.0, metadata=_at_least(0.0))
-    message_burst: int = field(default=1000, metadata=_at_least(1))
-    max_variables_per_room: int = field(default=128, metadata=_at_least(1))
-    max_clients_per_room: int = field(default=128, metadata=_at_least(1))
-    max_rooms: int = field(default=16384, metadata=_at_least(1))
-    max_room_id_length: int = field(default=999, metadata=_at_least(1))
-    max_value_length: int = field(default=100_000, metadata=_at_least(1))
-    invalid_room_close_code: int = field(default=4004, metadata=_choice(4000, 4004))
-    blocked_rooms: list[str] = field(default_factory=list)
-    blocked_rooms_file: str = ""
-    cookie_tripwire: bool = True
-    require_user_agent: bool = False
-    user_agent_message: str = (
-        "Please provide a valid User-Agent header with contact information. If you use a cloud "
-        "variable library, contact the author to find out how to do that."
-    )
-    username_filters: list[str] = field(default_factory=lambda: ["builtin:impersonation"])
-    allow_delete: bool = False
-    allow_rename: bool = False
-    allow_non_numeric_values: bool = False
-    split_newline_messages: bool = False
-    strict_variable_names: bool = False
-
-
-@dataclass
-class BridgeSection:
-    enabled: bool = False
-    rooms: list[str] = field(default_factory=lambda: ["*"])
+    flush_interval: float = field(default=1.0, metadata=at_least(0.01))
+    room_idle_timeout: float = field(default=3600.0, metadata=at_least(0.0))
+    retry_max_interval: float = field(default=5.0, metadata=at_least(0.01))
+    shutdown_write_timeout: float = field(default=5.0, metadata=at_least(0.0))
+    startup_check_timeout: float = field(default=10.0, metadata=at_least(0.0))
+    max_idle_rooms: int = field(default=1000, metadata=at_least(0))
 
 
 @dataclass
 class Config:
-    """The whole configuration."""
+    """The whole configuration: the core's tables, then those protocols declare (`tables`)."""
 
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
-    scratch: ScratchSection = field(default_factory=ScratchSection)
-    cl4: Cl4Options = field(default_factory=Cl4Options)
-    bridge: BridgeSection = field(default_factory=BridgeSection)
+    # Protocol tables by name ("scratch", "cl4", "bridge"), each a frozen dataclass.
+    tables: dict[str, Any] = field(default_factory=dict)
     # [[plugins]] tables: use = "module:Class", optional rooms = [globs], then the plugin's
     # own settings. Checked when the plugins load.
     plugins: list[dict[str, Any]] = field(default_factory=list)
@@ -118,10 +82,31 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.server.data_dir)
 
+    def __getattr__(self, name: str) -> Any:
+        # config.scratch, config.cl4, ...: a declared protocol table.
+        tables = self.__dict__.get("tables")
+        if tables is not None and name in tables:
+            return tables[name]
+        raise AttributeError(f"no config table [{name}]")
 
-_SECTIONS = {
-    f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("source", "plugins")
-}
+    def table(self, name: str) -> Any:
+        """A protocol's table (its defaults if the file did not set it)."""
+        return self.tables[name]
+
+    def replace_table(self, name: str, **changes: Any) -> None:
+        """Change settings of one table (tests and embedding code, before `Server.start`)."""
+        if name in ("server", "store"):
+            setattr(self, name, dataclasses.replace(getattr(self, name), **changes))
+        else:
+            self.tables[name] = dataclasses.replace(self.tables[name], **changes)
+
+
+CORE_TABLES: dict[str, type] = {"server": ServerSection, "store": StoreSection}
+
+
+def new_config(tables: dict[str, type] | None = None) -> Config:
+    """A configuration of defaults, with the declared protocol `tables`."""
+    return Config(tables={name: kind() for name, kind in (tables or {}).items()})
 
 
 def _type_name(annotation: str) -> str:
@@ -156,9 +141,9 @@ def _check_value(where: str, spec: dataclasses.Field, value: Any) -> Any:
 
 
 def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> None:
-    section_type = _SECTIONS.get(table)
-    if section_type is None:
-        known = ", ".join([f"[{name}]" for name in _SECTIONS] + ["[[plugins]]"])
+    known_tables = [*CORE_TABLES, *config.tables]
+    if table not in known_tables:
+        known = ", ".join([f"[{name}]" for name in known_tables] + ["[[plugins]]"])
         raise ConfigError(f"{origin}: unknown table [{table}] (known tables: {known})")
     if not isinstance(values, dict):
         raise ConfigError(f"{origin}: [{table}] must be a table")
@@ -171,7 +156,7 @@ def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> N
             raise ConfigError(f"{where} is not a known setting (see config.toml for the list)")
         checked[key] = _check_value(where, fields[key], value)
     try:
-        setattr(config, table, dataclasses.replace(section, **checked))
+        config.replace_table(table, **checked)
     except ValueError as exc:  # a section's own consistency check
         raise ConfigError(f"{origin}: {exc}") from None
 
@@ -191,9 +176,13 @@ def load_config(
     path: str | Path | None = None,
     env: dict[str, str] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    tables: dict[str, type] | None = None,
 ) -> Config:
-    """Defaults, then the TOML file, then environment variables, then `overrides` (CLI flags)."""
-    config = Config()
+    """Defaults, then the TOML file, then environment variables, then `overrides` (CLI flags).
+
+    `tables` declares the protocol tables (name -> frozen dataclass of defaults).
+    """
+    config = new_config(tables)
     if path is not None:
         origin = str(path)
         try:

@@ -24,18 +24,20 @@ down a credit handed out by the budget, and looks at the clock when it runs out.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHeader
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.speedups import apply_mask
 
+from .budget import THROTTLE_QUANTUM, UNLIMITED, ReadLimits, refill
+from .codes import CloseCode, State
+from .events import EventBus
 from .framing import (
     OP_BINARY,
     OP_CLOSE,
@@ -49,45 +51,47 @@ from .framing import (
     frame_header,
     parse_close_payload,
 )
+from .http import plain_response, upgrade_refusal
 from .logsafe import printable
 from .request import RequestError, RequestReader
 from .upgrade import Upgrade, parse_upgrade, switching_protocols
 
-if TYPE_CHECKING:
-    from .app import Server
-
 log = logging.getLogger("stratus.connection")
 
-# Connection states.
-CONNECTING, OPEN, CLOSING, CLOSED = range(4)
+CONNECTING, OPEN, CLOSING, CLOSED = State.CONNECTING, State.OPEN, State.CLOSING, State.CLOSED
+PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
+INVALID_DATA = CloseCode.INVALID_DATA
+MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
 
-# Close codes for framing violations (RFC 6455 7.4.1).
-PROTOCOL_ERROR = 1002
-INVALID_DATA = 1007
-MESSAGE_TOO_BIG = 1009
-
-# A connection over its read budget sleeps until this much of a second's budget has refilled,
-# so a client sending at the limit costs a timer and a read every 50 ms, not one per frame.
-THROTTLE_QUANTUM = 0.05
-UNLIMITED = 1 << 62
+_ids = itertools.count(1)
 
 
-@dataclass(frozen=True, slots=True)
-class ReadLimits:
-    """How fast one connection's input is read: frames (any opcode) and bytes per second.
+class ConnectionSettings(Protocol):
+    """The [server] settings a connection reads."""
 
-    0 means no limit. `frame_burst` frames may arrive at once; bytes may burst one second's
-    worth, and a message larger than that is read whole, the connection then waits longer.
-    """
-
-    frames_per_second: float = 0.0
-    frame_burst: int = 1
-    bytes_per_second: float = 0.0
+    write_buffer_high: int
+    max_message_bytes: int
+    close_timeout: float
 
 
-def _refill(tokens: float, elapsed: float, rate: float, burst: float) -> float:
-    tokens += elapsed * rate
-    return burst if tokens > burst else tokens
+class Host(Protocol):
+    """What a connection needs from the server that accepted it (`server.app.Server`)."""
+
+    loop: asyncio.AbstractEventLoop
+    events: EventBus
+    read_limits: ReadLimits
+
+    @property
+    def settings(self) -> ConnectionSettings: ...
+
+    def connection_opened(self, connection: Connection) -> None: ...
+    def connection_dropped(self, connection: Connection) -> None: ...
+    def connection_upgraded(self, connection: Connection) -> None: ...
+    def connection_closed(self, connection: Connection) -> None: ...
+    def first_text(self, connection: Connection, text: str) -> None: ...
+    def client_address(self, peer: str, headers: Headers) -> str: ...
+    def refuse_upgrade(self, connection: Connection) -> Response | None: ...
+    def http_response(self, request: Request) -> Response: ...
 
 
 _websockets_logger = logging.getLogger("websockets.server")
@@ -95,22 +99,29 @@ _websockets_logger.setLevel(logging.WARNING)  # its INFO lines duplicate ours, p
 
 
 class Connection(asyncio.Protocol):
-    """A client connection; `session` is the protocol handler picked by its first message."""
+    """One client socket (the `session.Peer` its protocol engine talks to).
+
+    `session` is the protocol engine picked by the first text message. `paused`, `backlog` and
+    `catch_up` are the fan-out's per-member outbound state: while the socket's buffer is full
+    the fan-out parks what the client misses in `backlog` and sets `catch_up`, which runs once
+    the buffer drains.
+    """
 
     __slots__ = (
         "server",
+        "id",
         "transport",
         "state",
         "peer",
         "request_headers",
         "session",
-        "room",
         "created",
+        "connected_at",
         "pong_pending",
         "close_code",
         "paused",
         "backlog",
-        "plugin_client",
+        "catch_up",
         "counted_address",
         "read_limits",
         "_frame_credit",
@@ -129,20 +140,21 @@ class Connection(asyncio.Protocol):
         "__weakref__",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
+        self.id = next(_ids)
         self.transport: asyncio.Transport | None = None
         self.state = CONNECTING
         self.peer = ""
         self.request_headers: Headers | None = None
         self.session: Any = None
-        self.room: Any = None
         self.created = time.monotonic()
+        self.connected_at = time.time()
         self.pong_pending = False
         self.close_code: int | None = None
         self.paused = False
         self.backlog: Any = None
-        self.plugin_client: Any = None
+        self.catch_up: Any = None
         # The resolved address counted against [server] max_connections_per_ip, if any.
         self.counted_address: str | None = None
         limits = self.read_limits = server.read_limits
@@ -166,7 +178,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        high = self.server.config.server.write_buffer_high
+        high = self.server.settings.write_buffer_high
         transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
@@ -191,13 +203,15 @@ class Connection(asyncio.Protocol):
         previous = self.state
         self.state = CLOSED
         self._buffer = self._fragments = None
-        self.backlog = None
+        self.backlog = self.catch_up = None
         if self._resume_timer is not None:
             self._resume_timer.cancel()
             self._resume_timer = None
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if previous == OPEN and self.session is not None:
+            self.session.closed()
         if previous != CONNECTING:
             self.server.connection_closed(self)
         else:
@@ -208,9 +222,10 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        room = self.room
-        if room is not None and self.state == OPEN:
-            room.catch_up(self)
+        catch_up = self.catch_up
+        if catch_up is not None and self.state == OPEN:
+            self.catch_up = None
+            catch_up(self)
 
     # Opening handshake (HTTP)
 
@@ -314,7 +329,7 @@ class Connection(asyncio.Protocol):
             data = buffer  # type: ignore[assignment]
         end = len(data)
         pos = 0
-        max_size = self.server.config.server.max_message_bytes
+        max_size = self.server.settings.max_message_bytes
         while end - pos >= 2:
             if self._frame_credit <= 0 and not self._recharge_frames():
                 break  # over budget: reading is paused, the rest waits in the buffer
@@ -358,7 +373,7 @@ class Connection(asyncio.Protocol):
                     except UnicodeDecodeError:
                         self.fail(INVALID_DATA)
                         return
-                    self.server.text_received(self, text)
+                    self._text_received(text)
             elif first == 0x8A:  # pong (length checked above)
                 self.pong_pending = False
             else:
@@ -395,7 +410,7 @@ class Connection(asyncio.Protocol):
             self._frame_credit = UNLIMITED
             return UNLIMITED
         now = time.monotonic()
-        tokens = _refill(self._frame_tokens, now - self._frames_refilled, rate, limits.frame_burst)
+        tokens = refill(self._frame_tokens, now - self._frames_refilled, rate, limits.frame_burst)
         self._frames_refilled = now
         granted = self._frame_credit = int(tokens)
         self._frame_tokens = tokens - granted
@@ -411,7 +426,7 @@ class Connection(asyncio.Protocol):
             self._byte_credit = UNLIMITED
             return
         now = time.monotonic()
-        tokens = _refill(self._byte_tokens, now - self._bytes_refilled, rate, rate)
+        tokens = refill(self._byte_tokens, now - self._bytes_refilled, rate, rate)
         tokens += self._byte_credit  # negative: what was read beyond the credit
         self._bytes_refilled = now
         if tokens >= 1.0:
@@ -488,7 +503,17 @@ class Connection(asyncio.Protocol):
         except UnicodeDecodeError:
             self.fail(INVALID_DATA)
             return
-        self.server.text_received(self, text)
+        self._text_received(text)
+
+    def _text_received(self, text: str) -> None:
+        events = self.server.events
+        if events.message_received:
+            events.message_received(self, text)
+        session = self.session
+        if session is None:
+            self.server.first_text(self, text)
+        else:
+            session.receive(text)
 
     def _close_received(self, payload: bytes) -> None:
         if self.state == CLOSING:
@@ -503,12 +528,12 @@ class Connection(asyncio.Protocol):
             self.fail(PROTOCOL_ERROR)
             return
         # Echo the client's code (an empty close gets an empty close), then end TCP.
-        self._leave_room()
         self.close_code = code
         self.transport.write(close_frame(code))
         self.state = CLOSING
         self.transport.close()
         self._drop_after_close_timeout()
+        self._end_session()
 
     # Sending
 
@@ -528,38 +553,41 @@ class Connection(asyncio.Protocol):
             if self.state == CONNECTING and self.transport is not None:
                 self.transport.close()
             return
-        self._leave_room()
         self.close_code = code
         self.state = CLOSING
         self.transport.write(close_frame(code, reason))
         self._drop_after_close_timeout()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("closing %s with %d", printable(self.peer), code)
+        self._end_session()
 
     def fail(self, code: int) -> None:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, then end TCP at once."""
-        self._leave_room()
-        if self.state == OPEN:
+        was_open = self.state == OPEN
+        if was_open:
             self.close_code = code
             self.transport.write(close_frame(code))
         self.state = CLOSING
         self._buffer = None
         self.transport.close()
         self._drop_after_close_timeout()
+        if was_open:
+            self._end_session()
 
     def _drop_after_close_timeout(self) -> None:
         # Our close frame may sit behind unsent data, or the client may never answer it (nor
         # read what is left): either way TCP ends `close_timeout` seconds after we closed.
         if self._close_timer is None:
             self._close_timer = self.server.loop.call_later(
-                self.server.config.server.close_timeout, self.abort
+                self.server.settings.close_timeout, self.abort
             )
 
-    def _leave_room(self) -> None:
-        # Rooms write to members' transports directly, so a closing connection leaves at once.
-        room = self.room
-        if room is not None:
-            room.leave(self)
+    def _end_session(self) -> None:
+        # Once our close frame is out, the protocol is done with the client: it leaves its
+        # rooms at once, since the fan-out writes to members' transports directly.
+        session = self.session
+        if session is not None:
+            session.closed()
 
     def abort(self) -> None:
         """Drop the TCP connection without a closing handshake."""
@@ -574,6 +602,11 @@ class Connection(asyncio.Protocol):
         self.transport.write(PING_FRAME)
         return True
 
+    @property
+    def is_open(self) -> bool:
+        """True while frames can be sent."""
+        return self.state == OPEN
+
     def header(self, name: str) -> str:
         """A request header (repeated headers joined with "; "), or ""."""
         headers = self.request_headers
@@ -581,38 +614,3 @@ class Connection(asyncio.Protocol):
             return ""
         values = headers.get_all(name)
         return "; ".join(values) if values else ""
-
-
-def plain_response(status: int, reason: str, body: bytes, content_type: str,
-                   extra: dict[str, str] | None = None, head: bool = False) -> Response:
-    """An HTTP response with the security headers every Stratus page carries."""
-    headers = Headers()
-    headers["Content-Type"] = content_type
-    headers["Content-Length"] = str(len(body))
-    headers["X-Frame-Options"] = "DENY"
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["Referrer-Policy"] = "no-referrer"
-    headers["Cache-Control"] = "no-store"
-    headers["Connection"] = "close"
-    for key, value in (extra or {}).items():
-        headers[key] = value
-    return Response(status, reason, headers, b"" if head else body)
-
-
-def upgrade_refusal(response: Response, error: Exception | None) -> Response:
-    """websockets' refusal of an upgrade, with the headers every Stratus page carries.
-
-    An unsupported WebSocket version gets 426 and the version this server speaks, as
-    RFC 6455 4.2.2 asks, where websockets answers 400.
-    """
-    if isinstance(error, InvalidHeader) and error.name == "Sec-WebSocket-Version":
-        return plain_response(426, "Upgrade Required",
-                              b"This server speaks WebSocket version 13.\n",
-                              "text/plain; charset=utf-8",
-                              {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"})
-    own = ("date", "connection", "content-length", "content-type")
-    extra = {name: value for name, value in response.headers.raw_items()
-             if name.lower() not in own}
-    return plain_response(response.status_code, response.reason_phrase, response.body,
-                          response.headers.get("Content-Type", "text/plain; charset=utf-8"),
-                          extra)

@@ -8,7 +8,8 @@ A plugin is a subclass of `Plugin`. Its methods are registered with decorators:
   (messages that arrive meanwhile are queued and replayed in order). CL4 hooks must decide
   synchronously (an awaitable returned for a CL4 client is discarded and logged).
 - `@on_variable(pattern)` (write): a Scratch variable write whose name matches the glob.
-  Return None to keep the value, a new value to replace it, or `DROP` to refuse the write.
+  Return None to keep the value or a new value to replace it; raise `Refuse` (or return
+  `DROP`) to refuse the write.
 - `@on_command(name, schema=...)` (request): a CL4 command. `schema` is a cerberus schema for
   the message; invalid messages are answered with E:101 and details. `replace=True` replaces
   a built-in command of that name. The handler may be `async def`.
@@ -21,30 +22,30 @@ then code registration order: `server.plugins.add(...)` after `Server(config)`, 
 plugin's name and answered as an error (E:105 for CL4; a refused write for variables; an
 ignored hook for connect/handshake), never killing the connection or the server. The guide is
 docs/plugins.md.
+
+This module is the core's plugin registry: it knows hook kinds, not protocols. Each protocol
+wires the hooks it serves (`protocols.cl4.plugins` registers `on_command` handlers with the CL4
+engine; the Scratch engine runs `on_handshake` and `on_variable`). Plugins act on the server
+through `self.host`, the facade (`server.facade.Facade`). The names a plugin imports are all
+in `plugins.api`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import importlib
 import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from protocols.cl4.codes import Status, StatusCode
+from .codes import CloseCode, State
+from .globs import compile_glob
 
 # Re-exported for plugins: client text in their log lines goes through it too.
 from .logsafe import printable as printable
-
-if TYPE_CHECKING:
-    from protocols.cl4.engine import Cl4Engine
-
-    from .app import Server
-    from .connection import Connection
 
 log = logging.getLogger("stratus.plugins")
 
@@ -63,14 +64,16 @@ DROP: Any = _Drop()
 
 
 class Refuse(Exception):
-    """Raised by a hook to turn a client or message away.
+    """Raised by any hook to turn a client, a message or a write away: the one way to refuse.
 
     For CL4, `status` is the statuscode the sender gets (default E:108 Refused) with optional
     `details`. For a Scratch handshake, the connection is closed with `close_code` (4002 by
-    default, which makes TurboWarp ask for another username).
+    default, which makes TurboWarp ask for another username). From an `on_variable` hook, the
+    write is dropped (not stored, not relayed), as returning `DROP` does.
     """
 
-    def __init__(self, status: Any = None, *, details: Any = None, close_code: int = 4002):
+    def __init__(self, status: Any = None, *, details: Any = None,
+                 close_code: int = CloseCode.SCRATCH_USERNAME):
         super().__init__(details or status or "refused")
         self.status = status
         self.details = details
@@ -113,7 +116,7 @@ def on_handshake(method: Callable) -> Callable:
 
 def on_variable(pattern: str = "*") -> Callable[[Callable], Callable]:
     """Call `method(write)` for Scratch variable writes whose name matches the glob `pattern`."""
-    return _tag("variable", target=re.compile(fnmatch.translate(pattern), re.DOTALL))
+    return _tag("variable", target=compile_glob(pattern))
 
 
 def on_command(
@@ -130,50 +133,6 @@ def before_command(*names: str) -> Callable[[Callable], Callable]:
     return _tag("before_command", target=frozenset(names))
 
 
-class CommandRequest:
-    """A CL4 command being handled by a plugin: the message, its sender, and replies."""
-
-    __slots__ = ("_request", "client")
-
-    def __init__(self, request: Any, client: Client) -> None:
-        self._request = request
-        self.client = client
-
-    @property
-    def message(self) -> dict:
-        """The validated message (a dict; treat it as read-only)."""
-        return self._request.message
-
-    @property
-    def listener(self) -> Any:
-        """The request's listener, or MISSING."""
-        return self._request.listener
-
-    @property
-    def rooms(self) -> list[str]:
-        """The rooms the message targets: its `rooms`, or every room the sender is in."""
-        from protocols.cl4 import target_rooms
-
-        return target_rooms(self._request)
-
-    def reply(self, status: Status = None, *, details: Any = None, val: Any = None) -> None:
-        """Answer the sender with a statuscode (default I:100 | OK) carrying its listener."""
-        self._request.reply(status or StatusCode.OK, details=details, val=val)
-
-    def send_room(self, room: str, message: dict) -> int:
-        """Send a CL4 message to every member of `room`."""
-        return self.client._connection.server.cl4.send_room(room, message)
-
-
-def custom_status(kind: str, number: int, text: str) -> Status:
-    """A server-defined CL4 status code, e.g. custom_status("E", 120, "Cooldown")."""
-    if kind not in ("I", "E"):
-        raise ValueError("kind must be 'I' (information) or 'E' (error)")
-    if number < 116 or 200 <= number <= 204:
-        raise ValueError("custom status numbers must be >= 116 and not 200-204 (CL4 spec §7)")
-    return Status(kind, number, text)
-
-
 @dataclass(slots=True)
 class VariableWrite:
     """A Scratch variable write on its way into a room."""
@@ -185,19 +144,24 @@ class VariableWrite:
 
 
 class Client:
-    """What plugins see of one connection."""
+    """What plugins see of one connection, whatever protocol it speaks."""
 
     __slots__ = ("_connection", "data")
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Any) -> None:
         self._connection = connection
         self.data: dict[str, Any] = {}  # free for plugins' per-client state
+
+    @property
+    def id(self) -> int:
+        """A number unique to this connection while the server runs (admin API, kicks)."""
+        return self._connection.id
 
     @property
     def protocol(self) -> str | None:
         """"scratch", "cl4", or None before the first message."""
         session = self._connection.session
-        return getattr(session, "protocol_name", None)
+        return session.protocol_name if session is not None else None
 
     @property
     def address(self) -> str:
@@ -205,22 +169,26 @@ class Client:
         return self._connection.peer
 
     @property
+    def connected_at(self) -> float:
+        """When the client connected (Unix time)."""
+        return self._connection.connected_at
+
+    @property
     def username(self) -> str | None:
         """The Scratch handshake username or CL4 username, if any (unauthenticated)."""
-        return getattr(self._connection.session, "username", None)
+        session = self._connection.session
+        return session.username if session is not None else None
 
     @property
     def room(self) -> str | None:
-        """The Scratch room (project id) this client joined, if any."""
-        room = self._connection.room
-        return room.id if room is not None else None
+        """The room (Scratch project id; a CL4 client's first room) it joined, if any."""
+        session = self._connection.session
+        return session.room_id if session is not None else None
 
     @property
     def open(self) -> bool:
         """True while messages can be sent to the client."""
-        from .connection import OPEN
-
-        return self._connection.state == OPEN
+        return self._connection.state == State.OPEN
 
     def header(self, name: str) -> str:
         """A request header of the WebSocket upgrade, or ""."""
@@ -228,10 +196,10 @@ class Client:
 
     def send_variable(self, name: str, value: Any) -> None:
         """Send this client alone a Scratch `set`, at once: not stored, not seen by others."""
-        from protocols.scratch import encode_set, variable_key
-
-        key = variable_key(name)
-        self._connection.send_text(encode_set(key, value))
+        send = getattr(self._connection.session, "send_variable", None)
+        if send is None:
+            raise TypeError("send_variable() is for Scratch clients; use send() for CL4")
+        send(name, value)
 
     def send(self, message: dict) -> None:
         """Send a CL4 client one message."""
@@ -240,24 +208,21 @@ class Client:
             raise TypeError("send() is for CL4 clients; use send_variable() for Scratch")
         send(message)
 
-    def close(self, code: int = 1000) -> None:
+    def close(self, code: int = CloseCode.NORMAL) -> None:
         """Close the connection with `code`."""
-        session = self._connection.session
-        if session is not None and hasattr(session, "close"):
-            session.close(code)
-        else:
-            self._connection.close(code)
+        self._connection.close(code)
 
     def __repr__(self) -> str:
         return f"<Client {self.protocol} {printable(self.username, 40)} {printable(self.address)}>"
 
 
 class Plugin:
-    """Base class of plugins. `settings` holds the plugin's own keys from config.toml."""
+    """Base class of plugins. `settings` holds the plugin's own keys from config.toml;
+    `host` is the facade (`server.facade.Facade`) through which a plugin acts on the server."""
 
     name: str = ""
 
-    def __init__(self, host: PluginHost, settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, host: Any, settings: Mapping[str, Any] | None = None) -> None:
         self.host = host
         self.settings: dict[str, Any] = dict(settings or {})
         self.log = logging.getLogger(f"stratus.plugin.{self.name or type(self).__name__}")
@@ -267,65 +232,6 @@ class Plugin:
 
     async def stop(self) -> None:
         """Called when the server shuts down."""
-
-
-class PluginHost:
-    """What plugins can do with the server: read rooms, write variables, send messages."""
-
-    def __init__(self, server: Server) -> None:
-        self._server = server
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._server.loop
-
-    def clients(self) -> list[Client]:
-        """Every connected client."""
-        return [self._server.plugins.client(c) for c in self._server.connections]
-
-    def scratch_rooms(self) -> list[str]:
-        """Ids of the Scratch rooms in memory."""
-        return list(self._server.scratch_rooms.rooms)
-
-    def scratch_variables(self, room_id: str) -> dict[Any, Any]:
-        """A copy of a Scratch room's variables by name, in order (loaded if stored)."""
-        from protocols.scratch import key_to_name
-
-        room = self._server.scratch_rooms.open(room_id)
-        if room is None:
-            return {}
-        return {key_to_name(key): value for key, value in room.values.items()}
-
-    def scratch_members(self, room_id: str) -> list[Client]:
-        """The clients in a Scratch room."""
-        room = self._server.scratch_rooms.get(room_id)
-        if room is None:
-            return []
-        return [self._server.plugins.client(member) for member in room.members]
-
-    def set_scratch_variable(self, room_id: str, name: str, value: Any) -> bool:
-        """Write a variable as the server: stored, and sent to every member of the room."""
-        from protocols.scratch import variable_key
-
-        room = self._server.scratch_rooms.open(room_id)
-        if room is None:
-            return False
-        return room.set(variable_key(name), value, None)
-
-    def cl4_send_room(self, room: str, message: dict) -> int:
-        """Send a CL4 message to every member of a CL4 room; returns how many got it."""
-        return self._server.cl4.send_room(room, message)
-
-    def cl4_broadcast(self, message: dict) -> int:
-        """Send a CL4 message to every CL4 client."""
-        return self._server.cl4.broadcast(message)
-
-    def cl4_rooms(self) -> dict[str, list[Client]]:
-        """CL4 rooms and their members."""
-        engine = self._server.cl4.engine
-        client = self._server.plugins.client
-        return {room: [client(m.connection) for m in engine.room_members(room)]
-                for room in engine.rooms()}
 
 
 @dataclass
@@ -338,7 +244,7 @@ class _Loaded:
 
 
 def _room_patterns(rooms: Iterable[str] | None) -> tuple[re.Pattern, ...]:
-    return tuple(re.compile(fnmatch.translate(p), re.DOTALL) for p in (rooms or ["*"]))
+    return tuple(compile_glob(p) for p in (rooms or ["*"]))
 
 
 def import_object(spec: str) -> Any:
@@ -356,15 +262,19 @@ def import_object(spec: str) -> Any:
         raise ValueError(f"module {module_name!r} has no {attribute!r} (from {spec!r})") from None
 
 
+HookEntry = tuple["_Loaded", Callable, _Hook]
+
+
 class PluginManager:
     """Loaded plugins and their hooks, in order; the core and protocols call into it."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.host = PluginHost(server)
+    def __init__(self, host: Any) -> None:
+        self.host = host
         self.loaded: list[_Loaded] = []
-        self._hooks: dict[str, list[tuple[_Loaded, Callable, _Hook]]] = {}
-        self._engine: Cl4Engine | None = None
+        self._hooks: dict[str, list[HookEntry]] = {}
+        # Called with the hooks of each plugin added, e.g. to register its CL4 commands.
+        self.added_listeners: list[Callable[[list[HookEntry]], None]] = []
+        self._clients: dict[Any, Client] = {}
         self._started = False
 
     # Registration
@@ -388,8 +298,8 @@ class PluginManager:
         for name in _definition_order(type(instance)):
             for hook in getattr(getattr(type(instance), name, None), _HOOKS, ()):
                 found.append((loaded, getattr(instance, name), hook))
-        if self._engine is not None:
-            self._register_commands(self._engine, [f for f in found if f[2].kind == "command"])
+        for listener in self.added_listeners:
+            listener(found)  # may refuse the plugin (raises) before anything is registered
         self.loaded.append(loaded)
         for entry in found:
             self._hooks.setdefault(entry[2].kind, []).append(entry)
@@ -417,77 +327,6 @@ class PluginManager:
             except Exception as exc:  # a plugin's __init__ may raise anything; start-up says why
                 raise ValueError(f"{where} ({spec}): {type(exc).__name__}: {exc}") from None
 
-    def attach_cl4(self, engine: Cl4Engine) -> None:
-        """Register plugin CL4 commands and pre-dispatch hooks with the engine.
-
-        Plugins added later (from code, before start) are registered as they are added.
-        """
-        self._register_commands(engine, self.hooks("command"))
-        self._engine = engine
-        engine.pre_dispatch_hooks.append(self._pre_dispatch)
-
-    def _register_commands(self, engine: Cl4Engine, hooks: list) -> None:
-        for loaded, method, hook in hooks:
-            name = hook.target
-            if engine.command(name) is not None and not hook.replace:
-                raise ValueError(
-                    f"plugin {_name(loaded)}: CL4 command {name!r} exists; use "
-                    f"@on_command({name!r}, replace=True) to replace it"
-                )
-            engine.register_command(name, self._command_handler(loaded, method), hook.schema,
-                                    requires_username=hook.requires_username, replace=True)
-
-    def _pre_dispatch(self, session: Any, message: dict) -> Any:
-        """CL4: on_handshake hooks (first handshake only), then before_command hooks."""
-        before = self.hooks("before_command")
-        handshakes = self.hooks("handshake")
-        if not before and not handshakes:
-            return message
-        command = message.get("cmd")
-        client = self.client(session.connection)
-        try:
-            if handshakes and command == "handshake" and not session.handshake_done:
-                for loaded, method, _ in handshakes:
-                    try:
-                        outcome = method(client)
-                    except Refuse:
-                        raise
-                    except Exception:  # as for Scratch: logged, the hook is skipped
-                        log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
-                        continue
-                    if inspect.isawaitable(outcome):
-                        _discard(outcome)
-                        log.error("plugin %s: async on_handshake hooks run for Scratch clients "
-                                  "only; %s was skipped for a CL4 client", _name(loaded),
-                                  method.__name__)
-            for loaded, method, hook in before:
-                if hook.target and command not in hook.target:
-                    continue
-                rewritten = method(client, message)
-                if inspect.isawaitable(rewritten):
-                    _discard(rewritten)
-                    raise TypeError(f"plugin {_name(loaded)}: before_command hook "
-                                    f"{method.__name__} must not be async")
-                if isinstance(rewritten, dict):
-                    message = rewritten
-        except Refuse as refusal:
-            return _reject(refusal)
-        return message
-
-    def _command_handler(self, loaded: _Loaded, method: Callable) -> Callable:
-        def handle(request: Any) -> None:
-            try:
-                outcome = method(CommandRequest(request, self.client(request.session.connection)))
-            except Refuse as refusal:
-                reject = _reject(refusal)
-                request.reply(reject.status, details=reject.details)
-                return
-            if inspect.isawaitable(outcome):
-                task = asyncio.ensure_future(outcome)
-                task.add_done_callback(lambda done: _command_done(loaded, method, request, done))
-
-        return handle
-
     def hooks(self, kind: str) -> list[tuple[_Loaded, Callable, _Hook]]:
         """Registered hooks of one kind, in order."""
         return self._hooks.get(kind, [])
@@ -502,7 +341,7 @@ class PluginManager:
                 await loaded.plugin.start()
             except Exception as exc:
                 raise ValueError(
-                    f"plugin {_name(loaded)} failed to start: {type(exc).__name__}: {exc}"
+                    f"plugin {plugin_name(loaded)} failed to start: {type(exc).__name__}: {exc}"
                 ) from exc
 
     async def stop(self) -> None:
@@ -510,28 +349,44 @@ class PluginManager:
             try:
                 await loaded.plugin.stop()
             except Exception:
-                log.exception("plugin %s failed to stop", _name(loaded))
+                log.exception("plugin %s failed to stop", plugin_name(loaded))
 
     # Dispatch
 
-    def client(self, connection: Connection) -> Client:
-        """The plugin-facing view of a connection (one per connection)."""
-        view = connection.plugin_client
+    def client(self, connection: Any) -> Client:
+        """The plugin-facing view of a connection (one per connection while it is open)."""
+        view = self._clients.get(connection)
         if view is None:
-            view = connection.plugin_client = Client(connection)
+            view = Client(connection)
+            if connection.state != State.CLOSED:
+                self._clients[connection] = view
         return view
 
-    def connected(self, connection: Connection) -> None:
+    def find_client(self, client_id: int) -> Client | None:
+        """The view of the open connection with this id, if any."""
+        for connection, view in self._clients.items():
+            if connection.id == client_id:
+                return view
+        return None
+
+    def forget(self, connection: Any) -> None:
+        """The connection ended: drop its view."""
+        self._clients.pop(connection, None)
+
+    def connected(self, connection: Any) -> None:
         for loaded, method, _ in self.hooks("connect"):
             self._call(loaded, method, self.client(connection))
 
-    def disconnected(self, connection: Connection) -> None:
+    def disconnected(self, connection: Any) -> None:
+        """Run on_disconnect hooks, then forget the connection's view."""
         # Like on_connect, not filtered by `rooms`: every on_connect gets its on_disconnect.
         for loaded, method, _ in self.hooks("disconnect"):
             self._call(loaded, method, self.client(connection))
+        self._clients.pop(connection, None)
 
-    def handshake(self, connection: Connection, room_id: str | None = None) -> Any:
-        """Run handshake hooks: None (accepted), a `Refuse`, or an awaitable of either."""
+    def handshake(self, connection: Any, room_id: str | None = None) -> Any:
+        """Run handshake hooks: None (accepted), a `Refuse`, or a future of either (when a hook
+        is `async`)."""
         client = self.client(connection)
         pending = []
         for loaded, method, _ in self.hooks("handshake"):
@@ -542,12 +397,12 @@ class PluginManager:
             except Refuse as refusal:
                 return refusal
             except Exception:
-                log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+                log.exception("plugin %s failed in %s", plugin_name(loaded), method.__name__)
                 continue
             if inspect.isawaitable(outcome):
                 pending.append((loaded, method, outcome))
         if pending:
-            return self._await_handshakes(pending)
+            return asyncio.ensure_future(self._await_handshakes(pending))
         return None
 
     @staticmethod
@@ -558,7 +413,7 @@ class PluginManager:
             except Refuse as refusal:
                 return refusal
             except Exception:
-                log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+                log.exception("plugin %s failed in %s", plugin_name(loaded), method.__name__)
         return None
 
     def variable_hooks(self, room_id: str) -> list[Callable[[VariableWrite], Any]]:
@@ -577,7 +432,7 @@ class PluginManager:
                 return asyncio.ensure_future(_logged(loaded, method, outcome))
             return outcome
         except Exception:
-            log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+            log.exception("plugin %s failed in %s", plugin_name(loaded), method.__name__)
             return None
 
 
@@ -597,55 +452,32 @@ class _VariableHook:
             return write.value
         try:
             outcome = self.method(write)
+        except Refuse:
+            return DROP
         except Exception:
-            log.exception("plugin %s failed in %s; write refused", _name(self.loaded),
+            log.exception("plugin %s failed in %s; write refused", plugin_name(self.loaded),
                           self.method.__name__)
             return DROP
         return write.value if outcome is None else outcome
 
 
-def _reject(refusal: Refuse) -> Any:
-    """The engine's Reject for a Refuse; a non-Status `status` becomes E:108 details."""
-    from protocols.cl4.engine import Reject
-
-    status, details = refusal.status, refusal.details
-    if not isinstance(status, Status):
-        if status is not None and details is None:
-            details = status
-        status = StatusCode.REFUSED
-    return Reject(status, details)
-
-
-def _discard(awaitable: Any) -> None:
+def discard(awaitable: Any) -> None:
+    """Close an awaitable that will never run (no "never awaited" warning)."""
     close = getattr(awaitable, "close", None)
     if close is not None:
         close()  # a coroutine that will never run: no "never awaited" warning
-
-
-def _command_done(loaded: _Loaded, method: Callable, request: Any, done: asyncio.Future) -> None:
-    """An async on_command handler finished: answer a Refuse or an exception like a sync one."""
-    if done.cancelled():
-        return
-    error = done.exception()
-    if error is None:
-        return
-    if isinstance(error, Refuse):
-        reject = _reject(error)
-        request.reply(reject.status, details=reject.details)
-        return
-    log.error("plugin %s failed in %s", _name(loaded), method.__name__, exc_info=error)
-    request.reply(StatusCode.INTERNAL_SERVER_ERROR)
 
 
 async def _logged(loaded: _Loaded, method: Callable, awaitable: Any) -> Any:
     try:
         return await awaitable
     except Exception:
-        log.exception("plugin %s failed in %s", _name(loaded), method.__name__)
+        log.exception("plugin %s failed in %s", plugin_name(loaded), method.__name__)
         return None
 
 
-def _name(loaded: _Loaded) -> str:
+def plugin_name(loaded: _Loaded) -> str:
+    """A loaded plugin's name for log lines."""
     plugin = loaded.plugin
     return plugin.name or type(plugin).__qualname__
 

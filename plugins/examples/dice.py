@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from server.plugins import CommandRequest, Plugin, on_command
+from plugins.api import CommandRequest, Plugin, on_command
 
 
 class Dice(Plugin):

@@ -15,7 +15,7 @@ import re
 import time
 from collections import deque
 
-from server.plugins import Client, Plugin, Refuse, before_command, custom_status
+from plugins.api import Client, Plugin, Refuse, before_command, custom_status
 
 COOLDOWN = custom_status("E", 120, "Cooldown")
 

@@ -10,7 +10,7 @@ config.toml:
 
 from __future__ import annotations
 
-from server.plugins import DROP, Plugin, VariableWrite, on_variable, printable
+from plugins.api import DROP, Plugin, VariableWrite, on_variable, printable
 
 
 class ScoreValidator(Plugin):

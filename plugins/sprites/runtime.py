@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from server.plugins import import_object
+from plugins.api import import_object
 
 from .keys import ECServerKey, RSAServerKey, load_server_key
 from .pacing import MIN_ALLOWED_INTERVAL, ScheduledSet

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.plugins import (
+from plugins.api import (
     DROP,
     Client,
     Plugin,

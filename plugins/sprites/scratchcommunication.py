@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from server.plugins import (
+from plugins.api import (
     DROP,
     Client,
     Plugin,

@@ -67,7 +67,7 @@ from protocols.cl4.engine import (
 )
 from protocols.cl4.options import LEGACY_VERSION_MARKERS, Cl4Options
 from protocols.cl4.schema import COMMAND_SCHEMAS, DEFAULT_SCHEMA, Cl4Schema
-from protocols.cl4.session import Cl4Client
+from protocols.cl4.state import Cl4ClientState
 from protocols.cl4.wire import JsonError, encode_message, looks_like_cl4, parse_json
 
 __all__ = [
@@ -76,7 +76,7 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "LEGACY_VERSION_MARKERS",
     "MISSING",
-    "Cl4Client",
+    "Cl4ClientState",
     "Cl4Command",
     "Cl4Engine",
     "Cl4Options",

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from protocols.cl4.codes import StatusCode
-from protocols.cl4.engine import DEFAULT_ROOM, MISSING, Cl4Command, Cl4Engine, Cl4Request
+from protocols.cl4.request import DEFAULT_ROOM, MISSING, Cl4Command, Cl4Request
 from protocols.cl4.schema import COMMAND_SCHEMAS
-from protocols.cl4.session import Cl4Client
+from protocols.cl4.state import Cl4ClientState
 from protocols.cl4.wire import coerce_name, describe_id
 
 __all__ = ["BUILTIN_COMMANDS", "target_rooms"]
@@ -143,7 +143,7 @@ def handle_gvar(request: Cl4Request) -> None:
         engine.notify_gvar(session, room, name, val)
 
 
-def _username_matches(engine: Cl4Engine, username: str, room: str | None) -> list[Cl4Client]:
+def _username_matches(engine: Any, username: str, room: str | None) -> list[Cl4ClientState]:
     if not username:
         return []  # unnamed clients cannot be addressed by name
     holders = engine.find_by_username(username)
@@ -152,10 +152,10 @@ def _username_matches(engine: Cl4Engine, username: str, room: str | None) -> lis
     return [holder for holder in holders if room in holder.rooms]
 
 
-def _resolve(engine: Cl4Engine, entry: Any, room: str | None) -> tuple[list[Cl4Client], bool]:
+def _resolve(engine: Any, entry: Any, room: str | None) -> tuple[list[Cl4ClientState], bool]:
     """Clients an id entry names (in `room`, or anywhere if None); True if by username."""
 
-    def in_room(client: Cl4Client | None) -> list[Cl4Client]:
+    def in_room(client: Cl4ClientState | None) -> list[Cl4ClientState]:
         if client is None or (room is not None and room not in client.rooms):
             return []
         return [client]
@@ -192,9 +192,9 @@ def _send_private(request: Cl4Request, cmd: str) -> None:
         request.reply(StatusCode.SYNTAX, details={"id": ["entries must be strings or objects"]})
         return
     warn = engine.options.warn_if_multiple_username_matches
-    deliveries: list[tuple[str, dict[Cl4Client, None]]] = []
+    deliveries: list[tuple[str, dict[Cl4ClientState, None]]] = []
     for room in rooms:
-        recipients: dict[Cl4Client, None] = {}
+        recipients: dict[Cl4ClientState, None] = {}
         for entry in entries:
             matches, by_username = _resolve(engine, entry, room)
             if by_username and warn and len(matches) > 1:

@@ -1,9 +1,9 @@
-"""CL4 on the core's connections: frames in, frames out, with a bound on what may queue.
+"""CL4 as a component of the server: the engine wired to the core's connections.
 
-CL4 messages are not latest-value-wins: each is its own frame and they queue in order. A
-broadcast hands the same message dict to every recipient, so it is encoded once. A client
-whose unsent data grows past `max_queue_bytes` is disconnected with 1013 (try again later):
-it reconnects and starts fresh instead of holding the server's memory hostage.
+CL4 messages are not latest-value-wins: each is its own frame and they queue in order, through
+the core fan-out's queued path (`server.fanout.write_queued`), which closes a client whose
+unsent data grows past `max_queue_bytes` with TRY_AGAIN_LATER. A broadcast hands the same
+message dict to every recipient, so it is encoded once.
 """
 
 from __future__ import annotations
@@ -11,39 +11,59 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from server.connection import OPEN
+from server.fanout import write_queued
 from server.framing import encode_text
-from server.logsafe import printable
+from server.session import ProtocolEntry
 
+from ..js import MISSING
 from .engine import Cl4Engine
 from .options import Cl4Options
-from .wire import encode_message
+from .plugins import Cl4PluginAdapter
+from .wire import detect_cl4, encode_message
 
 if TYPE_CHECKING:
-    from server.connection import Connection
+    from server.app import Server
+    from server.plugins import Client
 
 log = logging.getLogger("stratus.cl4")
 
-TOO_FAR_BEHIND = 1013
 
+class Cl4Protocol:
+    """Serves CloudLink 4 clients on the shared port (those whose first message is CL4)."""
 
-class Cl4Endpoint:
-    """The engine plus the I/O callables it needs."""
+    name = "cl4"
 
-    def __init__(self, options: Cl4Options, max_queue_bytes: int) -> None:
+    def __init__(self, options: Cl4Options) -> None:
+        self.options = options
         self.engine = Cl4Engine(self._send, self._close, options)
-        self.max_queue_bytes = max_queue_bytes
+        self.server: Server | None = None
+        self._events: Any = None
         # The last message encoded, kept alive so its id cannot be reused while cached.
         self._last_message: Any = None
         self._last_frame = b""
 
-    def session_for(self, connection: Connection) -> Cl4Session:
-        """Attach a new CL4 session to a connection whose first message looked like CL4."""
-        self.engine.connect(connection, connection.peer)
-        return Cl4Session(self, connection)
+    def install(self, server: Server) -> None:
+        """Register the protocol, its plugin hooks and its facade service."""
+        self.server = server
+        self._events = server.events
+        if self.options.enabled:
+            server.protocols.add(ProtocolEntry(self.name, detect_cl4, self.open))
+        Cl4PluginAdapter(server.plugins, self.engine).attach()
+        server.facade.provide(self.name, Cl4Service(self))
 
-    def _send(self, connection: Connection, message: dict | str) -> None:
-        if connection.state != OPEN:
+    async def start(self, server: Server) -> None:
+        """Nothing to open."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    def open(self, peer: Any, first_message: dict) -> Cl4Session:
+        """A session for a connection whose first message `detect_cl4` parsed."""
+        self.engine.connect(peer, peer.peer)
+        return Cl4Session(self, peer, first_message)
+
+    def _send(self, connection: Any, message: dict | str) -> None:
+        if not connection.is_open:
             return
         if isinstance(message, str):
             frame = encode_text(message)
@@ -52,47 +72,58 @@ class Cl4Endpoint:
         else:
             frame = encode_text(encode_message(message))
             self._last_message, self._last_frame = message, frame
-        transport = connection.transport
-        transport.write(frame)
-        if connection.paused and transport.get_write_buffer_size() > self.max_queue_bytes:
-            log.info("disconnecting CL4 client %s: %d bytes unsent", printable(connection.peer),
-                     transport.get_write_buffer_size())
-            connection.close(TOO_FAR_BEHIND)
-            self.engine.disconnect(connection)
+        write_queued(connection, frame, self.options.max_queue_bytes, self._events)
 
     @staticmethod
-    def _close(connection: Connection, code: int, reason: str) -> None:
+    def _close(connection: Any, code: int, reason: str) -> None:
         connection.close(code, reason)
 
-    # Helpers for the plugin host
+
+class Cl4Service:
+    """What the facade offers about CL4 (`facade.service("cl4")`)."""
+
+    def __init__(self, protocol: Cl4Protocol) -> None:
+        self._protocol = protocol
 
     def send_room(self, room: str, message: dict) -> int:
-        members = self.engine.room_members(room)
+        """Send a CL4 message to every member of a CL4 room; returns how many got it."""
+        engine = self._protocol.engine
+        members = engine.room_members(room)
         for member in members:
-            self.engine.send(member, message)
+            engine.send(member, message)
         return len(members)
 
     def broadcast(self, message: dict) -> int:
-        sessions = [s for s in self.engine.sessions() if s.identified]
+        """Send a CL4 message to every identified CL4 client."""
+        engine = self._protocol.engine
+        sessions = [s for s in engine.sessions() if s.identified]
         for session in sessions:
-            self.engine.send(session, message)
+            engine.send(session, message)
         return len(sessions)
+
+    def rooms(self) -> dict[str, list[Client]]:
+        """CL4 rooms and their members."""
+        engine = self._protocol.engine
+        client = self._protocol.server.plugins.client
+        return {room: [client(m.connection) for m in engine.room_members(room)]
+                for room in engine.rooms()}
 
 
 class Cl4Session:
-    """One connection speaking CL4 (the engine keeps the protocol state)."""
+    """One connection speaking CL4 (a `server.session.Session`; the engine keeps the state)."""
 
-    __slots__ = ("endpoint", "connection")
+    __slots__ = ("protocol", "peer", "first_message")
 
     protocol_name = "cl4"
 
-    def __init__(self, endpoint: Cl4Endpoint, connection: Connection) -> None:
-        self.endpoint = endpoint
-        self.connection = connection
+    def __init__(self, protocol: Cl4Protocol, peer: Any, first_message: Any = MISSING) -> None:
+        self.protocol = protocol
+        self.peer = peer
+        self.first_message = first_message  # parsed by detect_cl4, handed over once
 
     @property
     def state(self):
-        return self.endpoint.engine.session(self.connection)
+        return self.protocol.engine.session(self.peer)
 
     @property
     def identified(self) -> bool:
@@ -105,18 +136,22 @@ class Cl4Session:
         state = self.state
         return state.username if state is not None else None
 
-    def on_text(self, text: str) -> None:
-        self.endpoint.engine.receive(self.connection, text)
+    @property
+    def room_id(self) -> None:
+        """None: a CL4 client is in no Scratch project (its CL4 rooms are the engine's)."""
+        return None
 
-    def on_close(self) -> None:
-        self.endpoint.engine.disconnect(self.connection)
+    def receive(self, text: str) -> None:
+        parsed = self.first_message
+        if parsed is not MISSING:
+            self.first_message = MISSING
+        self.protocol.engine.receive(self.peer, text, parsed)
+
+    def closed(self) -> None:
+        self.protocol.engine.disconnect(self.peer)
 
     def send_message(self, message: dict) -> None:
         """Send this client one CL4 message."""
         state = self.state
         if state is not None:
-            self.endpoint.engine.send(state, message)
-
-    def close(self, code: int) -> None:
-        self.connection.close(code)
-        self.endpoint.engine.disconnect(self.connection)
+            self.protocol.engine.send(state, message)

@@ -7,7 +7,6 @@ The core owns the sockets. It calls `connect`, `receive` (one text message at a 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid as uuid_module
@@ -17,10 +16,20 @@ from typing import Any
 from snowflake import SnowflakeGenerator
 
 from protocols.cl4.codes import Status, StatusCode
+from protocols.cl4.commands import BUILTIN_COMMANDS
 from protocols.cl4.limits import TokenBucket
 from protocols.cl4.options import Cl4Options
+from protocols.cl4.request import (
+    DEFAULT_ROOM,
+    MISSING,
+    Cl4Command,
+    Cl4Request,
+    CommandHandler,
+    Reject,
+    listener_of,
+)
 from protocols.cl4.schema import DEFAULT_SCHEMA, Cl4Schema
-from protocols.cl4.session import Cl4Client
+from protocols.cl4.state import Cl4ClientState
 from protocols.cl4.wire import (
     JsonDepthError,
     JsonError,
@@ -29,7 +38,7 @@ from protocols.cl4.wire import (
     parse_message,
     too_deep_fields,
 )
-from protocols.js import MISSING  # "no listener": a listener may be "", 0 or false
+from server.codes import CloseCode
 from server.logsafe import printable
 
 __all__ = [
@@ -49,64 +58,17 @@ logger = logging.getLogger("stratus.cl4")
 
 Send = Callable[[Hashable, "dict | str"], None]
 Close = Callable[[Hashable, int, str], None]
-CommandHandler = Callable[["Cl4Request"], None]
 # (sender, room, name, val) of a gvar delivered in a CL4 room.
-GvarObserver = Callable[[Cl4Client, str, str, Any], None]
-PreDispatchHook = Callable[[Cl4Client, dict], "dict | Reject | None"]
+GvarObserver = Callable[[Cl4ClientState, str, str, Any], None]
+PreDispatchHook = Callable[[Cl4ClientState, dict], "dict | Reject | None"]
 
 SNOWFLAKE_INSTANCE = 42  # as the reference server (spec §6)
-DEFAULT_ROOM = "default"
-CLOSE_NORMAL = 1000
+CLOSE_NORMAL = CloseCode.NORMAL
 # A client that keeps sending far past its rate limit is closed instead of answered forever.
-CLOSE_POLICY_VIOLATION = 1008
-_LISTENER_TYPES = (str, int, float, bool)
+CLOSE_POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
 # Compact JSON turns one character into at most 12 ("\ud83d\ude00"), so a message shorter than
 # max_val_bytes / 12 characters cannot carry a too-large val and skips the measurement.
 _MAX_EXPANSION = 12
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reject:
-    """A pre-dispatch hook's veto: the sender gets `status` (+details, +listener)."""
-
-    status: Status
-    details: Any = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Cl4Command:
-    """A command: its handler, optional schema, and whether it needs a username (E:111)."""
-
-    name: str
-    handler: CommandHandler
-    schema: Cl4Schema | None = None
-    requires_username: bool = False
-
-
-class Cl4Request:
-    """One validated message being handled, with helpers to answer it."""
-
-    __slots__ = ("engine", "message", "session")
-
-    def __init__(self, engine: Cl4Engine, session: Cl4Client, message: dict):
-        self.engine = engine
-        self.session = session
-        self.message = message
-
-    @property
-    def listener(self) -> Any:
-        """The request's listener if it had a valid one, else MISSING."""
-        return listener_of(self.message)
-
-    def reply(self, status: Status, *, details: Any = None, val: Any = None) -> None:
-        """Send the sender a statuscode carrying this request's listener."""
-        self.engine.reply(self.session, status, self.listener, details=details, val=val)
-
-
-def listener_of(message: Mapping) -> Any:
-    """The message's listener if it is a string, number or boolean, else MISSING."""
-    listener = message.get("listener", MISSING)
-    return listener if type(listener) in _LISTENER_TYPES else MISSING
 
 
 class Cl4Engine:
@@ -124,27 +86,24 @@ class Cl4Engine:
         self._send = send
         self._close = close
         self._clock = clock
-        self._sessions: dict[Hashable, Cl4Client] = {}
+        self._sessions: dict[Hashable, Cl4ClientState] = {}
         # Room name -> members in join order (dict as ordered set). Identified clients only.
-        self._rooms: dict[str, dict[Cl4Client, None]] = {}
-        self._by_uuid: dict[str, Cl4Client] = {}
-        self._by_snowflake: dict[str, Cl4Client] = {}
-        self._by_username: dict[str, dict[Cl4Client, None]] = {}
+        self._rooms: dict[str, dict[Cl4ClientState, None]] = {}
+        self._by_uuid: dict[str, Cl4ClientState] = {}
+        self._by_snowflake: dict[str, Cl4ClientState] = {}
+        self._by_username: dict[str, dict[Cl4ClientState, None]] = {}
         self._snowflakes = SnowflakeGenerator(SNOWFLAKE_INSTANCE)
         self._last_snowflake = 0
         self.disabled_commands: set[str] = set(self.options.disabled_commands)
         self.pre_dispatch_hooks: list[PreDispatchHook] = []
         self.gvar_observers: list[GvarObserver] = []
         self._commands: dict[str, Cl4Command] = {}
-        # Imported here because the built-in handlers use this module's public API.
-        from protocols.cl4.commands import BUILTIN_COMMANDS
-
         for command in BUILTIN_COMMANDS:
             self._commands[command.name] = command
 
     # -- lifecycle (called by the core) -------------------------------------------------------
 
-    def connect(self, connection: Hashable, ip: str) -> Cl4Client:
+    def connect(self, connection: Hashable, ip: str) -> Cl4ClientState:
         """Register a new connection (not yet identified as CL4); `ip` is the resolved address."""
         existing = self._sessions.get(connection)
         if existing is not None:
@@ -157,7 +116,7 @@ class Cl4Engine:
         setid_bucket = None
         if options.setid_per_minute > 0:
             setid_bucket = TokenBucket(options.setid_per_minute / 60.0, options.setid_burst, now)
-        session = Cl4Client(
+        session = Cl4ClientState(
             connection,
             ip,
             self._next_snowflake(),
@@ -174,14 +133,17 @@ class Cl4Engine:
         self._sessions[connection] = session
         return session
 
-    def receive(self, connection: Hashable, text: str) -> None:
-        """Handle one text message from `connection`; never raises."""
+    def receive(self, connection: Hashable, text: str, parsed: Any = MISSING) -> None:
+        """Handle one text message from `connection`; never raises.
+
+        `parsed` is the message already parsed by `detect_cl4` (a connection's first message).
+        """
         session = self._sessions.get(connection)
         if session is None or session.closed:
             logger.debug("CL4 message from an unknown or closed connection ignored")
             return
         try:
-            self._receive(session, text)
+            self._receive(session, text, parsed)
         except Exception:
             # Only a failing send/close callable gets here; the handlers have their own guard.
             logger.exception("CL4 message handling failed for %r", session)
@@ -201,7 +163,7 @@ class Cl4Engine:
                 # A failing send must not leave the client behind in its other rooms.
                 logger.exception("CL4 ulist remove for %r failed", session)
 
-    def session(self, connection: Hashable) -> Cl4Client | None:
+    def session(self, connection: Hashable) -> Cl4ClientState | None:
         """The session of a connected connection, or None."""
         return self._sessions.get(connection)
 
@@ -257,7 +219,7 @@ class Cl4Engine:
             self._send(member.connection, message)
         return len(recipients)
 
-    def notify_gvar(self, sender: Cl4Client, room: str, name: str, val: Any) -> None:
+    def notify_gvar(self, sender: Cl4ClientState, room: str, name: str, val: Any) -> None:
         """Tell every gvar observer about a CL4 gvar `sender` delivered in `room`."""
         for observer in tuple(self.gvar_observers):
             try:
@@ -267,13 +229,13 @@ class Cl4Engine:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, session: Cl4Client, message: dict | str) -> None:
+    def send(self, session: Cl4ClientState, message: dict | str) -> None:
         """Queue one message for a client (a dict is one JSON text frame; treat it as frozen)."""
         self._send(session.connection, message)
 
     def reply(
         self,
-        session: Cl4Client,
+        session: Cl4ClientState,
         status: Status,
         listener: Any = MISSING,
         *,
@@ -301,11 +263,11 @@ class Cl4Engine:
         """Names of all CL4 rooms that have members."""
         return tuple(self._rooms)
 
-    def room_members(self, room: str) -> tuple[Cl4Client, ...]:
+    def room_members(self, room: str) -> tuple[Cl4ClientState, ...]:
         """Members of a room in join order (a snapshot, safe to iterate while sending)."""
         return tuple(self._rooms.get(room, ()))
 
-    def is_member(self, session: Cl4Client, room: str) -> bool:
+    def is_member(self, session: Cl4ClientState, room: str) -> bool:
         """True if `session` is subscribed to `room`."""
         return room in session.rooms
 
@@ -313,7 +275,7 @@ class Cl4Engine:
         """User objects of the named members of `room` (the `ulist set` payload)."""
         return [member.user_object for member in self._rooms.get(room, ()) if member.named]
 
-    def subscribe(self, session: Cl4Client, room: str) -> bool:
+    def subscribe(self, session: Cl4ClientState, room: str) -> bool:
         """Add `session` to `room` silently (creating it); False if it was already there."""
         members = self._rooms.get(room)
         if members is None:
@@ -324,7 +286,7 @@ class Cl4Engine:
         session.rooms[room] = None
         return True
 
-    def unsubscribe(self, session: Cl4Client, room: str) -> bool:
+    def unsubscribe(self, session: Cl4ClientState, room: str) -> bool:
         """Remove `session` from `room` silently (deleting it if empty); False if not there."""
         members = self._rooms.get(room)
         if members is None or session not in members:
@@ -335,7 +297,8 @@ class Cl4Engine:
             del self._rooms[room]
         return True
 
-    def announce_join(self, session: Cl4Client, room: str, *, notify_others: bool = True) -> None:
+    def announce_join(self, session: Cl4ClientState, room: str, *,
+                      notify_others: bool = True) -> None:
         """`ulist add` to the other members (if notify_others), then `ulist set` to `session`."""
         if notify_others:
             added = {"cmd": "ulist", "mode": "add", "val": session.user_object, "rooms": room}
@@ -347,7 +310,7 @@ class Cl4Engine:
             {"cmd": "ulist", "mode": "set", "val": self.user_list(room), "rooms": room},
         )
 
-    def announce_leave(self, session: Cl4Client, room: str) -> None:
+    def announce_leave(self, session: Cl4ClientState, room: str) -> None:
         """`ulist remove` to the members of a room `session` left, if it had a username."""
         if not session.named:
             return
@@ -356,19 +319,19 @@ class Cl4Engine:
             if member is not session:
                 self._send(member.connection, removed)
 
-    def find_by_username(self, username: str) -> tuple[Cl4Client, ...]:
+    def find_by_username(self, username: str) -> tuple[Cl4ClientState, ...]:
         """Every identified client with this username (any room)."""
         return tuple(self._by_username.get(username, ()))
 
-    def find_by_uuid(self, value: str) -> Cl4Client | None:
+    def find_by_uuid(self, value: str) -> Cl4ClientState | None:
         """The identified client with this uuid, or None."""
         return self._by_uuid.get(value)
 
-    def find_by_snowflake(self, value: str) -> Cl4Client | None:
+    def find_by_snowflake(self, value: str) -> Cl4ClientState | None:
         """The identified client with this snowflake id, or None."""
         return self._by_snowflake.get(value)
 
-    def set_username(self, session: Cl4Client, username: str) -> None:
+    def set_username(self, session: Cl4ClientState, username: str) -> None:
         """Name a client (the setid state change only; no messages)."""
         self._unindex_username(session)
         session.set_username(username)
@@ -385,14 +348,14 @@ class Cl4Engine:
         self._last_snowflake = candidate
         return str(candidate)
 
-    def _forget_identity(self, session: Cl4Client) -> None:
+    def _forget_identity(self, session: Cl4ClientState) -> None:
         if self._by_uuid.get(session.uuid) is session:
             del self._by_uuid[session.uuid]
         if self._by_snowflake.get(session.snowflake) is session:
             del self._by_snowflake[session.snowflake]
         self._unindex_username(session)
 
-    def _unindex_username(self, session: Cl4Client) -> None:
+    def _unindex_username(self, session: Cl4ClientState) -> None:
         if session.username is not None:
             holders = self._by_username.get(session.username)
             if holders is not None:
@@ -403,16 +366,16 @@ class Cl4Engine:
     def _take(self, bucket: TokenBucket | None) -> bool:
         return bucket is None or bucket.take(self._clock())
 
-    def take_setid_token(self, session: Cl4Client) -> bool:
+    def take_setid_token(self, session: Cl4ClientState) -> bool:
         """Spend one of the client's setid attempts; False when over the setid rate."""
         return self._take(session.setid_bucket)
 
-    def _receive(self, session: Cl4Client, text: str) -> None:
+    def _receive(self, session: Cl4ClientState, text: str, parsed: Any = MISSING) -> None:
         within_rate = self._take(session.message_bucket)
         if session.identified:
             message = self._decode(session, text, within_rate)
         else:
-            message = self._identify(session, text)
+            message = self._identify(session, text, parsed)
         if message is None:
             return
         if not within_rate:
@@ -424,17 +387,20 @@ class Cl4Engine:
             return
         self._dispatch(session, message, len(text))
 
-    def _identify(self, session: Cl4Client, text: str) -> dict | None:
+    def _identify(self, session: Cl4ClientState, text: str, parsed: Any) -> dict | None:
         """First message on a CL4-only listener (spec §2); on a shared listener the core only
-        hands over messages for which `looks_like_cl4` is true."""
-        if not text:
+        hands over messages for which `detect_cl4` found a CL4 message, already `parsed`."""
+        if parsed is not MISSING:
+            message = parsed
+        elif not text:
             self._refuse_protocol(session, "Empty message")
             return None
-        try:
-            message = parse_message(text)
-        except JsonError:
-            self._refuse_protocol(session, "Invalid JSON")
-            return None
+        else:
+            try:
+                message = parse_message(text)
+            except JsonError:
+                self._refuse_protocol(session, "Invalid JSON")
+                return None
         if type(message) is not dict or type(message.get("cmd")) is not str:
             # Project: arrays, numbers and strings get the same answer as {"foo":"bar"}.
             self._refuse_protocol(session, "Unable to identify protocol")
@@ -445,12 +411,12 @@ class Cl4Engine:
         self.subscribe(session, DEFAULT_ROOM)
         return message
 
-    def _refuse_protocol(self, session: Cl4Client, reason: str) -> None:
+    def _refuse_protocol(self, session: Cl4ClientState, reason: str) -> None:
         session.closed = True
         self._send(session.connection, reason)
         self._close(session.connection, CLOSE_NORMAL, reason)
 
-    def _decode(self, session: Cl4Client, text: str, within_rate: bool) -> dict | None:
+    def _decode(self, session: Cl4ClientState, text: str, within_rate: bool) -> dict | None:
         """Parse a message after identification; answers E:106/E:114/E:101 itself."""
         if text:
             try:
@@ -474,7 +440,7 @@ class Cl4Engine:
             self._reply_rate_limited(session, MISSING)
         return None
 
-    def _reply_rate_limited(self, session: Cl4Client, listener: Any) -> None:
+    def _reply_rate_limited(self, session: Cl4ClientState, listener: Any) -> None:
         if not self._take(session.rate_limited_bucket):
             logger.info("closing CL4 client %s with %d: it kept sending past the rate limit",
                         printable(session.ip), CLOSE_POLICY_VIOLATION)
@@ -499,7 +465,7 @@ class Cl4Engine:
         except (TypeError, OverflowError, ValueError):
             return True
 
-    def _dispatch(self, session: Cl4Client, message: dict, text_length: int) -> None:
+    def _dispatch(self, session: Cl4ClientState, message: dict, text_length: int) -> None:
         errors = DEFAULT_SCHEMA.errors(message)
         if errors:
             self.reply(session, StatusCode.SYNTAX, listener_of(message), details=errors)
@@ -535,7 +501,7 @@ class Cl4Engine:
                 return
         self._run_command(session, message)
 
-    def _run_command(self, session: Cl4Client, message: dict) -> None:
+    def _run_command(self, session: Cl4ClientState, message: dict) -> None:
         name = message["cmd"]
         if name in self.disabled_commands:
             self.reply(
@@ -573,6 +539,6 @@ class Cl4Engine:
             logger.exception("CL4 command %s from %r failed", printable(name), session)
             self.reply(session, StatusCode.INTERNAL_SERVER_ERROR, listener_of(message))
 
-    def sessions(self) -> Iterable[Cl4Client]:
+    def sessions(self) -> Iterable[Cl4ClientState]:
         """Every connected session (a snapshot)."""
         return tuple(self._sessions.values())

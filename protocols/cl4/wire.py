@@ -23,6 +23,7 @@ __all__ = [
     "coerce_name",
     "describe_id",
     "encode_message",
+    "detect_cl4",
     "looks_like_cl4",
     "parse_json",
     "parse_message",
@@ -85,13 +86,28 @@ def encode_message(message: dict | list | str | float | bool | None) -> str:
     return ujson.dumps(message, ensure_ascii=True, escape_forward_slashes=False, allow_nan=False)
 
 
-def looks_like_cl4(text: str) -> bool:
-    """True if a connection's first message identifies it as CL4 (a JSON object, string `cmd`)."""
+def detect_cl4(text: str) -> dict | None:
+    """A connection's first message, parsed, if it identifies the connection as CL4 (a JSON
+    object with a string `cmd`), else None.
+
+    Text that holds neither `"cmd"` nor a `\\u` escape (which could spell the key) cannot be
+    such an object: it is left to the next protocol without being parsed here, so a Scratch
+    handshake is parsed once, by Scratch.
+    """
+    if '"cmd"' not in text and "\\u" not in text:
+        return None
     try:
         message = parse_message(text)
     except JsonError:
-        return False
-    return type(message) is dict and type(message.get("cmd")) is str
+        return None
+    if type(message) is dict and type(message.get("cmd")) is str:
+        return message
+    return None
+
+
+def looks_like_cl4(text: str) -> bool:
+    """True if a connection's first message identifies it as CL4 (a JSON object, string `cmd`)."""
+    return detect_cl4(text) is not None
 
 
 def coerce_name(value: Any) -> str | None:

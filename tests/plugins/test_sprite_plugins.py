@@ -891,7 +891,7 @@ def test_guide_config_blocks_load(tmp_path, monkeypatch):
     """Every [[plugins]] table in the guide loads (its key files made with keygen first)."""
     import tomllib
 
-    from server.plugins import Plugin, import_object
+    from plugins.api import Plugin, import_object
 
     monkeypatch.chdir(tmp_path)
     result = run_keygen("--scheme", "ec", "--out", str(tmp_path / "data/keys/ec.key"))

@@ -11,7 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from server.plugins import (
+from plugins.api import (
     DROP,
     Client,
     CommandRequest,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load_config
+from server.__main__ import load_config
+from server.config import ConfigError
 from tests.conformance.helpers import http_get
 from tests.conftest import free_port, write_toml
 

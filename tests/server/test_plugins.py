@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from server.app import Server
+from plugins.api import Plugin, custom_status, on_command, on_connect, on_disconnect
+from server.__main__ import build_server, default_config
 from server.config import Config
-from server.plugins import Plugin, custom_status, on_command, on_connect, on_disconnect
 from tests.conformance.cl4_client import OK, Cl4, close_all, drain, identified, status
 from tests.conformance.helpers import (
     expect_close,
@@ -375,7 +375,7 @@ class Shadow(Plugin):
 
 
 def in_process_config(**plugins) -> Config:
-    config = Config()
+    config = default_config()
     config.server = dataclasses.replace(config.server, host="127.0.0.1", port=0)
     config.store = dataclasses.replace(config.store, backend="memory")
     config.plugins = list(plugins.get("entries", []))
@@ -385,7 +385,7 @@ def in_process_config(**plugins) -> Config:
 async def test_register_from_code_before_start():
     """server.plugins.add(Plugin, settings) before start() registers commands and hooks."""
     config = in_process_config(entries=[{"use": f"{FIXTURES}:Tracer", "tag": "config"}])
-    server = Server(config)
+    server = build_server(config)
     counter = server.plugins.add(Counter, {"label": "from-code"})
     await server.start()
     try:
@@ -406,7 +406,7 @@ async def test_register_from_code_before_start():
 
 async def test_register_from_code_builtin_without_replace_fails():
     """Adding a plugin whose command shadows a built-in without replace=True raises at once."""
-    server = Server(in_process_config())
+    server = build_server(in_process_config())
     with pytest.raises(ValueError, match=r"'ping' exists; use @on_command\('ping', replace=True\)"):
         server.plugins.add(Shadow)
     assert not server.plugins.loaded
@@ -416,7 +416,7 @@ async def test_code_plugins_run_after_config_plugins():
     """Hooks of plugins added from code run after those loaded from config."""
     config = in_process_config(entries=[{"use": f"{FIXTURES}:Tracer", "tag": "config"},
                                         {"use": f"{FIXTURES}:Introspect"}])
-    server = Server(config)
+    server = build_server(config)
     from tests.server.plugin_fixtures import Tracer
 
     server.plugins.add(Tracer, {"tag": "code"})

@@ -1,59 +1,42 @@
-"""The Scratch / TurboWarp cloud-variable protocol (docs/specs/scratch-cloud.md).
+"""The Scratch / TurboWarp cloud-variable protocol engine (docs/specs/scratch-cloud.md).
 
-Pure parts (parsing, validation, serialisation) live in `protocols.js` and
-`protocols.validators`; this module turns one connection's messages into room operations and
-chooses the close codes. It never touches a socket: the core's connection object does the I/O.
+Sans-I/O: a `ScratchSession` turns one connection's text messages into room operations and
+answers only through the `server.session.Peer` it was given (text out, close codes). Parsing,
+validation and serialisation are pure (`protocols.js`, `protocols.validators`, `.wire`). The
+two things that may take time, an `async` handshake hook and reading a room from the store,
+reach it as futures it adds callbacks to; meanwhile later messages queue in order (spec §1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.connection import OPEN
+from server.codes import CloseCode
 from server.logsafe import printable
 from server.plugins import DROP, PluginManager, Refuse, VariableWrite
-from server.rooms import RoomCodec
 
-from .js import (
-    MISSING,
-    JSONError,
-    js_number_to_string,
-    js_string,
-    js_stringify,
-    parse_json,
-    utf16_len,
-)
-from .validators import (
-    combine_filters,
-    is_valid_room_id,
-    is_valid_username,
-    is_valid_value,
-    load_username_filters,
-)
+from ..js import MISSING, JSONError, js_string, parse_json, utf16_len
+from ..validators import is_valid_room_id, is_valid_username, is_valid_value
+from .wire import CLOUD_PREFIXES, encode_set, variable_key
 
 if TYPE_CHECKING:
-    from server.config import ScratchSection
-    from server.connection import Connection
     from server.rooms import Room, RoomRegistry
+    from server.session import Peer
+
+    from .options import ScratchOptions, ScratchSection
 
 log = logging.getLogger("stratus.scratch")
 
-NAMESPACE = "scratch"
-
-# Close codes (spec §10).
-GENERIC_ERROR = 4000
-USERNAME_ERROR = 4002
-OVERLOADED = 4003
-PROJECT_UNAVAILABLE = 4004
-SECURITY = 4005
-IDENTIFY = 4006
-SERVER_ERROR = 1011  # RFC 6455: the store could not read the room; clients reconnect
+GENERIC_ERROR = CloseCode.SCRATCH_GENERIC
+USERNAME_ERROR = CloseCode.SCRATCH_USERNAME
+OVERLOADED = CloseCode.SCRATCH_OVERLOADED
+PROJECT_UNAVAILABLE = CloseCode.SCRATCH_PROJECT_UNAVAILABLE
+SECURITY = CloseCode.SCRATCH_SECURITY
+IDENTIFY = CloseCode.SCRATCH_IDENTIFY
+SERVER_ERROR = CloseCode.SERVER_ERROR
 
 COOKIE_WARNING = (
     "The cloud data library you are using is putting your Scratch account at risk by sending us "
@@ -62,93 +45,23 @@ COOKIE_WARNING = (
     "protect your security."
 )
 
-CLOUD_PREFIXES = ("☁ ", ":cloud: ")
 MAX_RENAME_LENGTH = 1024
 
 
 class ProtocolViolation(Exception):
-    """A message the protocol answers by closing the connection with `code`."""
+    """A message the protocol answers by closing the connection with `code` (internal)."""
 
     def __init__(self, code: int, why: str) -> None:
         super().__init__(why)
         self.code = code
 
 
-# Wire format
-
-
-def variable_key(name: Any) -> str:
-    """The room key of a variable name: its JSON text, or "" when the name was missing."""
-    if name is MISSING:
-        return ""
-    # Printable text has no control characters or lone surrogates, so it needs no escaping
-    # unless it holds a quote or backslash.
-    if type(name) is str and name.isprintable() and '"' not in name and "\\" not in name:
-        return '"' + name + '"'
-    return js_stringify(name)
-
-
-def key_to_name(key: str) -> Any:
-    """The variable name a room key stands for (None when the name was missing)."""
-    return parse_json(key) if key else None
-
-
-def encode_value(value: Any) -> str:
-    """A valid value as JSON text (numeric strings need no escaping)."""
-    if type(value) is str:
-        if value.isprintable() and '"' not in value and "\\" not in value:
-            return '"' + value + '"'
-        return js_stringify(value)
-    return js_number_to_string(value)
-
-
-def encode_set(key: str, value: Any) -> str:
-    """The `set` line peers receive: key order method, name, value; `name` omitted if missing."""
-    if key:
-        return '{"method":"set","name":' + key + ',"value":' + encode_value(value) + "}"
-    return '{"method":"set","value":' + encode_value(value) + "}"
-
-
-CODEC = RoomCodec(encode_set, "\n")
-
-
-# Options
-
-
-@dataclass
-class ScratchOptions:
-    """Settings of the [scratch] table, prepared for the hot path."""
-
-    section: ScratchSection
-    blocked_rooms: frozenset[str] = frozenset()
-    username_filters: list[re.Pattern] = field(default_factory=list)
-
-    @classmethod
-    def from_config(cls, section: ScratchSection) -> ScratchOptions:
-        """Load filter lists and block lists named by config; raises ValueError naming them."""
-        blocked = set(section.blocked_rooms)
-        if section.blocked_rooms_file:
-            path = Path(section.blocked_rooms_file)
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                raise ValueError(
-                    f"[scratch] blocked_rooms_file {str(path)!r} cannot be read: {exc}"
-                ) from None
-            blocked.update(line.strip() for line in lines if line.strip())
-        try:
-            filters = combine_filters(load_username_filters(section.username_filters))
-        except ValueError as exc:
-            raise ValueError(f"[scratch] username_filters: {exc}") from None
-        return cls(section, frozenset(blocked), filters)
-
-
-def connect_refusal(connection: Connection, options: ScratchOptions) -> tuple[str, int] | None:
+def connect_refusal(peer: Peer, options: ScratchOptions) -> tuple[str, int] | None:
     """The (text, close code) a new connection is refused with before any message, if any."""
     section = options.section
-    if section.cookie_tripwire and connection.header("Cookie").startswith("scratchsessionsid="):
+    if section.cookie_tripwire and peer.header("Cookie").startswith("scratchsessionsid="):
         return COOKIE_WARNING, SECURITY
-    if section.require_user_agent and not connection.header("User-Agent").strip():
+    if section.require_user_agent and not peer.header("User-Agent").strip():
         return section.user_agent_message, IDENTIFY
     return None
 
@@ -190,33 +103,35 @@ def apply_variable_hooks(room: Room, client: Any, name: Any, value: Any,
 
 
 class ScratchSession:
-    """One connection speaking the Scratch cloud protocol."""
+    """One connection speaking the Scratch cloud protocol (a `server.session.Session`)."""
 
-    __slots__ = ("connection", "rooms", "options", "plugins", "room", "username", "queued",
-                 "replaying")
+    __slots__ = ("peer", "rooms", "options", "plugins", "room", "room_id", "username", "queued",
+                 "replaying", "ended")
 
     protocol_name = "scratch"
 
-    def __init__(self, connection: Connection, rooms: RoomRegistry, options: ScratchOptions,
+    def __init__(self, peer: Peer, rooms: RoomRegistry, options: ScratchOptions,
                  plugins: PluginManager | None = None):
-        self.connection = connection
+        self.peer = peer
         self.rooms = rooms
         self.options = options
         self.plugins = plugins
         self.room: Room | None = None
+        self.room_id: str | None = None  # kept after leaving, for on_disconnect hooks
         self.username: str | None = None
         # While an asynchronous handshake hook decides or the room loads, later messages wait
         # here (spec §1).
         self.queued: list[str] | None = None
         # True while messages of a client that left during its room's load are applied.
         self.replaying = False
+        self.ended = False
 
     @property
     def identified(self) -> bool:
         """True once the handshake put the connection in a room."""
         return self.room is not None
 
-    def on_text(self, text: str) -> None:
+    def receive(self, text: str) -> None:
         """Handle one text message; protocol violations close the connection."""
         if self.queued is not None:
             self._queue(text)
@@ -238,7 +153,7 @@ class ScratchSession:
             self._dispatch(message)
         except ProtocolViolation as violation:
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("closing %s with %d: %s", printable(self.connection.peer),
+                log.debug("closing %s with %d: %s", printable(self.peer.peer),
                           violation.code, violation)
             self.close(violation.code)
 
@@ -275,32 +190,31 @@ class ScratchSession:
             self.queued.append(text)
 
     def _handshake(self, message: dict) -> None:
-        if self.room is not None:
+        if self.room is not None or self.room_id is not None:
             raise ProtocolViolation(GENERIC_ERROR, "second handshake")
         section = self.options.section
         room_id = js_string(message.get("project_id", MISSING))
         if not is_valid_room_id(room_id, section.max_room_id_length):
             raise ProtocolViolation(section.invalid_room_close_code, "invalid room id")
-        if room_id in self.options.blocked_rooms:
+        if room_id in self.options.blocked_rooms or room_id in self.rooms.blocked:
             raise ProtocolViolation(PROJECT_UNAVAILABLE, "blocked room id")
         username = message.get("user", MISSING)
         if not is_valid_username(username, self.options.username_filters):
             raise ProtocolViolation(USERNAME_ERROR, "invalid username")
         self.username = username
         if self.plugins is not None and self.plugins.hooks("handshake"):
-            outcome = self.plugins.handshake(self.connection, room_id)
+            outcome = self.plugins.handshake(self.peer, room_id)
             if isinstance(outcome, Refuse):
                 raise ProtocolViolation(outcome.close_code, f"refused by a plugin: {outcome}")
             if outcome is not None:
                 self.queued = []
-                task = asyncio.ensure_future(outcome)
-                task.add_done_callback(lambda done: self._handshake_decided(done, room_id))
+                outcome.add_done_callback(lambda done: self._handshake_decided(done, room_id))
                 return
         self._join(room_id)
 
     def _handshake_decided(self, decision: asyncio.Future, room_id: str) -> None:
         queued, self.queued = self.queued, None
-        if self.connection.state != OPEN:
+        if not self.peer.is_open:
             return  # the client left while the hooks decided
         refusal = None if decision.cancelled() else decision.result()
         if refusal is not None:
@@ -325,7 +239,7 @@ class ScratchSession:
             self.close(SERVER_ERROR)  # the registry logged why
             return
         room = loading.result()
-        if self.connection.state == OPEN:
+        if self.peer.is_open:
             self._resume(lambda: self._enter(room), queued)
             return
         # The client left while its room loaded. What it sent before leaving still counts, as
@@ -341,7 +255,7 @@ class ScratchSession:
     @property
     def accepting(self) -> bool:
         """Whether messages are still handled (the connection is open, or being replayed)."""
-        return self.connection.state == OPEN or self.replaying
+        return self.peer.is_open or self.replaying
 
     def _resume(self, step: Callable[[], None], queued: list[str] | None) -> None:
         """Run a handshake step that waited, then the messages that arrived meanwhile."""
@@ -353,12 +267,15 @@ class ScratchSession:
         for text in queued or ():
             if not self.accepting:
                 break
-            self.on_text(text)
+            self.receive(text)
 
     def _enter(self, room: Room) -> None:
-        if not room.join(self.connection):
+        if room.id in self.rooms.blocked:
+            raise ProtocolViolation(PROJECT_UNAVAILABLE, "blocked room id")
+        if not room.join(self.peer):
             raise ProtocolViolation(GENERIC_ERROR, "room is full")
         self.room = room
+        self.room_id = room.id
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s joined %s (%d members)", printable(self.username), printable(room.id),
                       len(room.members))
@@ -378,12 +295,11 @@ class ScratchSession:
             value = apply_variable_hooks(room, self._plugin_client(), name, value, section)
             if value is DROP:
                 return
-        key = variable_key(name)
-        if not room.set(key, value, self.connection):
+        if not room.set(variable_key(name), value, self.peer):
             raise ProtocolViolation(GENERIC_ERROR, "too many variables")
 
     def _plugin_client(self) -> Any:
-        return self.plugins.client(self.connection) if self.plugins is not None else None
+        return self.plugins.client(self.peer) if self.plugins is not None else None
 
     def _delete_or_rename(self, method: str, message: dict) -> None:
         section = self.options.section
@@ -420,18 +336,19 @@ class ScratchSession:
         if not room.rename(key, new_key):
             raise ProtocolViolation(GENERIC_ERROR, "rename onto an existing variable")
 
+    def send_variable(self, name: Any, value: Any) -> None:
+        """Send this client alone a `set`: not stored, not seen by others."""
+        self.peer.send_text(encode_set(variable_key(name), value))
+
     def close(self, code: int) -> None:
         """Leave the room and close the connection with `code`."""
         self.replaying = False
-        self.leave()
-        self.connection.close(code)
+        self.closed()
+        self.peer.close(code)
 
-    def leave(self) -> None:
-        """Leave the room (on close or disconnect); no message is sent to peers."""
+    def closed(self) -> None:
+        """The connection is closing or gone: leave the room (peers are not told)."""
         room = self.room
-        if room is not None:
-            room.leave(self.connection)
-
-    def on_close(self) -> None:
-        """The connection ended."""
-        self.leave()
+        if room is not None and not self.replaying:
+            self.room = None
+            room.leave(self.peer)

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from plugins.sprites.keys import ECServerKey, RSAServerKey, load_server_key
+from .keys import ECServerKey, RSAServerKey, load_server_key
 
 KEY_FILE_MODE = 0o600
 

@@ -7,10 +7,10 @@ from collections.abc import Hashable
 from protocols.cl4.limits import TokenBucket
 from server.logsafe import printable
 
-__all__ = ["Cl4Client"]
+__all__ = ["Cl4ClientState"]
 
 
-class Cl4Client:
+class Cl4ClientState:
     """One CL4 connection as the engine sees it: identity, username and rooms."""
 
     __slots__ = (
@@ -66,4 +66,4 @@ class Cl4Client:
         self.user_object = {"id": self.snowflake, "username": username, "uuid": self.uuid}
 
     def __repr__(self) -> str:
-        return f"<Cl4Client {self.snowflake} {printable(self.username, 40)}>"
+        return f"<Cl4ClientState {self.snowflake} {printable(self.username, 40)}>"

@@ -1,0 +1,186 @@
+"""The facade: one stable API over a running server, shared by plugins, the admin API and
+metrics, so none of them reaches into the server's internals.
+
+Rooms are named by namespace ("scratch" for Scratch projects) and id; variables by the names
+clients use (the namespace's codec turns them into room keys). Protocol-specific services (the
+CL4 engine's rooms and broadcasts) are registered by their protocol under its name and found
+with `service(name)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from .codes import CloseCode
+from .events import EventBus
+from .plugins import Client
+from .rooms import RoomRegistry
+from .routes import RouteTable
+
+SCRATCH = "scratch"
+
+
+class Facade:
+    """What plugins (`self.host`), the admin API and metrics may do with the server."""
+
+    def __init__(self, server: Any) -> None:
+        # The `server.app.Server` it fronts: only its public attributes are used.
+        self._server = server
+        self._services: dict[str, Any] = {}
+
+    # The running server
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on."""
+        return self._server.loop
+
+    @property
+    def events(self) -> EventBus:
+        """The event bus (subscribe to connection, message, flush, store events)."""
+        return self._server.events
+
+    @property
+    def routes(self) -> RouteTable:
+        """The HTTP route table (add pages and API endpoints)."""
+        return self._server.routes
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for a status page: connections, rooms, uptime."""
+        return self._server.stats()
+
+    # Services that protocols register
+
+    def provide(self, name: str, service: Any) -> None:
+        """Register a protocol's service under `name` (e.g. "cl4")."""
+        self._services[name] = service
+
+    def service(self, name: str) -> Any:
+        """The service registered under `name`; LookupError if that protocol is not running."""
+        try:
+            return self._services[name]
+        except KeyError:
+            raise LookupError(f"no {name!r} service: is that protocol enabled?") from None
+
+    # Clients
+
+    def clients(self) -> list[Client]:
+        """Every connected client."""
+        client = self._server.plugins.client
+        return [client(connection) for connection in self._server.connections]
+
+    def find_client(self, client_id: int) -> Client | None:
+        """The client with this id, if it is connected."""
+        for connection in self._server.connections:
+            if connection.id == client_id:
+                return self._server.plugins.client(connection)
+        return None
+
+    def kick(self, client_id: int, code: int = CloseCode.NORMAL) -> bool:
+        """Close a client's connection with `code`; False if no such client is connected."""
+        client = self.find_client(client_id)
+        if client is None:
+            return False
+        client.close(code)
+        return True
+
+    # Rooms
+
+    def namespaces(self) -> list[str]:
+        """Namespaces of rooms with variables (e.g. ["scratch"])."""
+        return list(self._server.rooms)
+
+    def _registry(self, namespace: str) -> RoomRegistry:
+        try:
+            return self._server.rooms[namespace]
+        except KeyError:
+            raise LookupError(f"no {namespace!r} rooms: is that protocol enabled?") from None
+
+    def rooms(self, namespace: str = SCRATCH) -> list[str]:
+        """Ids of the rooms in memory."""
+        return list(self._registry(namespace).rooms)
+
+    def members(self, namespace: str, room_id: str) -> list[Client]:
+        """The clients in a room (none if it is not in memory)."""
+        room = self._registry(namespace).get(room_id)
+        if room is None:
+            return []
+        client = self._server.plugins.client
+        return [client(member) for member in room.members]
+
+    def variables(self, namespace: str, room_id: str) -> dict[Any, Any]:
+        """A copy of a room's variables by name, in order (read from the store if needed)."""
+        registry = self._registry(namespace)
+        room = registry.open(room_id)
+        if room is None:
+            return {}
+        name_of = registry.codec.name_of
+        return {name_of(key): value for key, value in room.values.items()}
+
+    def set_variable(self, namespace: str, room_id: str, name: Any, value: Any) -> bool:
+        """Write a variable as the server: stored, and sent to every member of the room.
+
+        False at the room or variable limit. The value is not validated here: callers that
+        take it from outside validate it as the protocol would.
+        """
+        registry = self._registry(namespace)
+        room = registry.open(room_id)
+        if room is None:
+            return False
+        return room.set(registry.codec.key_of(name), value, None)
+
+    def delete_variable(self, namespace: str, room_id: str, name: Any) -> bool:
+        """Remove a variable (members keep their copy until they reload); False if missing."""
+        registry = self._registry(namespace)
+        room = registry.open(room_id)
+        return room is not None and room.delete(registry.codec.key_of(name))
+
+    def block_room(self, namespace: str, room_id: str,
+                   code: int = CloseCode.SCRATCH_PROJECT_UNAVAILABLE) -> int:
+        """Refuse joins of a room from now on and close its members with `code`; returns how
+        many were closed."""
+        return self._registry(namespace).block(room_id, code)
+
+    def unblock_room(self, namespace: str, room_id: str) -> bool:
+        """Accept joins of a room blocked with `block_room` again; False if it was not."""
+        return self._registry(namespace).unblock(room_id)
+
+    def on_http(self, path: str, handler: Callable[..., Any]) -> None:
+        """Serve GET/HEAD `path` with `handler(request) -> Response` (see `RouteTable`)."""
+        self._server.routes.add(path, handler)
+
+    # Shorthands kept for plugins written against the first plugin API
+
+    def scratch_rooms(self) -> list[str]:
+        """Ids of the Scratch rooms in memory."""
+        return self.rooms(SCRATCH)
+
+    def scratch_variables(self, room_id: str) -> dict[Any, Any]:
+        """A copy of a Scratch room's variables by name, in order (loaded if stored)."""
+        return self.variables(SCRATCH, room_id)
+
+    def scratch_members(self, room_id: str) -> list[Client]:
+        """The clients in a Scratch room."""
+        return self.members(SCRATCH, room_id)
+
+    def set_scratch_variable(self, room_id: str, name: str, value: Any) -> bool:
+        """Write a Scratch variable as the server: stored, and sent to every member."""
+        return self.set_variable(SCRATCH, room_id, name, value)
+
+    def cl4_send_room(self, room: str, message: dict) -> int:
+        """Send a CL4 message to every member of a CL4 room; returns how many got it."""
+        return self.service("cl4").send_room(room, message)
+
+    def cl4_broadcast(self, message: dict) -> int:
+        """Send a CL4 message to every CL4 client."""
+        return self.service("cl4").broadcast(message)
+
+    def cl4_rooms(self) -> dict[str, list[Client]]:
+        """CL4 rooms and their members."""
+        return self.service("cl4").rooms()
+
+
+# The first plugin API called it the plugin host.
+PluginHost = Facade
