@@ -101,6 +101,7 @@ class Server:
         self._stopping = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._committed = 0
+        self._fault: str | None = None
         self.routes.add("/healthz", self._health)
         self.routes.add("/robots.txt", lambda request: plain_response(200, "OK", ROBOTS_TXT, TEXT))
         if section.status_page:
@@ -237,6 +238,11 @@ class Server:
             registry.persist()
         store = self.store
         if store is not None:
+            fault = store.fault
+            if fault != self._fault:
+                self._fault = fault
+                if fault and self.events.store_failed:
+                    self.events.store_failed(fault)
             committed = store.committed
             if committed != self._committed:
                 self._committed = committed

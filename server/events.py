@@ -17,8 +17,8 @@ protocol_selected      (connection, protocol_name) - its first message picked a 
 message_received       (connection, text) - one text message arrived
 room_flushed           (namespace, room_id, lines, frames) - a room sent one batch
 backlog_dropped        (connection, code) - a client too far behind was closed
-store_committed        (ticket, values) - the store wrote a batch
-store_failed           (reason) - a store write failed (it is retried)
+store_committed        (ticket) - the store committed every batch up to `ticket`
+store_failed           (reason) - the store stopped writing (it retries; see /healthz)
 client_refused         (address, status_or_code, reason) - a request or client was turned away
 =====================  =====================================================================
 """

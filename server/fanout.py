@@ -67,8 +67,9 @@ class Codec:
 
 
 def drop_behind(member: Any, events: EventBus, why: str) -> None:
-    """Close a member too far behind its outbound backlog with TRY_AGAIN_LATER."""
-    log.info("closing %s: %s", printable(member.peer), why)
+    """Close a member too far behind its outbound backlog with TRY_AGAIN_LATER; `why` ends
+    the log line."""
+    log.info("disconnecting %s: %s", why, printable(member.peer))
     member.close(CloseCode.TRY_AGAIN_LATER)
     if events.backlog_dropped:
         events.backlog_dropped(member, CloseCode.TRY_AGAIN_LATER)
@@ -80,7 +81,8 @@ def write_queued(member: Any, frame: bytes, max_queue_bytes: int, events: EventB
     transport = member.transport
     transport.write(frame)
     if member.paused and transport.get_write_buffer_size() > max_queue_bytes:
-        drop_behind(member, events, f"{transport.get_write_buffer_size()} bytes unsent")
+        drop_behind(member, events,
+                    f"CL4 client with {transport.get_write_buffer_size()} bytes unsent")
 
 
 class RoomOutbound:
@@ -207,7 +209,7 @@ class RoomOutbound:
                 backlog.extend(lines)
                 if len(backlog) > limit:
                     drop_behind(member, fanout.events,
-                                f"{len(backlog)} lines behind in {self.room!r}")
+                                f"a client {len(backlog)} lines behind in {self.room!r}")
                 continue
             if member not in authors:
                 if common is None:
@@ -255,6 +257,9 @@ class Fanout:
     def deliver(self, room: Any, key: str, author: Any) -> None:
         """A change to `room`'s `key` (by `author`, None for the server): queue it for every
         other member. The backplane calls this on every node with members in the room."""
+        if key not in room.updates:
+            self.forget(room, key)  # deleted or renamed: not broadcast
+            return
         if len(room.members) <= 1 and author is not None:
             return  # nobody else to tell
         outbound = room.outbound

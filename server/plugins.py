@@ -64,7 +64,8 @@ DROP: Any = _Drop()
 
 
 class Refuse(Exception):
-    """Raised by any hook to turn a client, a message or a write away: the one way to refuse.
+    """Raised by a hook to turn a client, a message or a write away: the one way to refuse
+    (in on_handshake, on_variable, on_command and before_command hooks).
 
     For CL4, `status` is the statuscode the sender gets (default E:108 Refused) with optional
     `details`. For a Scratch handshake, the connection is closed with `close_code` (4002 by
@@ -181,7 +182,7 @@ class Client:
 
     @property
     def room(self) -> str | None:
-        """The room (Scratch project id; a CL4 client's first room) it joined, if any."""
+        """The Scratch room (project id) this client joined, if any (None for CL4 clients)."""
         session = self._connection.session
         return session.room_id if session is not None else None
 

@@ -132,7 +132,7 @@ class Room:
         del self.updates[key]
         del self.positions[key]
         self.version += 1
-        self.registry.fanout.forget(self, key)
+        self.registry.backplane.publish(self, key, None)
         self.registry.persister.removed(self, key)
         return True
 
@@ -151,7 +151,7 @@ class Room:
         del self.positions[key]
         self.positions[new_key] = position
         self.version += 1
-        registry.fanout.forget(self, key)
+        registry.backplane.publish(self, key, None)  # the old key is gone
         registry.persister.removed(self, key)
         registry.persister.changed(self, new_key)
         return True

@@ -5,9 +5,9 @@ Normative reference: docs/specs/cl4.md (CloudLink 0.2.0 behaviour, with every §
 Wiring (the core does the I/O)::
 
     engine = Cl4Engine(send, close, Cl4Options(...))
-    # shared listener: hand a connection over when its first message `looks_like_cl4(text)`
+    # shared listener: hand a connection over when `detect_cl4(text)` parses its first message
     engine.connect(connection, ip)          # ip: resolved address (trusted proxies applied)
-    engine.receive(connection, text)        # each text message, the first one included
+    engine.receive(connection, text, parsed)  # each text message (the first with `parsed`)
     engine.disconnect(connection)           # once the socket is gone (idempotent)
 
 `send(connection, message)` gets a dict (encode it with `encode_message`, one text frame; the

@@ -1,4 +1,4 @@
-"""The [scratch] and [bridge] tables of config.toml, and what they resolve to at start."""
+"""The [scratch] table of config.toml, and what it resolves to at start."""
 
 from __future__ import annotations
 
