@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from plugins.sprites import keygen
@@ -24,8 +25,10 @@ from protocols.scratch import ScratchProtocol, ScratchSection
 
 from . import __version__
 from .app import Server, serve
+from .backplane import Backplane
 from .config import Config, ConfigError, new_config
 from .config import load_config as load_core_config
+from .plugins import import_object
 from .store import StoreError
 
 # The protocols' tables of config.toml, in the order config.toml documents them.
@@ -46,15 +49,27 @@ def load_config(path=None, env=None, overrides=None) -> Config:
     return load_core_config(path, env, overrides, CONFIG_TABLES)
 
 
+# Backplane engines by [cluster] backend name; any other value is a "module:Attr" name.
+BACKPLANES = {"local": "server.backplane:LocalBackplane"}
+
+
+def backplane_engine(backend: str) -> Callable[[], Backplane]:
+    """The backplane factory that [cluster] backend names (ValueError naming the key)."""
+    try:
+        return import_object(BACKPLANES.get(backend, backend))
+    except ValueError as exc:
+        raise ValueError(f"[cluster] backend: {exc}") from None
+
+
 def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
-    the rest) and, when [bridge] enabled, the bridge between them."""
+    the rest), the bridge between them when [bridge] enabled, and the [cluster] backplane."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
     if config.bridge.enabled:
         components.append(Bridge(config.bridge, scratch, cl4))
-    return Server(config, components)
+    return Server(config, components, backplane_engine(config.cluster.backend))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,12 +65,24 @@ class StoreSection:
     max_idle_rooms: int = field(default=1000, metadata=at_least(0))
 
 
+@dataclass(frozen=True)
+class ClusterSection:
+    # "local" (one process), or a backplane engine named "module:Attr" (uvicorn-style).
+    backend: str = "local"
+
+    def __post_init__(self) -> None:
+        if self.backend != "local" and ":" not in self.backend:
+            raise ValueError(f"[cluster] backend must be \"local\" or a \"module:Attr\" name, "
+                             f"got {self.backend!r}")
+
+
 @dataclass
 class Config:
     """The whole configuration: the core's tables, then those protocols declare (`tables`)."""
 
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
     # Protocol tables by name ("scratch", "cl4", "bridge"), each a frozen dataclass.
     tables: dict[str, Any] = field(default_factory=dict)
     # [[plugins]] tables: use = "module:Class", optional rooms = [globs], then the plugin's
@@ -95,13 +107,17 @@ class Config:
 
     def replace_table(self, name: str, **changes: Any) -> None:
         """Change settings of one table (tests and embedding code, before `Server.start`)."""
-        if name in ("server", "store"):
+        if name in CORE_TABLES:
             setattr(self, name, dataclasses.replace(getattr(self, name), **changes))
         else:
             self.tables[name] = dataclasses.replace(self.tables[name], **changes)
 
 
-CORE_TABLES: dict[str, type] = {"server": ServerSection, "store": StoreSection}
+CORE_TABLES: dict[str, type] = {
+    "server": ServerSection,
+    "store": StoreSection,
+    "cluster": ClusterSection,
+}
 
 
 def new_config(tables: dict[str, type] | None = None) -> Config:

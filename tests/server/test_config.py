@@ -126,6 +126,7 @@ MORE_BAD_SETTINGS = [
     ("server", "forwarded_for", "middle"),
     ("server", "log_level", "loud"),
     ("store", "flush_interval", -1),
+    ("cluster", "backend", "redis-without-a-module"),
 ]
 
 
