@@ -260,8 +260,12 @@ class Fanout:
         if key not in room.updates:
             self.forget(room, key)  # deleted or renamed: not broadcast
             return
-        if len(room.members) <= 1 and author is not None:
-            return  # nobody else to tell
+        members = room.members
+        if author is not None and len(members) <= 1 and (not members or author in members):
+            # Nobody else to tell. (An author outside the room, e.g. a client whose queued
+            # sets are replayed after it left during the room's load, still reaches a lone
+            # member.)
+            return
         outbound = room.outbound
         dirty = outbound.dirty
         if not dirty and outbound.flush_handle is None:
