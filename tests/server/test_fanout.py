@@ -231,3 +231,13 @@ async def test_write_queued_closes_a_paused_member_too_far_behind():
     member.transport.buffer_size = 11
     write_queued(member, b"\x81\x01y", 10, events)
     assert member.close_code == 1013 and dropped == [1013]
+
+
+async def test_write_by_a_non_member_reaches_a_lone_member():
+    """A write whose author is not in the room (a client that left while the room loaded)
+    still reaches the room's only member."""
+    room, (only,) = room_with(1)
+    departed = FakeMember("departed")
+    room.set("a", 1, departed)
+    await asyncio.sleep(FLUSH)
+    assert only.frames() == ["a=1"]

@@ -555,3 +555,23 @@ def test_case32_user_agent_is_only_required_when_configured():
     assert code == 4006 and text == strict.section.user_agent_message
     assert connect_refusal(FakeMember(headers={"User-Agent": "bot (me@example.com)"}),
                            strict) is None
+
+
+async def test_set_of_a_client_that_left_during_the_load_reaches_the_other_member(tmp_path):
+    """A client that sets a value and leaves while its room loads still updates the one
+    client that waited for the same room."""
+    store = FakeStore({"R": []})
+    store.loads_block = True
+    scratch = Scratch(tmp_path, store=store)
+    waiting = scratch.join("R", "waiting")
+    leaver = scratch.join("R", "leaver")
+    set_var(leaver, "☁ x", "5")
+    leaver.close(1000)
+    for _ in range(100):
+        if scratch.rooms.get("R") is not None and waiting.session.queued is None:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(FLUSH)
+    assert scratch.rooms.get("R").values == {'"☁ x"': "5"}
+    assert waiting.frames() == ['{"method":"set","name":"☁ x","value":"5"}']
+    scratch.rooms.close()
