@@ -25,7 +25,7 @@ from protocols.cl4 import (
     parse_json,
 )
 from protocols.js import MAX_JSON_DEPTH
-from tests.protocols.cl4_harness import Harness, ok, status
+from tests.protocols.cl4.harness import Harness, ok, status
 
 TW_HANDSHAKE = {
     "cmd": "handshake",

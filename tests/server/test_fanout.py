@@ -1,0 +1,243 @@
+"""The fan-out on its own (server.fanout): batching, coalescing, authors, backlogs and timing.
+
+Rooms come from a registry wired like `Server.open_rooms`; members are fakes whose transports
+record frames, and the codec writes `key=value` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.events import EventBus
+from server.fanout import FanoutSettings, write_queued
+from server.rooms import RoomLimits
+from tests.server.fakes import FakeMember, make_registry
+
+FLUSH = 0.05
+
+
+def room_with(count: int, settings: FanoutSettings | None = None, events: EventBus | None = None,
+              **limits):
+    """A room and `count` members in it."""
+    registry = make_registry(settings=settings, events=events,
+                             limits=RoomLimits(**limits) if limits else None)
+    room = registry.open("R")
+    members = [FakeMember(f"m{i}") for i in range(count)]
+    for member in members:
+        room.join(member)
+    return room, members
+
+
+async def test_latest_value_wins_within_one_flush():
+    """Writes within one flush reach a member as one frame with each variable's newest value."""
+    room, (author, other) = room_with(2)
+    room.set("a", 1, author)
+    room.set("b", 2, author)
+    room.set("a", 3, author)
+    await asyncio.sleep(FLUSH)
+    assert other.frames() == ["a=3\nb=2"]
+
+
+async def test_author_is_not_sent_its_own_writes():
+    """Each author gets the batch without its own writes; others get every write in one frame."""
+    room, (first, second, third) = room_with(3)
+    room.set("a", 1, first)
+    room.set("b", 2, second)
+    await asyncio.sleep(FLUSH)
+    assert first.frames() == ["b=2"]
+    assert second.frames() == ["a=1"]
+    assert third.frames() == ["a=1\nb=2"]
+
+
+async def test_author_of_the_whole_batch_gets_nothing():
+    """A member that wrote every pending variable receives no frame for that flush."""
+    room, (author, other) = room_with(2)
+    room.set("a", 1, author)
+    room.set("a", 2, author)
+    await asyncio.sleep(FLUSH)
+    assert author.frames() == []
+    assert other.frames() == ["a=2"]
+
+
+async def test_latest_writer_owns_the_variable():
+    """When two members write one variable, only the last writer is spared its echo."""
+    room, (first, second) = room_with(2)
+    room.set("a", 1, first)
+    room.set("a", 2, second)
+    await asyncio.sleep(FLUSH)
+    assert first.frames() == ["a=2"]
+    assert second.frames() == []
+
+
+async def test_server_writes_reach_every_member():
+    """A write with no author (the server's) reaches every member, even a lone one."""
+    room, (only,) = room_with(1)
+    room.set("a", 1, None)
+    await asyncio.sleep(FLUSH)
+    assert only.frames() == ["a=1"]
+
+
+async def test_a_lone_authors_write_schedules_nothing():
+    """A member alone in its room writes without scheduling any flush."""
+    room, (only,) = room_with(1)
+    room.set("a", 1, only)
+    assert room.outbound.flush_handle is None
+    assert not room.outbound.dirty
+
+
+async def test_one_frame_is_encoded_once_for_every_reader():
+    """Members that authored nothing get the very same frame bytes."""
+    room, (author, *readers) = room_with(4)
+    room.set("a", 1, author)
+    await asyncio.sleep(FLUSH)
+    written = {bytes(reader.transport.writes()) for reader in readers}
+    assert len(written) == 1
+
+
+async def test_paused_member_gets_newest_values_when_it_drains():
+    """A paused member only records which keys it missed, then gets their newest values."""
+    room, (author, slow) = room_with(2)
+    slow.pause()
+    room.set("a", 1, author)
+    room.set("b", 1, author)
+    await asyncio.sleep(FLUSH)
+    room.set("a", 2, author)
+    await asyncio.sleep(FLUSH)
+    assert slow.frames() == []
+    assert list(slow.backlog) == ["a", "b"]
+    assert slow.catch_up is not None
+    room.set("a", 3, author)  # the newest value is sent, whatever was missed
+    slow.resume()
+    assert slow.frames() == ["a=3\nb=1"]
+    assert slow.backlog is None
+
+
+async def test_own_newest_write_is_not_echoed_after_a_pause():
+    """A paused member that writes a key it missed is not sent that key when it drains."""
+    room, (author, slow) = room_with(2)
+    slow.pause()
+    room.set("a", 1, author)
+    room.set("b", 1, author)
+    await asyncio.sleep(FLUSH)
+    room.set("a", 5, slow)
+    slow.resume()
+    assert slow.frames() == ["b=1"]
+
+
+async def test_all_mode_sends_every_line_in_order():
+    """In "all" mode every write is sent, in order, in one frame per flush."""
+    room, (author, other) = room_with(2, FanoutSettings(coalesce="all"))
+    room.set("a", 1, author)
+    room.set("b", 2, author)
+    room.set("a", 3, author)
+    await asyncio.sleep(FLUSH)
+    assert other.frames() == ["a=1\nb=2\na=3"]
+    assert author.frames() == []
+
+
+async def test_all_mode_backlog_is_replayed_in_order():
+    """In "all" mode a paused member gets every line it missed, in order, when it drains."""
+    room, (author, slow) = room_with(2, FanoutSettings(coalesce="all"))
+    slow.pause()
+    room.set("a", 1, author)
+    await asyncio.sleep(FLUSH)
+    room.set("a", 2, author)
+    await asyncio.sleep(FLUSH)
+    slow.resume()
+    assert slow.frames() == ["a=1\na=2"]
+
+
+async def test_all_mode_backlog_past_bound_closes_1013():
+    """A paused member more than max_pending_lines behind is closed with 1013 and reported."""
+    events = EventBus()
+    dropped = []
+    events.subscribe("backlog_dropped", lambda member, code: dropped.append((member, code)))
+    settings = FanoutSettings(coalesce="all", max_pending_lines=3)
+    room, (author, slow, fine) = room_with(3, settings, events)
+    slow.pause()
+    for value in range(4):
+        room.set("a", value, author)
+    await asyncio.sleep(FLUSH)
+    assert slow.close_code == 1013
+    assert dropped == [(slow, 1013)]
+    assert fine.frames() == ["a=0\na=1\na=2\na=3"]
+
+
+async def test_room_flushed_reports_lines_and_frames():
+    """room_flushed says namespace, room, how many updates and how many frames were written."""
+    events = EventBus()
+    flushed = []
+    events.subscribe("room_flushed", lambda *args: flushed.append(args))
+    room, (author, _other, _third) = room_with(3, events=events)
+    room.set("a", 1, author)
+    room.set("b", 1, author)
+    await asyncio.sleep(FLUSH)
+    assert flushed == [("test", "R", 2, 2)]
+
+
+async def test_quiet_room_flushes_after_the_burst_window():
+    """A quiet room's first write leaves after burst_window, not a whole flush interval."""
+    settings = FanoutSettings(batch_hz=2.0, burst_window=0.01)
+    room, (author, other) = room_with(2, settings)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    room.set("a", 1, author)
+    assert room.outbound.flush_due - started <= 0.011
+    await asyncio.sleep(0.1)
+    assert other.frames() == ["a=1"]
+
+
+async def test_busy_room_holds_writes_for_a_flush_interval():
+    """Right after a flush, a room's next write waits about 1/batch_hz, then leaves."""
+    settings = FanoutSettings(batch_hz=5.0, burst_window=0.01)
+    room, (author, other) = room_with(2, settings)
+    loop = asyncio.get_running_loop()
+    room.set("a", 1, author)
+    await asyncio.sleep(0.05)
+    assert other.frames() == ["a=1"]
+    started = loop.time()
+    room.set("a", 2, author)
+    held = room.outbound.flush_due - started
+    assert 0.1 < held <= 0.2
+    await asyncio.sleep(0.05)
+    assert other.frames() == []  # still held
+    room.set("a", 3, author)
+    await asyncio.sleep(0.25)
+    assert other.frames() == ["a=3"]
+
+
+async def test_flush_all_sends_pending_updates_now():
+    """flush_all (shutdown) sends every pending batch at once and cancels its timer."""
+    registry = make_registry(settings=FanoutSettings(batch_hz=1.0, burst_window=1.0))
+    room = registry.open("R")
+    author, other = FakeMember(), FakeMember()
+    room.join(author)
+    room.join(other)
+    room.set("a", 1, author)
+    registry.flush_all()
+    assert other.frames() == ["a=1"]
+    assert room.outbound.flush_handle is None
+
+
+async def test_write_queued_closes_a_paused_member_too_far_behind():
+    """write_queued writes the frame; a paused member past max_queue_bytes is closed 1013."""
+    events = EventBus()
+    dropped = []
+    events.subscribe("backlog_dropped", lambda member, code: dropped.append(code))
+    member = FakeMember()
+    write_queued(member, b"\x81\x01x", 10, events)
+    assert member.transport.writes() == b"\x81\x01x"
+    member.pause()
+    member.transport.buffer_size = 11
+    write_queued(member, b"\x81\x01y", 10, events)
+    assert member.close_code == 1013 and dropped == [1013]
+
+
+async def test_write_by_a_non_member_reaches_a_lone_member():
+    """A write whose author is not in the room (a client that left while the room loaded)
+    still reaches the room's only member."""
+    room, (only,) = room_with(1)
+    departed = FakeMember("departed")
+    room.set("a", 1, departed)
+    await asyncio.sleep(FLUSH)
+    assert only.frames() == ["a=1"]
