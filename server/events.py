@@ -1,8 +1,7 @@
 """The event bus: what happens in the core, published as plain callbacks.
 
 Each event is an `Event`, a list of listeners that is false while empty. Publishers guard the
-call with a truth test (`if events.room_flushed: events.room_flushed(ns, room_id, lines,
-frames)`), so an event
+call with a truth test (`if events.room_flushed: events.room_flushed(...)`), so an event
 nobody listens to costs one attribute load and a length check on the hot path. Listeners run
 synchronously, in subscription order, and must not raise: an exception is logged and the next
 listener still runs.
