@@ -157,7 +157,7 @@ def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[s
 
 class Server:
     def __init__(self, spec: str, sets: list[str], tag: str, base: Path | None = None,
-                 exp: Path | None = None) -> None:
+                 exp: Path | None = None, home: Path | None = None) -> None:
         target, own_sets, env = parse_target(spec)
         self.target = target
         self.port = free_port()
@@ -169,7 +169,7 @@ class Server:
         if target.startswith("stratus"):
             cfg = self.tmp / "bench.toml"
             backend = "sqlite" if target == "stratus-sqlite" else "memory"
-            cwd = ROOT
+            cwd = home or ROOT
             if target in ("stratus-base", "stratus-exp"):
                 cwd = base if target == "stratus-base" else exp
                 if cwd is None:
@@ -263,7 +263,7 @@ def run_loadgen(target: str, scenario: str, args: argparse.Namespace, extra: lis
 
 def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[str],
              tag: str) -> dict:
-    srv = Server(target, args.set, tag, args.base, args.exp)
+    srv = Server(target, args.set, tag, args.base, args.exp, args.stratus)
     flooder: subprocess.Popen | None = None
     try:
         gen = [str(GEN_C)] if args.client == "c" else [str(GEN_PY), str(BENCH / "loadgen.py")]
@@ -457,7 +457,7 @@ def ramp(name: str, targets: list[str], args: argparse.Namespace,
 
 
 # --------------------------------------------------------------------------- main
-def machine_info() -> str:
+def machine_info(root: Path = ROOT) -> str:
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -466,9 +466,9 @@ def machine_info() -> str:
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=False).stdout.strip() or "?"
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "server"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "server"],
                                capture_output=True, text=True, check=False).stdout.strip()
         rev += " (server/ modified)" if dirty else ""
     except OSError:
@@ -491,6 +491,9 @@ def main() -> None:
                     "with picows or websockets")
     ap.add_argument("--base", type=Path, default=None,
                     help="checkout the stratus-base target runs `python -m server` in")
+    ap.add_argument("--stratus", type=Path, default=None,
+                    help="checkout the stratus and stratus-sqlite targets run `python -m server` "
+                    "in (default: the one this script is in)")
     ap.add_argument("--exp", type=Path, default=None,
                     help="checkout the stratus-exp target runs `python -m server` in")
     ap.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
@@ -540,9 +543,10 @@ def main() -> None:
     if args.ref is None:
         args.ref = "relay" if "relay" in targets else "turbowarp"
     ref = args.ref if args.ref in targets and len(targets) > 1 else None
-    report = [f"# run {stamp}", "", f"machine: {machine_info()}",
+    info = machine_info(args.stratus or ROOT)
+    report = [f"# run {stamp}", "", f"machine: {info}",
               f"command: python bench/run.py {' '.join(sys.argv[1:])}", ""]
-    raw: dict = {"stamp": stamp, "argv": sys.argv[1:], "machine": machine_info(), "results": {}}
+    raw: dict = {"stamp": stamp, "argv": sys.argv[1:], "machine": info, "results": {}}
     for scenario in scenarios:
         if scenario in RAMPS:
             text, summary = ramp(scenario, targets, args, stamp)
