@@ -137,6 +137,7 @@ class Connection(asyncio.Protocol):
         "_fragments",
         "_fragments_size",
         "_fragments_text",
+        "_failed",
         "__weakref__",
     )
 
@@ -173,6 +174,7 @@ class Connection(asyncio.Protocol):
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragments_text = False
+        self._failed = False  # failed: what the client still sends is discarded unread
 
     # asyncio.Protocol callbacks
 
@@ -189,7 +191,7 @@ class Connection(asyncio.Protocol):
             self._receive_frames(data)
         elif self.state == CONNECTING:
             self._receive_handshake(data)
-        elif self.state == CLOSING:
+        elif self.state == CLOSING and not self._failed:
             self._receive_frames(data)
 
     def eof_received(self) -> bool:
@@ -564,12 +566,25 @@ class Connection(asyncio.Protocol):
     def fail(self, code: int) -> None:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, then end TCP at once."""
         was_open = self.state == OPEN
+        transport = self.transport
         if was_open:
             self.close_code = code
-            self.transport.write(close_frame(code))
+            transport.write(close_frame(code))
         self.state = CLOSING
         self._buffer = None
-        self.transport.close()
+        self._failed = True
+        if transport.can_write_eof():
+            # Closing a socket with unread data makes the kernel answer with a reset, which
+            # can destroy our close frame before the client has read it (a client is often
+            # still sending the rest of an oversized message). So end our side only, discard
+            # what still arrives, and close when the client does (or after close_timeout).
+            transport.write_eof()
+            if self._resume_timer is not None:
+                self._resume_timer.cancel()
+                self._resume_timer = None
+                transport.resume_reading()
+        else:
+            transport.close()
         self._drop_after_close_timeout()
         if was_open:
             self._end_session()

@@ -234,13 +234,20 @@ async def test_keepalive_ping_waits_for_pong():
 
 
 async def test_unmasked_frame_fails_with_1002():
-    """An unmasked client frame fails the connection with 1002 and ends TCP."""
+    """An unmasked client frame fails the connection with 1002 and ends our side of TCP; what
+    the client still sends is discarded until it closes its side."""
     host = FakeHost()
     connection, transport = upgraded(host, text("first"))
     connection.data_received(build_frame(OP_TEXT, "x", mask=False))
     assert close_code_of(sent(transport)) == 1002
-    assert transport.closed and connection.close_code == 1002
+    assert transport.eof_written and connection.close_code == 1002
     assert host.session.closed_calls == 1
+    # A close here would make the kernel reset the connection over the unread data, and the
+    # reset can destroy the close frame before the client reads it.
+    assert not transport.closed
+    connection.data_received(build_frame(OP_PING, "p") + build_frame(OP_TEXT, "more"))
+    assert transport.writes() == b"" and host.session.received == ["first"]
+    assert connection.eof_received() is False  # the client closed: the transport closes
 
 
 @pytest.mark.parametrize("frame", [
