@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from server.config import HttpSection
 from server.request import MAX_REQUEST_BYTES
 from server.upgrade import MAX_HEADERS, MAX_LINE
 from tests.conftest import ServerProcess
@@ -26,6 +27,7 @@ UPGRADE_HEADERS = (f"Host: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 UPGRADE = f"GET / HTTP/1.1\r\n{UPGRADE_HEADERS}\r\n".encode()
 STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [^\r\n]*\r\n")
 PING = bytes([0x89, 0x82, 1, 2, 3, 4, ord("h") ^ 1, ord("i") ^ 2])  # masked ping "hi"
+MAX_BODY_BYTES = HttpSection().max_body_bytes  # the [http] max_body_bytes default
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +99,23 @@ def test_post_with_a_body_gets_405_with_allow(http_server):
     reply = exchange(http_server.port,
                      b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n", b"hello=world")
     assert reply.status_line == "HTTP/1.1 405 Method Not Allowed"
-    assert reply.header("Allow") == "GET, HEAD"
+    assert reply.header("Allow") == "GET, HEAD, OPTIONS"
     assert reply.body == b"Method not allowed.\n"
     assert_page_headers(reply)
 
 
 def test_chunked_post_gets_405(http_server):
-    """A chunked POST body is read to its end, then answered 405."""
-    reply = exchange(http_server.port, b"POST /x HTTP/1.1\r\nHost: a\r\n"
+    """A chunked POST body to a GET-only page is read to its end, then answered 405."""
+    reply = exchange(http_server.port, b"POST /healthz HTTP/1.1\r\nHost: a\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     assert reply.status == 405
+
+
+def test_post_to_an_unknown_path_gets_404(http_server):
+    """A POST with a body to a path nobody serves is read, then answered 404."""
+    reply = exchange(http_server.port, b"POST /x HTTP/1.1\r\nHost: a\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert reply.status == 404
 
 
 def test_post_expecting_100_continue_is_answered_before_its_body(http_server):
@@ -126,7 +135,7 @@ def test_get_with_a_small_body_is_served(http_server):
 def test_body_announced_over_the_limit_gets_413_at_once(http_server):
     """A Content-Length over the limit is answered 413 before any of the body is sent."""
     reply = exchange(http_server.port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: "
-                     + str(MAX_REQUEST_BYTES + 1).encode() + b"\r\n\r\n")
+                     + str(MAX_BODY_BYTES + 1).encode() + b"\r\n\r\n")
     assert reply.status == 413
     assert_page_headers(reply)
 
@@ -134,7 +143,7 @@ def test_body_announced_over_the_limit_gets_413_at_once(http_server):
 def test_chunked_body_over_the_limit_gets_413(http_server):
     """A chunked body that grows past the limit is answered 413."""
     chunk = b"%x\r\n" % 4096 + b"x" * 4096 + b"\r\n"
-    count = MAX_REQUEST_BYTES // 4096 + 1
+    count = MAX_BODY_BYTES // 4096 + 1
     reply = exchange(http_server.port,
                      b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
                      chunk * count)
@@ -365,7 +374,7 @@ def test_head_has_headers_and_no_body(http_server):
 def test_head_of_an_oversized_request_has_no_body(http_server):
     """An error answer to a HEAD request carries no body either."""
     reply = exchange(http_server.port, b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: "
-                     + str(MAX_REQUEST_BYTES + 1).encode() + b"\r\n\r\n")
+                     + str(MAX_BODY_BYTES + 1).encode() + b"\r\n\r\n")
     assert reply.status == 413 and reply.body == b""
 
 
