@@ -13,9 +13,9 @@ import pytest
 
 from server.budget import ReadLimits
 from server.codes import State
+from server.config import HttpSection
 from server.connection import Connection
 from server.events import EventBus
-from server.config import HttpSection
 from server.http import plain_response
 from tests.server.fakes import FakeTransport, decode_frames
 from tests.server.rawclient import (
