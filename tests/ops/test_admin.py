@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from urllib.parse import quote
@@ -406,3 +407,18 @@ def test_page_bounds_and_times():
     assert page_bounds({"limit": ["5"], "offset": ["10"]}, 1000) == (10, 5)
     assert page_bounds({}, 20) == (0, 20)
     assert iso_time(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_put_waiting_for_100_continue_is_served(admin_server, room):
+    """A client that waits for 100 Continue (curl with large bodies) gets it, then its answer."""
+    body = b'{"value": 12}'
+    head = (f"PUT {variable_path(room)} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", admin_server.port), timeout=5) as sock:
+        sock.sendall(head)
+        assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b'"value":12}\n')

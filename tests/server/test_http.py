@@ -435,3 +435,47 @@ def test_any_bytes_get_a_status_line(http_server, data, pieces):
                      half_close=True, pause=0.002)
     assert reply.status is not None, (data, reply.data[:200])
     assert "Traceback" not in http_server.log()
+
+
+# Routes, methods and timeouts
+
+def test_unknown_path_gets_404_and_options_gets_allow(http_server):
+    """An unknown path is 404 whatever the method; OPTIONS on a page is 204 with Allow."""
+    assert exchange(http_server.port, b"DELETE /nope HTTP/1.1\r\nHost: a\r\n\r\n").status == 404
+    reply = exchange(http_server.port, b"OPTIONS /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reply.status_line == "HTTP/1.1 204 No Content"
+    assert reply.header("Allow") == "GET, HEAD, OPTIONS"
+    assert reply.header("Content-Length") is None and reply.body == b""
+
+
+@pytest.mark.parametrize("path", [b"/%2e%2E", b"/healthz/..", b"/./healthz", b"/%ff"])
+def test_dot_segments_and_bad_encodings_get_400(http_server, path):
+    """A path with a dot segment (encoded or not) or invalid UTF-8 is 400, never resolved."""
+    reply = exchange(http_server.port, b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reply.status == 400 and reply.body.endswith(b".\n")
+    assert_page_headers(reply)
+
+
+def test_slow_request_gets_408_after_request_timeout(make_server):
+    """A request still arriving after [http] request_timeout is answered 408 and closed."""
+    srv = make_server(http={"request_timeout": 0.3}, store={"backend": "memory"})
+    started = time.monotonic()
+    reply = exchange(srv.port, b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+                     b"12345", timeout=5)
+    assert reply.status_line == "HTTP/1.1 408 Request Timeout"
+    assert 0.25 < time.monotonic() - started < 3
+
+
+def test_body_limit_is_configurable(make_server):
+    """[http] max_body_bytes sets the largest body: one byte more is 413."""
+    srv = make_server(http={"max_body_bytes": 10}, store={"backend": "memory"})
+    head = b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+    assert exchange(srv.port, head % 10 + b"x" * 10).status == 200
+    assert exchange(srv.port, head % 11 + b"x" * 11).status == 413
+
+
+def test_unknown_http_key_stops_startup(tmp_path):
+    """A key the [http] table does not know stops start-up, naming it."""
+    server = ServerProcess(tmp_path, {"http": {"max_body": 1}})
+    with pytest.raises(RuntimeError, match=r"\[http\] max_body"):
+        server.start(timeout=10)
