@@ -53,6 +53,8 @@ ROOM_DELETED_CODE = CloseCode.SCRATCH_GENERIC
 # Addresses whose failures are remembered at once; past it the oldest are forgotten.
 MAX_TRACKED_ADDRESSES = 10_000
 FIRST_FAILURE_DELAY = 0.25
+# Rooms whose flushed updates are counted for the busiest-rooms list, at most.
+MAX_COUNTED_ROOMS = 20_000
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,12 @@ class Counters:
         self.updates += lines
         self.frames += frames
         key = (namespace, room_id)
-        self.room_updates[key] = self.room_updates.get(key, 0) + lines
+        room_updates = self.room_updates
+        room_updates[key] = room_updates.get(key, 0) + lines
+        if len(room_updates) > MAX_COUNTED_ROOMS:
+            # Rooms come and go: keep the busier half (stats calls also prune to live rooms).
+            busiest = sorted(room_updates.items(), key=lambda item: item[1], reverse=True)
+            self.room_updates = dict(busiest[:MAX_COUNTED_ROOMS // 2])
 
     def prune(self, live: set[tuple[str, str]]) -> None:
         """Forget per-room totals of rooms no longer in memory."""
@@ -363,7 +370,8 @@ class AdminApi:
             "id": room_id,
             "variables": variables or {},
             "members": [member_json(member) for member in members],
-            "blocked": self.facade.is_blocked(protocol, room_id),
+            "blocked": (self.facade.is_blocked(protocol, room_id)
+                        or self._scratch().blocked_by_config(room_id)),
         })
 
     async def delete_room(self, request: HttpRequest) -> Response:

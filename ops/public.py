@@ -3,8 +3,9 @@
 Any web page may read a project's cloud variables as one JSON object, name to value
 ({"☁ score": "42"}), with CORS allowed (Access-Control-Allow-Origin: *, preflight answered).
 A room in memory is read there; one that is not is read from the store off the event loop and
-is not created in memory. Unknown projects answer {}; blocked ones 404, as their variables are
-disabled. Writes are not offered here (the admin API has them, behind its token).
+is not created in memory. Unknown projects answer {}; blocked ones (at run time or by
+[scratch] blocked_rooms) 404, as their variables are disabled. Writes are not offered here
+(the admin API has them, behind its token).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class PublicVariables:
             return error_response(404, "Not Found", "the Scratch protocol is not running")
         if not scratch.valid_room_id(room_id):
             return error_response(400, "Bad Request", "invalid project id")
-        if self.facade.is_blocked(NAMESPACE, room_id):
+        if scratch.blocked_by_config(room_id) or self.facade.is_blocked(NAMESPACE, room_id):
             return error_response(404, "Not Found", "cloud variables are disabled for this project")
         variables = await self.facade.read_variables(NAMESPACE, room_id)
         return json_response(200, "OK", variables or {})

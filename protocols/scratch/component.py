@@ -84,6 +84,11 @@ class ScratchService:
         """Whether a client could join a room of this id ([scratch] max_room_id_length)."""
         return is_valid_room_id(room_id, self.options.section.max_room_id_length)
 
+    def blocked_by_config(self, room_id: str) -> bool:
+        """Whether [scratch] blocked_rooms (or its file) refuses this room (runtime blocks are
+        the facade's `is_blocked`)."""
+        return room_id in self.options.blocked_rooms
+
     def write_refusal(self, name: Any, value: Any) -> str | None:
         """Why a client's `set` of `name` to `value` would be dropped, or None if it would not."""
         section = self.options.section

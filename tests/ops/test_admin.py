@@ -11,7 +11,14 @@ from urllib.parse import quote
 import pytest
 from websockets.datastructures import Headers
 
-from ops.admin import FailureTracker, bearer_token, iso_time, page_bounds
+from ops.admin import (
+    MAX_COUNTED_ROOMS,
+    Counters,
+    FailureTracker,
+    bearer_token,
+    iso_time,
+    page_bounds,
+)
 from server.routes import HttpRequest
 from tests.conformance.cl4_client import close_all, drain, identified
 from tests.conformance.helpers import (
@@ -422,3 +429,14 @@ def test_put_waiting_for_100_continue_is_served(admin_server, room):
         while chunk := sock.recv(4096):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b'"value":12}\n')
+
+
+def test_busiest_room_counters_stay_bounded():
+    """Per-room update totals keep at most MAX_COUNTED_ROOMS rooms, the busiest ones."""
+    counters = Counters()
+    counters.room_flushed("scratch", "busy", 1000, 1)
+    for index in range(MAX_COUNTED_ROOMS + 1):
+        counters.room_flushed("scratch", f"room-{index}", 1, 1)
+    assert len(counters.room_updates) <= MAX_COUNTED_ROOMS
+    assert counters.room_updates[("scratch", "busy")] == 1000
+    assert counters.updates == 1000 + MAX_COUNTED_ROOMS + 1

@@ -71,3 +71,11 @@ def test_bad_and_blocked_projects(make_server, room):
     assert call(srv.port, "PUT", f"/api/v1/blocked-projects/{room}").status == 200
     reply = call(srv.port, "GET", variables_path(room), token=None)
     assert reply.status == 404 and "disabled" in reply.json["error"]
+
+
+def test_projects_blocked_in_config_are_hidden(make_server):
+    """A project listed in [scratch] blocked_rooms answers 404 like a runtime block."""
+    srv = make_server(http={"public_variables": True}, scratch={"blocked_rooms": ["666"]},
+                      store={"backend": "memory"})
+    assert call(srv.port, "GET", variables_path("666"), token=None).status == 404
+    assert call(srv.port, "GET", variables_path("667"), token=None).json == {}
