@@ -259,7 +259,11 @@ class AdminApi:
 
     def _refuse(self, request: HttpRequest, why: str) -> Response | Awaitable[Response]:
         delay = self.failures.failed(request.address)
-        log.warning("admin API: %s from %s (%s %s)", why, printable(request.address),
+        # Up to the first slowed answer each failure is a warning; past it, an address that
+        # keeps guessing would fill the log, so the rest are debug lines.
+        level = logging.WARNING if delay <= FIRST_FAILURE_DELAY else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "admin API: %s from %s (%s %s)", why, printable(request.address),
                     request.method, printable(request.route_path, 200))
         response = error_response(401, "Unauthorized", "a valid admin token is required",
                                   {"WWW-Authenticate": 'Bearer realm="stratus-admin"'})
