@@ -356,6 +356,8 @@ class AdminApi:
         protocol = request.params["protocol"]
         if protocol == "cl4":
             room_id = request.params["id"]
+            if len(room_id) > MAX_ID_LENGTH:
+                raise bad_request(f"a CL4 room name has at most {MAX_ID_LENGTH} characters")
             members = self._cl4_rooms().get(room_id)
             if members is None:
                 raise not_found("no such CL4 room")

@@ -370,6 +370,7 @@ async def test_cl4_rooms_are_listed_and_shown(admin_server):
         detail = call(admin_server.port, "GET", "/api/v1/rooms/cl4/lobby-admin-test").json
         assert [m["username"] for m in detail["members"]] == ["cl4user"]
         assert call(admin_server.port, "GET", "/api/v1/rooms/cl4/nope").status == 404
+        assert call(admin_server.port, "GET", "/api/v1/rooms/cl4/" + "x" * 1001).status == 400
     finally:
         await close_all(client)
 
