@@ -3,9 +3,10 @@
 `python -m server [--config FILE] [--host H] [--port P] [--log-level L]` runs the server;
 `python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key.
 
-This is the one module that wires concrete protocols, the bridge and plugins to the core
-(`build_server`) and declares the protocols' config tables (`CONFIG_TABLES`): the core
-(`server.*`) imports no protocol and no plugin, and protocols import no plugin.
+This is the one module that wires concrete protocols, the bridge, the operator surfaces
+(`ops`) and plugins to the core (`build_server`) and declares their config tables
+(`CONFIG_TABLES`): the core (`server.*`) imports no protocol, plugin or `ops` module, and
+protocols import no plugin.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ops.admin import AdminApi, AdminSection
+from ops.public import PublicVariables
 from plugins.sprites import keygen
 from protocols.bridge import Bridge, BridgeSection
 from protocols.cl4 import Cl4Options
@@ -31,8 +34,9 @@ from .config import load_config as load_core_config
 from .plugins import import_object
 from .store import StoreError
 
-# The protocols' tables of config.toml, in the order config.toml documents them.
+# The protocols' and operator surfaces' tables of config.toml.
 CONFIG_TABLES: dict[str, type] = {
+    "admin": AdminSection,
     "scratch": ScratchSection,
     "cl4": Cl4Options,
     "bridge": BridgeSection,
@@ -63,12 +67,15 @@ def backplane_engine(backend: str) -> Callable[[], Backplane]:
 
 def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
-    the rest), the bridge between them when [bridge] enabled, and the [cluster] backplane."""
+    the rest), the bridge between them when [bridge] enabled, the admin API (with an [admin]
+    token), the public read API ([http] public_variables) and the [cluster] backplane."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
     if config.bridge.enabled:
         components.append(Bridge(config.bridge, scratch, cl4))
+    components.append(AdminApi(config.admin))
+    components.append(PublicVariables(config.http.public_variables))
     return Server(config, components, backplane_engine(config.cluster.backend))
 
 

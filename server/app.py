@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from websockets.datastructures import Headers
@@ -34,7 +34,7 @@ from .logsafe import printable
 from .persistence import Persister
 from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
-from .routes import TEXT, RouteTable
+from .routes import TEXT, HttpRequest, RouteTable
 from .session import ProtocolRegistry
 from .store import Store, open_store
 
@@ -67,6 +67,7 @@ class Server:
                  backplane: Callable[[], Backplane] = LocalBackplane) -> None:
         self.config = config
         self.settings = config.server
+        self.http_settings = config.http
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: dict[Connection, None] = {}
         self.started = time.time()
@@ -118,6 +119,7 @@ class Server:
         self.store = open_store(cfg.store, cfg.data_dir)
         for component in self.components:
             await component.start(self)
+        await self.facade.restore_blocked_rooms()
         await self.plugins.start()
         host: Any = cfg.server.host or None
         self._listener = await self.loop.create_server(
@@ -387,9 +389,13 @@ class Server:
             connection.counted_address = address
         return None
 
-    def http_response(self, request: Request) -> Response:
+    def http_response(self, request: HttpRequest) -> Response | Awaitable[Response]:
         """Answer a plain HTTP request (no WebSocket upgrade) from the route table."""
         return self.routes.respond(request)
+
+    def http_wants_body(self, method: str, path: str) -> bool:
+        """Whether a route reads the body of this request (see `RouteTable.wants_body`)."""
+        return self.routes.wants_body(method, path)
 
     def _health(self, request: Request) -> Response:
         fault = self.store.fault if self.store is not None else None
@@ -406,10 +412,16 @@ class Server:
             }
             for namespace, registry in self.rooms.items()
         }
+        protocols: dict[str, int] = {"pending": 0}
+        for connection in self.connections:
+            session = connection.session
+            name = session.protocol_name if session is not None else "pending"
+            protocols[name] = protocols.get(name, 0) + 1
         return {
             "version": __version__,
             "uptime": time.time() - self.started,
             "connections": len(self.connections),
+            "connections_by_protocol": protocols,
             "rooms": rooms,
         }
 

@@ -1,10 +1,11 @@
 """Configuration: built-in defaults, an optional TOML file, environment and command-line overrides.
 
-The core's tables ([server], [store]) are dataclasses here; each protocol declares its own
-table as a dataclass of the same kind ([scratch], [cl4], [bridge]), and the composition root
-(`server.__main__`) hands them to `load_config`. The defaults are the documented ones. Invalid
-settings stop start-up with a `ConfigError` naming the key and what it accepts. Every table
-is frozen once loaded: components resolve their settings at start and never re-read them.
+The core's tables ([server], [store], [http], [cluster]) are dataclasses here; each protocol
+(and operator surface) declares its own table as a dataclass of the same kind ([scratch], [cl4],
+[bridge], [admin]), and the composition root (`server.__main__`) hands them to `load_config`.
+The defaults are the documented ones. Invalid settings stop start-up with a `ConfigError` naming
+the key and what it accepts. Every table is frozen once loaded: components resolve their settings
+at start and never re-read them.
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class HttpSection:
+    # Largest request body read (more is answered 413); the default fits a JSON value of
+    # [scratch] max_value_length characters.
+    max_body_bytes: int = field(default=262_144, metadata=at_least(0))
+    # Seconds a plain HTTP request may take to arrive and be answered (408 / 503 after).
+    request_timeout: float = field(default=10.0, metadata=at_least(0.1))
+    # Serve GET /api/v1/projects/{id}/variables to anyone (CORS allowed): off by default.
+    public_variables: bool = False
+
+
+@dataclass(frozen=True)
 class ClusterSection:
     # "local" (one process), or a backplane engine named "module:Attr" (uvicorn-style).
     backend: str = "local"
@@ -82,6 +94,7 @@ class Config:
 
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
+    http: HttpSection = field(default_factory=HttpSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     # Protocol tables by name ("scratch", "cl4", "bridge"), each a frozen dataclass.
     tables: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +129,7 @@ class Config:
 CORE_TABLES: dict[str, type] = {
     "server": ServerSection,
     "store": StoreSection,
+    "http": HttpSection,
     "cluster": ClusterSection,
 }
 
