@@ -27,6 +27,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -91,7 +92,7 @@ class Host(Protocol):
     def first_text(self, connection: Connection, text: str) -> None: ...
     def client_address(self, peer: str, headers: Headers) -> str: ...
     def refuse_upgrade(self, connection: Connection) -> Response | None: ...
-    def http_response(self, request: Request) -> Response: ...
+    def http_response(self, request: Request) -> Response | Awaitable[Response]: ...
 
 
 _websockets_logger = logging.getLogger("websockets.server")
@@ -133,6 +134,7 @@ class Connection(asyncio.Protocol):
         "_resume_timer",
         "_close_timer",
         "_handshake",
+        "_responding",
         "_buffer",
         "_fragments",
         "_fragments_size",
@@ -175,6 +177,9 @@ class Connection(asyncio.Protocol):
         self._fragments_size = 0
         self._fragments_text = False
         self._failed = False  # failed: what the client still sends is discarded unread
+        # A plain request's answer being computed off the loop (the route returned an
+        # awaitable); held here so the task lives until it answers.
+        self._responding: asyncio.Future | None = None
 
     # asyncio.Protocol callbacks
 
@@ -196,6 +201,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         reader = self._handshake
+        if self._responding is not None:
+            return True  # the request is read; keep the socket open for its answer
         if self.state == CONNECTING and reader is not None and not reader.discarding:
             # The client half-closed inside its request: nothing more will come, so say so.
             self._refuse_request(RequestError(HTTPStatus.BAD_REQUEST, "incomplete request"))
@@ -212,6 +219,9 @@ class Connection(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self._responding is not None:
+            self._responding.cancel()  # the client left while its answer was computed
+            self._responding = None
         if previous == OPEN and self.session is not None:
             self.session.closed()
         if previous != CONNECTING:
@@ -234,6 +244,8 @@ class Connection(asyncio.Protocol):
     def _receive_handshake(self, data: bytes) -> None:
         # Fast path: a whole plain upgrade request in the first read is answered here.
         # Anything else (a request in pieces, plain HTTP, anything unusual) is read with h11.
+        if self._responding is not None:
+            return  # the request was read; what follows it is not parsed (one per connection)
         reader = self._handshake
         if reader is None:
             end = data.find(b"\r\n\r\n")
@@ -282,7 +294,11 @@ class Connection(asyncio.Protocol):
         headers = request.headers
         self.peer = server.client_address(self.peer, headers)
         if not any("websocket" in value.lower() for value in headers.get_all("Upgrade")):
-            self._answer(server.http_response(request))
+            response = server.http_response(request)
+            if isinstance(response, Response):
+                self._answer(response)
+            else:
+                self._answer_when_done(response)
             return
         refusal = server.refuse_upgrade(self)
         if refusal is not None:
@@ -305,6 +321,28 @@ class Connection(asyncio.Protocol):
         server.connection_upgraded(self)
         if reader.leftover and self.state == OPEN:
             self._receive_frames(reader.leftover)  # frames the client sent with its request
+
+    def _answer_when_done(self, pending: Awaitable[Response]) -> None:
+        """Answer with what a route computes off the loop (the handshake deadline still ends
+        a connection whose answer never comes)."""
+        responding = self._responding = asyncio.ensure_future(pending)
+        responding.add_done_callback(self._answer_done)
+
+    def _answer_done(self, responding: asyncio.Future) -> None:
+        if responding is not self._responding:
+            return  # the connection ended first
+        self._responding = None
+        if responding.cancelled():
+            return
+        error = responding.exception()
+        if error is not None:
+            log.error("HTTP handler failed for %s: %s", printable(self.peer),
+                      printable(f"{type(error).__name__}: {error}", 300))
+            self._answer(plain_response(500, "Internal Server Error",
+                                        b"Internal server error.\n",
+                                        "text/plain; charset=utf-8"))
+            return
+        self._answer(responding.result())
 
     def _answer(self, response: Response) -> None:
         """Send a response that ends the HTTP exchange (it says `Connection: close`)."""
@@ -621,6 +659,12 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         """True while frames can be sent."""
         return self.state == OPEN
+
+    @property
+    def username(self) -> str | None:
+        """The name the client gave its session, if any (`Peer.username`)."""
+        session = self.session
+        return session.username if session is not None else None
 
     def header(self, name: str) -> str:
         """A request header (repeated headers joined with "; "), or ""."""

@@ -18,6 +18,7 @@ from .events import EventBus
 from .plugins import Client
 from .rooms import RoomRegistry
 from .routes import RouteTable
+from .store import HistoryEntry
 
 SCRATCH = "scratch"
 
@@ -136,6 +137,16 @@ class Facade:
         registry = self._registry(namespace)
         room = registry.open(room_id)
         return room is not None and room.delete(registry.codec.key_of(name))
+
+    async def read_history(self, namespace: str, room_id: str, limit: int,
+                           offset: int = 0) -> list[HistoryEntry] | None:
+        """Entries `offset` to `offset + limit` of a room's history, newest first (keys as the
+        namespace's codec makes them); None when [history] is off. Reads the store off the
+        loop and never creates the room in memory."""
+        history = self._registry(namespace).history
+        if history is None:
+            return None
+        return await history.read(room_id, limit, offset)
 
     def block_room(self, namespace: str, room_id: str,
                    code: int = CloseCode.SCRATCH_PROJECT_UNAVAILABLE) -> int:

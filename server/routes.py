@@ -1,20 +1,23 @@
 """The HTTP route table: components register the pages they serve instead of an if-chain.
 
 A handler takes the parsed `websockets.http11.Request` and returns a `Response` (build it
-with `server.http.plain_response`). Routes match the path exactly, query string removed. The
-table answers what no route claims: 405 for methods other than GET and HEAD, 404 for unknown
-paths, and HEAD with the GET answer's headers and no body.
+with `server.http.plain_response`), or an awaitable of one for work that must not block the
+event loop (reading the store off the loop); the connection answers when it is done. Routes
+match the path exactly, query string removed. The table answers what no route claims: 405 for
+methods other than GET and HEAD, 404 for unknown paths, and HEAD with the GET answer's headers
+and no body.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 from websockets.http11 import Request, Response
 
 from .http import plain_response
 
-Handler = Callable[[Request], Response]
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -36,8 +39,8 @@ class RouteTable:
         """Registered paths."""
         return list(self._routes)
 
-    def respond(self, request: Request) -> Response:
-        """The response to a plain HTTP request (no WebSocket upgrade)."""
+    def respond(self, request: Request) -> Response | Awaitable[Response]:
+        """The response to a plain HTTP request (no WebSocket upgrade), or an awaitable of it."""
         method = request.method
         head = method == "HEAD"
         if method not in ("GET", "HEAD"):
@@ -49,7 +52,19 @@ class RouteTable:
                                   b"Not found. This is a cloud-variable server.\n", TEXT,
                                   head=head)
         response = handler(request)
-        if head and response.body:
-            response = Response(response.status_code, response.reason_phrase, response.headers,
-                                b"")
+        if not head:
+            return response
+        if inspect.isawaitable(response):
+            return _without_body(response)
+        return _strip_body(response)
+
+
+def _strip_body(response: Response) -> Response:
+    """A HEAD answer: the GET answer's headers, no body."""
+    if not response.body:
         return response
+    return Response(response.status_code, response.reason_phrase, response.headers, b"")
+
+
+async def _without_body(pending: Awaitable[Response]) -> Response:
+    return _strip_body(await pending)
