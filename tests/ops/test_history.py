@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import pytest
 
 from ops.history import LogsQuery, QueryError, parse_logs_query
+from tests.conformance.cl4_client import OK, identified
+from tests.conformance.cl4_client import close_all as cl4_close_all
 from tests.conformance.helpers import (
     close_all,
     fresh_room,
@@ -219,3 +222,32 @@ async def test_history_survives_a_restart_with_sqlite(make_server):
         await close_all(second)
     assert brief(entries) == [("after", "set_var", "☁ v", "2"),
                               ("before", "set_var", "☁ v", "1")]
+
+
+async def test_bridged_cl4_writes_are_logged_as_the_bridge(make_server):
+    """A CL4 gvar written into a Scratch room through [bridge] is logged as "(bridge)"."""
+    proc = make_server(history={"enabled": True}, bridge={"enabled": True})
+    room = fresh_room()
+    scratch = await joined(proc.url, room, "player1")
+    (cl4,) = await identified(proc.url, "mallory")
+    try:
+        await cl4.send({"cmd": "link", "val": [room], "listener": "link"})
+        await cl4.recv_until(lambda m: m == OK("link"))
+        await cl4.send({"cmd": "gvar", "name": "☁ score", "val": 42})
+        await recv(scratch)
+        entries = await logs_when(proc.http_url, room, 1)
+    finally:
+        await cl4_close_all(cl4)
+        await close_all(scratch)
+    assert brief(entries) == [("(bridge)", "set_var", "☁ score", "42")]
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(history_server):
+    """The answer read off the event loop still reaches a client that shut down its sending side."""
+    with socket.create_connection(("127.0.0.1", history_server.port), timeout=5) as sock:
+        sock.sendall(b"GET /logs?projectid=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\n[]")

@@ -1,6 +1,9 @@
-"""The HTTP route table on its own (server.routes): exact paths, 404, 405 and HEAD."""
+"""The HTTP route table on its own (server.routes): exact paths, 404, 405, HEAD and handlers
+that answer later."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from websockets.datastructures import Headers
@@ -63,3 +66,17 @@ def test_paths_are_exact_and_registered_once():
         routes.add("/healthz", lambda req: None)
     with pytest.raises(ValueError):
         routes.add("status", lambda req: None)
+
+
+async def test_a_handler_may_answer_later():
+    """A handler's awaitable answer is passed on; for HEAD it loses its body."""
+    async def later(req):
+        await asyncio.sleep(0)
+        return plain_response(200, "OK", b"computed\n", TEXT)
+
+    routes = RouteTable()
+    routes.add("/later", later)
+    got = await routes.respond(request("/later"))
+    assert (got.status_code, got.body) == (200, b"computed\n")
+    head = await routes.respond(request("/later", "HEAD"))
+    assert (head.status_code, head.body, head.headers["Content-Length"]) == (200, b"", "9")
