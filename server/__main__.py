@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ops.admin import AdminApi, AdminSection
+from ops.history import HistoryApi
 from ops.public import PublicVariables
 from plugins.sprites import keygen
 from protocols.bridge import Bridge, BridgeSection
@@ -68,7 +69,8 @@ def backplane_engine(backend: str) -> Callable[[], Backplane]:
 def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
     the rest), the bridge between them when [bridge] enabled, the admin API (with an [admin]
-    token), the public read API ([http] public_variables) and the [cluster] backplane."""
+    token), the public read API ([http] public_variables), Scratch's GET /logs when [history]
+    enabled, and the [cluster] backplane."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
@@ -76,6 +78,7 @@ def build_server(config: Config) -> Server:
         components.append(Bridge(config.bridge, scratch, cl4))
     components.append(AdminApi(config.admin))
     components.append(PublicVariables(config.http.public_variables))
+    components.append(HistoryApi(config.history, scratch))
     return Server(config, components, backplane_engine(config.cluster.backend))
 
 

@@ -29,6 +29,7 @@ from .connection import Connection
 from .events import EventBus
 from .facade import Facade
 from .fanout import Codec, Fanout, FanoutSettings
+from .history import RoomHistory
 from .http import plain_response
 from .logsafe import printable
 from .persistence import Persister
@@ -136,7 +137,8 @@ class Server:
 
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:
-        """A room namespace with its fan-out, backplane and persistence (call from `start`)."""
+        """A room namespace with its fan-out, backplane, persistence and, with [history]
+        enabled, its history (call from `start`)."""
         if namespace in self.rooms:
             raise ValueError(f"room namespace {namespace!r} is opened twice")
         backplane = self._backplane_factory()
@@ -145,6 +147,9 @@ class Server:
         self._backplanes.append(backplane)
         registry = RoomRegistry(namespace, limits, self.store, spreader, backplane,
                                 Persister(namespace, self.store), self.loop)
+        history = self.config.history
+        if history.enabled:
+            RoomHistory(registry, history.keep).attach()
         self.rooms[namespace] = registry
         return registry
 

@@ -1,11 +1,11 @@
 """Configuration: built-in defaults, an optional TOML file, environment and command-line overrides.
 
-The core's tables ([server], [store], [http], [cluster]) are dataclasses here; each protocol
-(and operator surface) declares its own table as a dataclass of the same kind ([scratch], [cl4],
-[bridge], [admin]), and the composition root (`server.__main__`) hands them to `load_config`.
-The defaults are the documented ones. Invalid settings stop start-up with a `ConfigError` naming
-the key and what it accepts. Every table is frozen once loaded: components resolve their settings
-at start and never re-read them.
+The core's tables ([server], [store], [http], [history], [cluster]) are dataclasses here; each
+protocol (and operator surface) declares its own table as a dataclass of the same kind
+([scratch], [cl4], [bridge], [admin]), and the composition root (`server.__main__`) hands them
+to `load_config`. The defaults are the documented ones. Invalid settings stop start-up with a
+`ConfigError` naming the key and what it accepts. Every table is frozen once loaded: components
+resolve their settings at start and never re-read them.
 """
 
 from __future__ import annotations
@@ -78,6 +78,15 @@ class HttpSection:
 
 
 @dataclass(frozen=True)
+class HistorySection:
+    # Record who set, deleted or renamed each variable, stored with the room, and serve it as
+    # Scratch's GET /logs (ops/history.py).
+    enabled: bool = False
+    keep: int = field(default=100, metadata={"min": 1, "max": 100_000})
+    max_limit: int = field(default=1000, metadata={"min": 1, "max": 100_000})
+
+
+@dataclass(frozen=True)
 class ClusterSection:
     # "local" (one process), or a backplane engine named "module:Attr" (uvicorn-style).
     backend: str = "local"
@@ -95,6 +104,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
     http: HttpSection = field(default_factory=HttpSection)
+    history: HistorySection = field(default_factory=HistorySection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     # Protocol tables by name ("scratch", "cl4", "bridge"), each a frozen dataclass.
     tables: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +140,7 @@ CORE_TABLES: dict[str, type] = {
     "server": ServerSection,
     "store": StoreSection,
     "http": HttpSection,
+    "history": HistorySection,
     "cluster": ClusterSection,
 }
 

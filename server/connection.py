@@ -220,6 +220,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         reader = self._handshake
+        if self._responding is not None:
+            return True  # the request is read; keep the socket open for its answer
         if self.state == CONNECTING and reader is not None and not reader.discarding:
             # The client half-closed inside its request: nothing more will come, so say so.
             self._refuse_request(RequestError(HTTPStatus.BAD_REQUEST, "incomplete request"))
@@ -705,6 +707,12 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         """True while frames can be sent."""
         return self.state == OPEN
+
+    @property
+    def username(self) -> str | None:
+        """The name the client gave its session, if any (`Peer.username`)."""
+        session = self.session
+        return session.username if session is not None else None
 
     def header(self, name: str) -> str:
         """A request header (repeated headers joined with "; "), or ""."""

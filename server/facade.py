@@ -24,6 +24,7 @@ from .events import EventBus
 from .plugins import Client
 from .rooms import Room, RoomRegistry
 from .routes import RouteTable
+from .store import HistoryEntry
 
 SCRATCH = "scratch"
 # Store namespace of the rooms blocked with `block_room(..., persist=True)`: one row per
@@ -210,6 +211,15 @@ class Facade:
         for key in keys:
             room.delete(key)
         return len(members), len(keys)
+    async def read_history(self, namespace: str, room_id: str, limit: int,
+                           offset: int = 0) -> list[HistoryEntry] | None:
+        """Entries `offset` to `offset + limit` of a room's history, newest first (keys as the
+        namespace's codec makes them); None when [history] is off. Reads the store off the
+        loop and never creates the room in memory."""
+        history = self._registry(namespace).history
+        if history is None:
+            return None
+        return await history.read(room_id, limit, offset)
 
     def block_room(self, namespace: str, room_id: str,
                    code: int = CloseCode.SCRATCH_PROJECT_UNAVAILABLE,

@@ -127,6 +127,10 @@ MORE_BAD_SETTINGS = [
     ("server", "log_level", "loud"),
     ("store", "flush_interval", -1),
     ("cluster", "backend", "redis-without-a-module"),
+    ("history", "enabled", "on"),
+    ("history", "keep", 0),
+    ("history", "max_limit", 100_001),
+    ("history", "days", 7),
 ]
 
 
