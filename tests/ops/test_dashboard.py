@@ -293,6 +293,7 @@ async def test_admin_actions_in_the_page_reach_websocket_clients(dash_server, ro
             await expect_close(target, 4002, timeout=5)
             await browser.wait_text("#admin-message", "Kicking kickme.*done")
             await browser.wait_text("#members", r"^(?!.*kickme).*watcher")
+            await browser.screenshot(tmp_path / "inspector.png")  # to look at by hand
             assert await browser.problems() == []
     finally:
         await close_all(watcher, target)
