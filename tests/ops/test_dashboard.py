@@ -324,3 +324,35 @@ async def test_page_does_not_render_blank(dash_server, room, tmp_path):
             assert await browser.problems() == []
     finally:
         await close_all(*clients)
+
+
+async def test_delete_block_and_unblock_from_the_page(dash_server, room, tmp_path):
+    """Deleting a variable, blocking the project (its client gets 4004) and unblocking it
+    again, all from the page, take effect on the server."""
+    player = await joined(dash_server.url, room, "player")
+    try:
+        await player.send(set_text(SCORE, "5"))
+        await until_stats(dash_server.port, lambda d: any(
+            r["id"] == room and r["variables"] == 1 for r in d["busiest_rooms"]), "the variable")
+        async with Browser(tmp_path) as browser:
+            await browser.goto(dash_server.http_url + "/")
+            await browser.type("#token-input", TOKEN)
+            await browser.click("#token-save")
+            await browser.click(f'#room-list button.inspect[data-room="{room}"]')
+            await browser.click(f'#variables tr[data-variable="{SCORE}"] button.delete')
+            await browser.wait_text("#variables", "No variables")
+            room_path = f"/api/v1/rooms/scratch/{room}"
+            assert call(dash_server.port, "GET", room_path).json["variables"] == {}
+
+            await browser.click("#inspector-block")
+            await expect_close(player, 4004, timeout=5)
+            await browser.wait_text("#inspector-blocked", "^blocked$")
+            await browser.wait_text("#blocked-list", re.escape(room))
+            assert call(dash_server.port, "GET", f"/api/v1/blocked-projects/{room}").status == 200
+
+            await browser.click(f'#blocked-list tr[data-project="{room}"] button.unblock')
+            await browser.wait_text("#blocked-list", "No project is blocked")
+            assert call(dash_server.port, "GET", f"/api/v1/blocked-projects/{room}").status == 404
+            assert await browser.problems() == []
+    finally:
+        await player.close()
