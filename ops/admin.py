@@ -17,6 +17,7 @@ docs/api.md.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import hmac
 import logging
 import os
@@ -168,13 +169,24 @@ def page_bounds(query: Mapping[str, list[str]], max_size: int) -> tuple[int, int
 
 
 class Counters:
-    """Traffic totals since start, counted from the event bus (only while the API is on)."""
+    """Traffic totals since start, counted from the event bus while the admin API or the
+    dashboard is on. Both share one instance (the composition root hands it to each), and
+    `attach` subscribes it once however many ask, so nothing is counted twice."""
 
     def __init__(self) -> None:
         self.messages = 0
         self.updates = 0
         self.frames = 0
         self.room_updates: dict[tuple[str, str], int] = {}
+        self._attached_to: Any = None
+
+    def attach(self, events: Any) -> None:
+        """Count the events of `events` (an EventBus) from now on; again is a no-op."""
+        if self._attached_to is events:
+            return
+        self._attached_to = events
+        events.subscribe("message_received", self.message_received)
+        events.subscribe("room_flushed", self.room_flushed)
 
     def message_received(self, connection: Any, text: str) -> None:
         self.messages += 1
@@ -197,17 +209,62 @@ class Counters:
                                  if key in live}
 
 
+def room_list(facade: Facade) -> list[dict[str, Any]]:
+    """Every room in memory: {"protocol", "id", "clients", "variables"} (CL4 rooms keep no
+    variables, so theirs is 0)."""
+    rooms = []
+    for namespace in facade.namespaces():
+        for summary in facade.room_summaries(namespace):
+            rooms.append({"protocol": namespace, **summary})
+    try:
+        cl4_rooms = facade.service("cl4").rooms()
+    except LookupError:
+        cl4_rooms = {}
+    for room_id, members in cl4_rooms.items():
+        rooms.append({"protocol": "cl4", "id": room_id, "clients": len(members), "variables": 0})
+    return rooms
+
+
+def stats_document(facade: Facade, counters: Counters) -> dict[str, Any]:
+    """The figures of GET /api/v1/stats (and the dashboard): aggregates only, nothing about
+    a single client. Shape in docs/api.md."""
+    figures = facade.stats()
+    rooms = room_list(facade)
+    counters.prune({(room["protocol"], room["id"]) for room in rooms})
+    busiest_rooms = heapq.nsmallest(
+        BUSIEST_ROOMS, rooms, key=lambda room: (-room["clients"], room["protocol"], room["id"]))
+    busiest = [{**room, "updates": counters.room_updates.get((room["protocol"], room["id"]), 0)}
+               for room in busiest_rooms]
+    by_protocol: dict[str, dict[str, int]] = {}
+    for room in rooms:
+        counts = by_protocol.setdefault(room["protocol"], {"rooms": 0, "active": 0})
+        counts["rooms"] += 1
+        counts["active"] += room["clients"] > 0
+    return {
+        "version": figures["version"],
+        "uptime_seconds": round(figures["uptime"], 3),
+        "connections": {"total": figures["connections"], **figures["connections_by_protocol"]},
+        "rooms": by_protocol,
+        "messages_received": counters.messages,
+        "updates_delivered": counters.updates,
+        "frames_sent": counters.frames,
+        "busiest_rooms": busiest,
+    }
+
+
 class AdminApi:
     """The admin API as a server component (`install` registers its routes)."""
 
     name = "admin"
 
-    def __init__(self, section: AdminSection, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, section: AdminSection, environ: Mapping[str, str] | None = None,
+                 counters: Counters | None = None) -> None:
         environ = os.environ if environ is None else environ
         self.section = section
         self.token = environ.get(TOKEN_VARIABLE) or section.token
         self.failures = FailureTracker(section.free_failures, section.max_failure_delay)
-        self.counters = Counters()
+        # Shared with the dashboard when the composition root passes one.
+        self.counters = counters if counters is not None else Counters()
         self.facade: Facade | None = None
 
     @property
@@ -220,8 +277,7 @@ class AdminApi:
         if not self.enabled:
             return
         facade = self.facade = server.facade
-        facade.events.subscribe("message_received", self.counters.message_received)
-        facade.events.subscribe("room_flushed", self.counters.room_flushed)
+        self.counters.attach(facade.events)
         for path, methods, handler in (
             ("/rooms", ("GET",), self.list_rooms),
             ("/rooms/{protocol}/{id}", ("GET",), self.show_room),
@@ -313,16 +369,6 @@ class AdminApi:
         except LookupError:
             return {}
 
-    def _all_rooms(self) -> list[dict[str, Any]]:
-        rooms = []
-        for namespace in self.facade.namespaces():
-            for summary in self.facade.room_summaries(namespace):
-                rooms.append({"protocol": namespace, **summary})
-        for room_id, members in self._cl4_rooms().items():
-            rooms.append({"protocol": "cl4", "id": room_id, "clients": len(members),
-                          "variables": 0})
-        return rooms
-
     @staticmethod
     def _body_object(request: HttpRequest) -> dict[str, Any]:
         if not request.body:
@@ -341,7 +387,7 @@ class AdminApi:
         """GET /rooms: every room in memory, sorted by protocol and id, one page at a time."""
         query = request.query
         offset, limit = page_bounds(query, self.section.max_page_size)
-        rooms = self._all_rooms()
+        rooms = room_list(self.facade)
         protocol = query.get("protocol")
         if protocol:
             rooms = [room for room in rooms if room["protocol"] == protocol[-1]]
@@ -472,26 +518,4 @@ class AdminApi:
 
     def stats(self, request: HttpRequest) -> Response:
         """GET /stats: the figures a dashboard shows (shape in docs/api.md)."""
-        figures = self.facade.stats()
-        rooms = self._all_rooms()
-        counters = self.counters
-        counters.prune({(room["protocol"], room["id"]) for room in rooms})
-        rooms.sort(key=lambda room: (-room["clients"], room["protocol"], room["id"]))
-        busiest = [{**room, "updates": counters.room_updates.get((room["protocol"], room["id"]), 0)}
-                   for room in rooms[:BUSIEST_ROOMS]]
-        by_protocol: dict[str, dict[str, int]] = {}
-        for room in rooms:
-            counts = by_protocol.setdefault(room["protocol"], {"rooms": 0, "active": 0})
-            counts["rooms"] += 1
-            counts["active"] += room["clients"] > 0
-        return json_response(200, "OK", {
-            "version": figures["version"],
-            "uptime_seconds": round(figures["uptime"], 3),
-            "connections": {"total": figures["connections"],
-                            **figures["connections_by_protocol"]},
-            "rooms": by_protocol,
-            "messages_received": counters.messages,
-            "updates_delivered": counters.updates,
-            "frames_sent": counters.frames,
-            "busiest_rooms": busiest,
-        })
+        return json_response(200, "OK", stats_document(self.facade, self.counters))

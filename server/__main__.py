@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ops.admin import AdminApi, AdminSection
+from ops.admin import AdminApi, AdminSection, Counters
+from ops.dashboard import Dashboard
 from ops.history import HistoryApi
 from ops.public import PublicVariables
 from plugins.sprites import keygen
@@ -69,14 +70,17 @@ def backplane_engine(backend: str) -> Callable[[], Backplane]:
 def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
     the rest), the bridge between them when [bridge] enabled, the admin API (with an [admin]
-    token), the public read API ([http] public_variables), Scratch's GET /logs when [history]
-    enabled, and the [cluster] backplane."""
+    token), the live dashboard at "/" ([http] dashboard), the public read API ([http]
+    public_variables), Scratch's GET /logs when [history] enabled, and the [cluster] backplane."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
     if config.bridge.enabled:
         components.append(Bridge(config.bridge, scratch, cl4))
-    components.append(AdminApi(config.admin))
+    # One set of traffic counters for the admin API's stats and the dashboard.
+    counters = Counters()
+    components.append(AdminApi(config.admin, counters=counters))
+    components.append(Dashboard(config.http, config.server.status_page, counters))
     components.append(PublicVariables(config.http.public_variables))
     components.append(HistoryApi(config.history, scratch))
     return Server(config, components, backplane_engine(config.cluster.backend))

@@ -106,7 +106,8 @@ class Server:
         self._fault: str | None = None
         self.routes.add("/healthz", self._health)
         self.routes.add("/robots.txt", lambda request: plain_response(200, "OK", ROBOTS_TXT, TEXT))
-        if section.status_page:
+        # The plain status page, unless a component (the dashboard) serves "/" already.
+        if section.status_page and "/" not in self.routes.paths():
             self.routes.add("/", self._status_page)
 
     # Lifecycle
@@ -432,8 +433,6 @@ class Server:
 
     def _status_page(self, request: Request) -> Response:
         stats = self.stats()
-        active = sum(counts["active"] for counts in stats["rooms"].values())
-        in_memory = sum(counts["in_memory"] for counts in stats["rooms"].values())
         uptime = int(stats["uptime"])
         body = (
             "<!doctype html><html><head><meta charset=utf-8><title>Stratus</title>"
@@ -441,13 +440,21 @@ class Server:
             "<h1>Stratus cloud-variable server</h1>"
             f"<p>Version {html.escape(__version__)}. Up {uptime // 3600} h "
             f"{uptime % 3600 // 60} min.</p>"
-            f"<p>{stats['connections']} connections, {active} active rooms, "
-            f"{in_memory} rooms in memory.</p>"
+            f"<p>{status_line(stats)}</p>"
             "<p>Point a TurboWarp project's <code>cloud_host</code> at this server's "
             "<code>ws://</code> or <code>wss://</code> address.</p>"
             "</body></html>"
         )
         return plain_response(200, "OK", body.encode(), "text/html; charset=utf-8")
+
+
+def status_line(stats: dict[str, Any]) -> str:
+    """"N connections, A active rooms, M rooms in memory." from `Server.stats()` (plain text:
+    numbers only, safe in HTML). Pages at "/" show it; tests and scripts read it."""
+    active = sum(counts["active"] for counts in stats["rooms"].values())
+    in_memory = sum(counts["in_memory"] for counts in stats["rooms"].values())
+    return (f"{stats['connections']} connections, {active} active rooms, "
+            f"{in_memory} rooms in memory.")
 
 
 def connection_limit(max_connections: int, reserved_fds: int) -> int:

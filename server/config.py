@@ -75,6 +75,12 @@ class HttpSection:
     request_timeout: float = field(default=10.0, metadata=at_least(0.1))
     # Serve GET /api/v1/projects/{id}/variables to anyone (CORS allowed): off by default.
     public_variables: bool = False
+    # The live dashboard at "/" and its figures at /dashboard/stats.json (ops/dashboard.py);
+    # off, "/" is the plain status page. [server] status_page = false turns both off.
+    dashboard: bool = True
+    # Seconds between the dashboard's samples, and how many seconds of them it keeps.
+    dashboard_interval: float = field(default=2.0, metadata=at_least(0.25))
+    dashboard_window: float = field(default=900.0, metadata={"min": 60.0, "max": 86_400.0})
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from ops.admin import (
     iso_time,
     page_bounds,
 )
+from server.events import EventBus
 from server.routes import HttpRequest
 from tests.conformance.cl4_client import close_all, drain, identified
 from tests.conformance.helpers import (
@@ -441,3 +442,14 @@ def test_busiest_room_counters_stay_bounded():
     assert len(counters.room_updates) <= MAX_COUNTED_ROOMS
     assert counters.room_updates[("scratch", "busy")] == 1000
     assert counters.updates == 1000 + MAX_COUNTED_ROOMS + 1
+
+
+def test_shared_counters_count_each_event_once():
+    """Counters attached by both the admin API and the dashboard count a message once."""
+    events = EventBus()
+    counters = Counters()
+    counters.attach(events)
+    counters.attach(events)
+    events.message_received(None, "text")
+    events.room_flushed("scratch", "1", 3, 2)
+    assert (counters.messages, counters.updates, counters.frames) == (1, 3, 2)
