@@ -3,9 +3,10 @@
 `python -m server [--config FILE] [--host H] [--port P] [--log-level L]` runs the server;
 `python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key.
 
-This is the one module that wires concrete protocols, the bridge and plugins to the core
-(`build_server`) and declares the protocols' config tables (`CONFIG_TABLES`): the core
-(`server.*`) imports no protocol and no plugin, and protocols import no plugin.
+This is the one module that wires concrete protocols, the bridge, plugins and the operator
+surface (`ops`: metrics) to the core (`build_server`) and declares the protocols' config tables
+(`CONFIG_TABLES`): the core (`server.*`) imports no protocol, no plugin and nothing of `ops`,
+and protocols import no plugin.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ops.metrics import Metrics
 from plugins.sprites import keygen
 from protocols.bridge import Bridge, BridgeSection
 from protocols.cl4 import Cl4Options
@@ -63,12 +65,15 @@ def backplane_engine(backend: str) -> Callable[[], Backplane]:
 
 def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
-    the rest), the bridge between them when [bridge] enabled, and the [cluster] backplane."""
+    the rest), the bridge between them when [bridge] enabled, the [cluster] backplane, and
+    Prometheus metrics at /metrics when [http] metrics."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
     if config.bridge.enabled:
         components.append(Bridge(config.bridge, scratch, cl4))
+    if config.http.metrics:
+        components.append(Metrics())
     return Server(config, components, backplane_engine(config.cluster.backend))
 
 

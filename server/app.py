@@ -37,11 +37,13 @@ from .rooms import RoomLimits, RoomRegistry
 from .routes import TEXT, RouteTable
 from .session import ProtocolRegistry
 from .store import Store, open_store
+from .traffic import Traffic
 
 log = logging.getLogger("stratus")
 
 ROBOTS_TXT = b"User-agent: *\nDisallow: /\n"
 JANITOR_INTERVAL = 60.0
+PENDING = "pending"  # the protocol of a connection whose first message has not come yet
 OPEN, CONNECTING = State.OPEN, State.CONNECTING
 
 
@@ -72,6 +74,10 @@ class Server:
         self.started = time.time()
         self.store: Store | None = None
         self.events = EventBus()
+        self.traffic = Traffic()
+        # Text messages read by connections that have ended, by protocol (live ones count
+        # their own, see `stats`).
+        self._received_by_ended: dict[str, int] = {}
         self.routes = RouteTable()
         self.protocols = ProtocolRegistry()
         # Checks every upgraded connection passes before its first message: each returns
@@ -138,7 +144,7 @@ class Server:
         if namespace in self.rooms:
             raise ValueError(f"room namespace {namespace!r} is opened twice")
         backplane = self._backplane_factory()
-        spreader = Fanout(namespace, fanout, codec, self.loop, self.events)
+        spreader = Fanout(namespace, fanout, codec, self.loop, self.events, self.traffic)
         backplane.attach(spreader.deliver)
         self._backplanes.append(backplane)
         registry = RoomRegistry(namespace, limits, self.store, spreader, backplane,
@@ -278,6 +284,11 @@ class Server:
             self.events.connection_closed(connection, None)
 
     def _connection_gone(self, connection: Connection) -> None:
+        received = connection.received
+        if received:
+            name = protocol_of(connection)
+            ended = self._received_by_ended
+            ended[name] = ended.get(name, 0) + received
         address = connection.counted_address
         if address is not None:
             connection.counted_address = None
@@ -406,11 +417,31 @@ class Server:
             }
             for namespace, registry in self.rooms.items()
         }
+        by_protocol = dict.fromkeys([*self.protocols.names(), PENDING], 0)
+        received = dict.fromkeys(by_protocol, 0)
+        received.update(self._received_by_ended)
+        for connection in self.connections:
+            name = protocol_of(connection)
+            by_protocol[name] = by_protocol.get(name, 0) + 1
+            received[name] = received.get(name, 0) + connection.received
+        store = self.store
+        traffic = self.traffic
         return {
             "version": __version__,
             "uptime": time.time() - self.started,
             "connections": len(self.connections),
             "rooms": rooms,
+            # Connections by protocol ("pending": no protocol chosen yet, HTTP requests too).
+            "protocols": by_protocol,
+            # Text messages read since start, by the protocol of the connection.
+            "messages_received": received,
+            "sent": {"frames": traffic.frames_sent, "bytes": traffic.bytes_sent,
+                     "updates": traffic.updates_sent},
+            "store": {
+                "writes": store.writes if store is not None else 0,
+                "write_errors": store.write_errors if store is not None else 0,
+                "fault": store.fault if store is not None else None,
+            },
         }
 
     def _status_page(self, request: Request) -> Response:
@@ -431,6 +462,12 @@ class Server:
             "</body></html>"
         )
         return plain_response(200, "OK", body.encode(), "text/html; charset=utf-8")
+
+
+def protocol_of(connection: Connection) -> str:
+    """The name of the protocol a connection speaks, or PENDING before its first message."""
+    session = connection.session
+    return session.protocol_name if session is not None else PENDING
 
 
 def connection_limit(max_connections: int, reserved_fds: int) -> int:

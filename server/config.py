@@ -1,10 +1,11 @@
 """Configuration: built-in defaults, an optional TOML file, environment and command-line overrides.
 
-The core's tables ([server], [store]) are dataclasses here; each protocol declares its own
-table as a dataclass of the same kind ([scratch], [cl4], [bridge]), and the composition root
-(`server.__main__`) hands them to `load_config`. The defaults are the documented ones. Invalid
-settings stop start-up with a `ConfigError` naming the key and what it accepts. Every table
-is frozen once loaded: components resolve their settings at start and never re-read them.
+The core's tables ([server], [store], [cluster], [http]) are dataclasses here; each protocol
+declares its own table as a dataclass of the same kind ([scratch], [cl4], [bridge]), and the
+composition root (`server.__main__`) hands them to `load_config`. The defaults are the
+documented ones. Invalid settings stop start-up with a `ConfigError` naming the key and what it
+accepts. Every table is frozen once loaded: components resolve their settings at start and
+never re-read them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class ServerSection:
     forwarded_for: str = field(default="first", metadata=choice("first", "last"))
     status_page: bool = True
     event_loop: str = field(default="auto", metadata=choice("auto", "asyncio", "uvloop"))
+    # PEM files: with both set, the port serves wss:// and https:// (SIGHUP reloads them).
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_format: str = field(default="text", metadata=choice("text", "json"))
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,12 @@ class ClusterSection:
                              f"got {self.backend!r}")
 
 
+@dataclass(frozen=True)
+class HttpSection:
+    # Serve Prometheus metrics at GET /metrics.
+    metrics: bool = True
+
+
 @dataclass
 class Config:
     """The whole configuration: the core's tables, then those protocols declare (`tables`)."""
@@ -83,6 +94,7 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
+    http: HttpSection = field(default_factory=HttpSection)
     # Protocol tables by name ("scratch", "cl4", "bridge"), each a frozen dataclass.
     tables: dict[str, Any] = field(default_factory=dict)
     # [[plugins]] tables: use = "module:Class", optional rooms = [globs], then the plugin's
@@ -117,6 +129,7 @@ CORE_TABLES: dict[str, type] = {
     "server": ServerSection,
     "store": StoreSection,
     "cluster": ClusterSection,
+    "http": HttpSection,
 }
 
 
@@ -178,6 +191,13 @@ def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> N
 
 
 def _validate(config: Config, origin: str) -> None:
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        given, missing = (("tls_cert", "tls_key") if config.server.tls_cert
+                          else ("tls_key", "tls_cert"))
+        raise ConfigError(
+            f"{origin}: [server] {given} is set but {missing} is not: set both (PEM files of "
+            "the certificate chain and its private key) to serve wss://, or neither"
+        )
     for network in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(network, strict=False)

@@ -127,6 +127,10 @@ MORE_BAD_SETTINGS = [
     ("server", "log_level", "loud"),
     ("store", "flush_interval", -1),
     ("cluster", "backend", "redis-without-a-module"),
+    ("server", "log_format", "xml"),
+    ("server", "tls_cert", "cert.pem"),  # without tls_key
+    ("server", "tls_key", "key.pem"),  # without tls_cert
+    ("http", "metrics", "on"),
 ]
 
 
