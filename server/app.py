@@ -37,6 +37,7 @@ from .rooms import RoomLimits, RoomRegistry
 from .routes import TEXT, RouteTable
 from .session import ProtocolRegistry
 from .store import Store, open_store
+from .tls import TlsCertificate
 from .traffic import Traffic
 
 log = logging.getLogger("stratus")
@@ -104,6 +105,8 @@ class Server:
         self._refusing = False  # a "server full" episode is under way (logged once)
         self._per_address: dict[str, int] = {}  # upgraded connections per client address
         self._listener: asyncio.Server | None = None
+        self.tls: TlsCertificate | None = None  # with [server] tls_cert: wss:// and https://
+        self._tls_reload: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._committed = 0
@@ -121,13 +124,19 @@ class Server:
         cfg = self.config
         self.connection_limit = connection_limit(cfg.server.max_connections,
                                                  cfg.server.reserved_fds)
+        tls: dict[str, Any] = {}
+        if cfg.server.tls_cert:  # checked before the store opens: a bad file fails fast
+            self.tls = TlsCertificate(cfg.server.tls_cert, cfg.server.tls_key)
+            tls = {"ssl": self.tls.listening,
+                   "ssl_handshake_timeout": cfg.server.handshake_timeout}
         self.store = open_store(cfg.store, cfg.data_dir)
         for component in self.components:
             await component.start(self)
         await self.plugins.start()
         host: Any = cfg.server.host or None
         self._listener = await self.loop.create_server(
-            lambda: Connection(self), host, cfg.server.port, reuse_address=True, backlog=4096
+            lambda: Connection(self), host, cfg.server.port, reuse_address=True, backlog=4096,
+            **tls
         )
         self._every(cfg.server.ping_interval, self._sweep)
         self._every(cfg.store.flush_interval, self._persist)
@@ -137,6 +146,9 @@ class Server:
         )
         log.info("Stratus %s listening on %s (store: %s, config: %s)", __version__, addresses,
                  cfg.store.backend, cfg.source)
+        if self.tls is not None:
+            log.info("TLS on: wss:// and https:// with %s (%s); SIGHUP reloads it",
+                     self.tls.cert_path, self.tls.described)
 
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:
@@ -169,6 +181,13 @@ class Server:
             self._timers[name] = self.loop.call_later(interval, tick)
 
         self._timers[name] = self.loop.call_later(interval, tick)
+
+    def reload_tls(self) -> None:
+        """Read the TLS certificate files again for new handshakes (SIGHUP calls this)."""
+        if self.tls is None:
+            log.info("SIGHUP: no TLS certificate configured, nothing to reload")
+            return
+        self._tls_reload = self.loop.create_task(self.tls.reload())
 
     def request_shutdown(self) -> None:
         """Ask `run` to shut down gracefully (signal handlers call this)."""
@@ -484,11 +503,15 @@ def connection_limit(max_connections: int, reserved_fds: int) -> int:
 
 
 def install_signal_handlers(server: Server) -> None:
-    """SIGTERM and SIGINT shut the server down gracefully."""
+    """SIGTERM and SIGINT shut the server down gracefully; with TLS, SIGHUP reloads the
+    certificate (without TLS, SIGHUP keeps its default action and ends the process)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers = {signal.SIGTERM: server.request_shutdown, signal.SIGINT: server.request_shutdown}
+    if server.settings.tls_cert:
+        handlers[signal.SIGHUP] = server.reload_tls
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, server.request_shutdown)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
 
