@@ -30,6 +30,7 @@ from .app import Server, serve
 from .backplane import Backplane
 from .config import Config, ConfigError, new_config
 from .config import load_config as load_core_config
+from .logformat import configure_logging
 from .plugins import import_object
 from .store import StoreError
 
@@ -157,24 +158,29 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("stratus").info("Configuration: %s", config_origin)
+    configure_logging(config.server.log_level, config.server.log_format)
+    log = logging.getLogger("stratus")
+    log.info("Configuration: %s", config_origin)
     raise_open_file_limit()
+
+    def fatal(message: str) -> None:
+        # JSON logs stay parseable to the last line; text keeps the plain "stratus: ..." line.
+        if config.server.log_format == "json":
+            log.critical(message)
+        else:
+            print(f"stratus: {message}", file=sys.stderr)
 
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(_serve(config))
     except StoreError as exc:
-        print(f"stratus: {exc}", file=sys.stderr)
+        fatal(str(exc))
         return exc.exit_code
     except ValueError as exc:  # settings that are only checked while loading (files, lists)
-        print(f"stratus: configuration error: {exc}", file=sys.stderr)
+        fatal(f"configuration error: {exc}")
         return 2
     except OSError as exc:
-        print(f"stratus: cannot start: {exc}", file=sys.stderr)
+        fatal(f"cannot start: {exc}")
         return 1
     return 0
 
