@@ -191,11 +191,10 @@ class RoomOutbound:
                 frames += 1
                 own_lines += len(lines)
                 own_bytes += len(frame)
-        if shared:
-            self.fanout.traffic.sent(shared + frames, shared * len(common) + own_bytes,
+        if shared or frames:
+            shared_bytes = shared * len(common) if shared else 0
+            self.fanout.traffic.sent(shared + frames, shared_bytes + own_bytes,
                                      shared * count + own_lines)
-        elif frames:
-            self.fanout.traffic.sent(frames, own_bytes, own_lines)
         return shared + frames
 
     def _flush_all(self, dirty: list[tuple[str, str, Any]]) -> int:
@@ -234,11 +233,10 @@ class RoomOutbound:
                 frames += 1
                 own_lines += len(lines)
                 own_bytes += len(frame)
-        if shared:
-            fanout.traffic.sent(shared + frames, shared * len(common) + own_bytes,
+        if shared or frames:
+            shared_bytes = shared * len(common) if shared else 0
+            fanout.traffic.sent(shared + frames, shared_bytes + own_bytes,
                                 shared * len(dirty) + own_lines)
-        elif frames:
-            fanout.traffic.sent(frames, own_bytes, own_lines)
         return shared + frames
 
     def catch_up(self, member: Any) -> None:
