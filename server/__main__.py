@@ -1,7 +1,9 @@
 """The composition root and command line.
 
 `python -m server [--config FILE] [--host H] [--port P] [--log-level L]` runs the server;
-`python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key.
+`python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key;
+`python -m server healthcheck [--config FILE]` asks the server that config describes for
+/healthz (plain or TLS) and exits 0 if it is healthy (the container's HEALTHCHECK).
 
 This is the one module that wires concrete protocols, the bridge, plugins and the operator
 surface (`ops`: metrics) to the core (`build_server`) and declares the protocols' config tables
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import logging
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -82,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="Stratus cloud-variable server for Scratch/TurboWarp projects.",
-        epilog="Sprite handshake keys: python -m server keygen --help",
+        epilog="Sprite handshake keys: python -m server keygen --help. Health check: "
+               "python -m server healthcheck --help",
     )
     parser.add_argument("--config", help="TOML config file (see config.toml for every key); "
                         "default: config.toml in the working directory, if there is one")
@@ -136,11 +141,56 @@ def config_file(explicit: str | None) -> tuple[Path | None, str]:
     return None, "built-in defaults (no --config, no config.toml in the working directory)"
 
 
+# Where a health check connects when the server listens on every interface.
+LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def healthcheck(argv: list[str]) -> int:
+    """`python -m server healthcheck`: 0 if GET /healthz answers 200, else 1 (the reason on
+    stderr). The port, address and TLS come from the same config, environment and defaults
+    the server reads; the certificate is not verified (the check is about this process)."""
+    parser = argparse.ArgumentParser(prog="python -m server healthcheck",
+                                     description="Exit 0 if the configured server is healthy.")
+    parser.add_argument("--config", help="the server's TOML config file (as for the server)")
+    parser.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    args = parser.parse_args(argv)
+    path, _ = config_file(args.config)
+    try:
+        section = load_config(path).server
+    except ConfigError as exc:
+        print(f"stratus healthcheck: configuration error: {exc}", file=sys.stderr)
+        return 1
+    host = LOOPBACK.get(section.host, section.host)
+    if section.tls_cert:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, section.port, timeout=args.timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, section.port, timeout=args.timeout)
+    try:
+        connection.request("GET", "/healthz")
+        reply = connection.getresponse()
+        body = reply.read(1000).decode(errors="replace").strip()
+    except (OSError, http.client.HTTPException) as exc:
+        print(f"stratus healthcheck: {host} port {section.port}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    if reply.status != 200:
+        print(f"stratus healthcheck: {reply.status} {body}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["keygen"]:  # `python -m server keygen ...` (see plugins/sprites/keygen.py)
         return keygen.main(argv[1:])
+    if argv[:1] == ["healthcheck"]:
+        return healthcheck(argv[1:])
     args = build_parser().parse_args(argv)
     overrides: dict[str, dict] = {"server": {}}
     for key in ("host", "port", "log_level"):

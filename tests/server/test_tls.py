@@ -184,6 +184,14 @@ async def test_sighup_reloads_the_certificate_under_connected_clients(tls_server
     await close_all(old, new, third)
 
 
+def test_healthcheck_speaks_tls(tls_server):
+    """`python -m server healthcheck` with the TLS server's config checks it over https."""
+    done = subprocess.run([sys.executable, "-m", "server", "healthcheck", "--config",
+                           str(tls_server.config_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
 def start_with(tmp_path: Path, settings: dict) -> subprocess.CompletedProcess:
     config = tmp_path / "tls.toml"
     write_toml(config, {"server": {"host": "127.0.0.1", "port": 0,
