@@ -52,6 +52,10 @@ class ServerSection:
     forwarded_for: str = field(default="first", metadata=choice("first", "last"))
     status_page: bool = True
     event_loop: str = field(default="auto", metadata=choice("auto", "asyncio", "uvloop"))
+    # PEM files: with both set, the port serves wss:// and https:// (SIGHUP reloads them).
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_format: str = field(default="text", metadata=choice("text", "json"))
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class HttpSection:
     # Seconds between the dashboard's samples, and how many seconds of them it keeps.
     dashboard_interval: float = field(default=2.0, metadata=at_least(0.25))
     dashboard_window: float = field(default=900.0, metadata={"min": 60.0, "max": 86_400.0})
+    # Serve Prometheus metrics at GET /metrics (ops/metrics.py).
+    metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,13 @@ def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> N
 
 
 def _validate(config: Config, origin: str) -> None:
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        given, missing = (("tls_cert", "tls_key") if config.server.tls_cert
+                          else ("tls_key", "tls_cert"))
+        raise ConfigError(
+            f"{origin}: [server] {given} is set but {missing} is not: set both (PEM files of "
+            "the certificate chain and its private key) to serve wss://, or neither"
+        )
     for network in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(network, strict=False)
