@@ -95,7 +95,7 @@ class Cl4Cluster:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_scheduled = False  # a scheduled call after an early flush finds nothing
         outbox, self._outbox = self._outbox, {}
         for node, queue in outbox.items():
             batch = [[message if isinstance(message, str) else encode_message(message), uuids]
@@ -123,6 +123,8 @@ class Cl4Cluster:
             return
         if event == "left" and session.closed:
             return  # "gone" follows
+        if self._outbox:
+            self._flush()  # what was sent before the change arrives before it
         record: dict[str, Any] = {"op": event, "client": _identity(session)}
         if room is not None:
             record["room"] = room
