@@ -289,12 +289,14 @@ async def test_lost_publishes_are_recovered(redis_server, make_redis_node, room)
     a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
     a = await joined(a_node.url, room, "alice")
     b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
     await a.send(set_text("☁ x", 1))
     assert await recv(b) == set_line("☁ x", 1)
-    # A write whose publish was lost: stored and versioned in Redis, never announced.
-    client = redis_server.client()
-    version = client.hincrby(f"stratus:m:scratch:{room}", "version", 1)
-    client.hset(f"stratus:v:scratch:{room}", '"☁ lost"', f"{version} 5 7")
+    # A write whose publish was lost: stored and versioned in Redis (atomically, as the nodes'
+    # script does), never announced.
+    redis_server.client().eval(
+        "redis.call('HSET', KEYS[1], ARGV[1], redis.call('HINCRBY', KEYS[2], 'version', 1)"
+        " .. ' 5 7')", 2, f"stratus:v:scratch:{room}", f"stratus:m:scratch:{room}", '"☁ lost"')
     await a.send(set_text("☁ x", 2))
     got = await recv_until(b, lambda lines: "☁ lost" in latest_values(lines), 5)
     assert latest_values(got) == {"☁ x": 2, "☁ lost": 7}
