@@ -302,3 +302,27 @@ async def test_lost_publishes_are_recovered(redis_server, make_redis_node, room)
     assert latest_values(got) == {"☁ x": 2, "☁ lost": 7}
     assert "missed 1 changes" in b_node.log()
     await close_all(a, b)
+
+
+async def test_failing_replies_are_logged_and_converge_once_redis_accepts(redis_server,
+                                                                         make_redis_node, room):
+    """Redis refusing writes (out of memory) is logged, each node keeps serving its clients,
+    and the writes reach the other node once Redis accepts them again."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "alice")
+    a2 = await joined(a_node.url, room, "alice2")
+    b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    client = redis_server.client()
+    client.config_set("maxmemory", "1")
+    try:
+        await a.send(set_text("☁ x", 1))
+        assert await recv(a2) == set_line("☁ x", 1)
+        await asyncio.sleep(1.5)
+        assert "Redis refused 1 room writes" in a_node.log() and "maxmemory" in a_node.log()
+    finally:
+        client.config_set("maxmemory", "0")
+    got = await recv_until(b, lambda lines: "☁ x" in latest_values(lines), 10)
+    assert latest_values(got) == {"☁ x": 1}
+    assert "Traceback" not in a_node.log() + b_node.log()
+    await close_all(a, a2, b)
