@@ -201,6 +201,11 @@ class RedisBackplane:
         """Follow the room's channel; once the subscription is live, re-read the room."""
         link = room.cluster = RoomLink(self.namespace, room.id)
         self.rooms[room] = None
+        store = self.cluster.store
+        counts = store.loaded_counts.pop((self.namespace, room.id), None) if store else None
+        if counts:
+            # Other nodes' members as the load found them, so the first joins here count them.
+            self._set_counts(room, counts)
         self.cluster.subscribe_channel(link.channel, lambda data: self._received(room, data),
                                        lambda: self.resync(room))
 
@@ -422,6 +427,11 @@ class RedisBackplane:
                 link.resync_again = True
             version = max(version, high)
         link.last_version = max(link.last_version, version)
+        self._set_counts(room, counts)
+
+    def _set_counts(self, room: Room, counts: list) -> None:
+        """Members of other nodes from a flat [node, count, ...] list (this node left out)."""
+        link = room.cluster
         link.remote_counts = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)
                               if counts[i] != self.node}
         room.remote_members = sum(link.remote_counts.values())
@@ -470,6 +480,9 @@ class RedisRoomStore:
         self.cluster = cluster
         self.committed = 0
         self._client: redis.Redis | None = None
+        # Members of live nodes per room just loaded ((namespace, room id) -> flat list), for
+        # the backplane to pick up when the room opens (`RedisBackplane.room_opened`).
+        self.loaded_counts: dict[tuple[str, str], list] = {}
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         """The room's variables as Redis holds them; empty while Redis is unreachable (the
@@ -479,16 +492,19 @@ class RedisRoomStore:
         if self._client is None:
             self._client = redis.Redis.from_url(self.cluster.url, socket_timeout=2.0,
                                                 socket_connect_timeout=2.0)
+        values_key, meta_key, counts_key, _channel = room_keys(namespace, room_id)
         try:
-            stored = self._client.hgetall(room_keys(namespace, room_id)[0])
+            _version, values, counts = self._client.eval(
+                READ_SCRIPT, 3, values_key, meta_key, counts_key, b"stratus:node:")
         except (RedisError, OSError) as exc:
             log.warning("cannot read room %s from Redis (%s): it starts empty on this node "
                         "and is re-read when Redis answers", printable(room_id), one_line(exc))
             return []
         rows = []
-        for field, raw in stored.items():
-            _version, position, value = parse_stored(raw)
-            rows.append((decode(field), position, value))
+        for index in range(0, len(values), 2):
+            _written, position, value = parse_stored(values[index + 1])
+            rows.append((decode(values[index]), position, value))
+        self.loaded_counts[namespace, room_id] = counts
         return rows
 
     def save(self, changes: list) -> int:

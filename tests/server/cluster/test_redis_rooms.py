@@ -13,6 +13,7 @@ import pytest
 from tests.conformance.helpers import (
     close_all,
     expect_close,
+    expect_nothing,
     joined,
     latest_values,
     recv,
@@ -326,3 +327,35 @@ async def test_failing_replies_are_logged_and_converge_once_redis_accepts(redis_
     assert latest_values(got) == {"☁ x": 1}
     assert "Traceback" not in a_node.log() + b_node.log()
     await close_all(a, a2, b)
+
+
+async def test_a_node_restarted_under_its_id_leaves_no_phantom_members(redis_server,
+                                                                      make_redis_node, room):
+    """A node with a fixed node_id, killed and restarted at once, does not keep counting the
+    members it had: another node can fill the room."""
+    settings = {"scratch": {"max_clients_per_room": 1}, "cluster": {"node_id": "fixed"}}
+    first = make_redis_node(redis_server, **settings)
+    gone = await joined(first.url, room, "alice")
+    await asyncio.sleep(SETTLE)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    make_redis_node(redis_server, **settings)  # the same id, within node_timeout
+    other = make_redis_node(redis_server, scratch={"max_clients_per_room": 1})
+    b = await joined(other.url, room, "bob")
+    await expect_nothing(b)  # admitted: not closed with 4000 for a full room
+    c = await joined(other.url, room, "carol")
+    await expect_close(c, 4000)  # and bob fills it
+    await close_all(gone, b)
+
+
+async def test_the_first_join_on_a_node_counts_the_other_nodes_members(redis_server,
+                                                                      make_redis_node, room):
+    """A node that has never had the room refuses a join into a room full on another node."""
+    settings = {"scratch": {"max_clients_per_room": 1}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    alice = await joined(a_node.url, room, "alice")
+    await asyncio.sleep(SETTLE)
+    bob = await joined(b_node.url, room, "bob")
+    await expect_close(bob, 4000)
+    await close_all(alice)
