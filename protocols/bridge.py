@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.globs import compile_globs
 from server.plugins import DROP
+from server.rooms import NamedWriter
 
 from .js import js_number_to_string, js_stringify
 from .scratch import (
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 
     from .cl4.endpoint import Cl4Protocol
     from .cl4.state import Cl4ClientState
+
+
+# The author of the writes the bridge makes into Scratch rooms, as the history names it (not a
+# possible Scratch username, so no client can pass for it).
+BRIDGE_WRITER = NamedWriter("(bridge)")
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ class Bridge:
     async def stop(self) -> None:
         """Nothing to release."""
 
-    def scratch_written(self, room: Room, key: str, value: Any) -> None:
+    def scratch_written(self, room: Room, key: str, value: Any, author: Any) -> None:
         """A Scratch variable changed: tell CL4 room `room.id`."""
         if self._forwarding or not key or not self.pattern.fullmatch(room.id):
             return
@@ -122,6 +128,6 @@ class Bridge:
         key = variable_key(name)
         self._forwarding = True
         try:
-            room.set(key, val, None)
+            room.set(key, val, BRIDGE_WRITER)
         finally:
             self._forwarding = False

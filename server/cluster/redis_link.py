@@ -289,6 +289,7 @@ class RedisCluster:
 
     def _queued(self) -> bool:
         return bool(self._subscribe or self._unsubscribe or self.bus.queue
+                    or (self.store is not None and self.store.rows)
                     or any(backplane.dirty for backplane in self.backplanes))
 
     async def _write_loop(self) -> None:
@@ -322,7 +323,10 @@ class RedisCluster:
     async def _send_pipeline(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         finishers: list[tuple[Callable[[list | None], None], int, int]] = []
-        for source in [*self.backplanes, self.bus]:
+        sources: list[Any] = [*self.backplanes, self.bus]
+        if self.store is not None:
+            sources.append(self.store)
+        for source in sources:
             start = len(pipe.command_stack)
             finish = source.drain(pipe)
             if finish is not None:

@@ -132,8 +132,8 @@ class RoomLink:
     """One room's state towards Redis (`room.cluster`)."""
 
     __slots__ = ("values_key", "meta_key", "counts_key", "channel", "outbox", "inflight",
-                 "versions", "last_version", "unsynced", "remote_counts", "members_dirty",
-                 "resyncing", "resync_again")
+                 "versions", "last_version", "unsynced", "remote_counts", "counted",
+                 "members_dirty", "resyncing", "resync_again")
 
     def __init__(self, namespace: str, room_id: str) -> None:
         self.values_key, self.meta_key, self.counts_key, self.channel = room_keys(namespace,
@@ -148,6 +148,8 @@ class RoomLink:
         # (lowest, highest) version received while last_version was unknown.
         self.unsynced: tuple[int, int] | None = None
         self.remote_counts: dict[bytes, int] = {}  # members on other nodes, by node
+        # Nodes whose count arrived while the room was being re-read: newer than the re-read.
+        self.counted: set[bytes] = set()
         self.members_dirty = True
         self.resyncing = False
         self.resync_again = False  # a gap was seen while a re-read was on its way
@@ -328,6 +330,8 @@ class RedisBackplane:
             if node != self.node:
                 link.remote_counts[node] = int(count)
                 room.remote_members = sum(link.remote_counts.values())
+                if link.resyncing:
+                    link.counted.add(node)
             return
         version, node, length, rest = data[2:].split(b" ", 3)
         version = int(version)
@@ -427,13 +431,19 @@ class RedisBackplane:
                 link.resync_again = True
             version = max(version, high)
         link.last_version = max(link.last_version, version)
-        self._set_counts(room, counts)
+        # A count published while the read was on its way may have arrived first: it is newer.
+        newer = {node: link.remote_counts[node] for node in link.counted
+                 if node in link.remote_counts}
+        link.counted = set()
+        self._set_counts(room, counts, newer)
 
-    def _set_counts(self, room: Room, counts: list) -> None:
+    def _set_counts(self, room: Room, counts: list, newer: dict | None = None) -> None:
         """Members of other nodes from a flat [node, count, ...] list (this node left out)."""
         link = room.cluster
         link.remote_counts = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)
                               if counts[i] != self.node}
+        if newer:
+            link.remote_counts.update(newer)
         room.remote_members = sum(link.remote_counts.values())
 
     # From the cluster
@@ -483,6 +493,8 @@ class RedisRoomStore:
         # Members of live nodes per room just loaded ((namespace, room id) -> flat list), for
         # the backplane to pick up when the room opens (`RedisBackplane.room_opened`).
         self.loaded_counts: dict[tuple[str, str], list] = {}
+        # Changes of namespaces that are not room namespaces, waiting for the writer.
+        self.rows: list = []
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         """The room's variables as Redis holds them; empty while Redis is unreachable (the
@@ -504,13 +516,40 @@ class RedisRoomStore:
         for index in range(0, len(values), 2):
             _written, position, value = parse_stored(values[index + 1])
             rows.append((decode(values[index]), position, value))
-        self.loaded_counts[namespace, room_id] = counts
+        if any(backplane.namespace == namespace for backplane in self.cluster.backplanes):
+            self.loaded_counts[namespace, room_id] = counts
         return rows
 
     def save(self, changes: list) -> int:
-        """Nothing to write: the backplane wrote every change through."""
+        """Room changes: nothing to do, the backplane wrote them through. Rows of other
+        namespaces (e.g. the facade's persisted block list) are queued for Redis."""
+        rooms = {backplane.namespace for backplane in self.cluster.backplanes}
+        for change in changes:
+            if change[0] not in rooms:
+                self.rows.append(change)
+        if self.rows:
+            self.cluster.wake()
         self.committed += 1
         return self.committed
+
+    def drain(self, pipe: Any) -> Callable[[list | None], None] | None:
+        """Put queued rows in `pipe` (the cluster's writer calls this)."""
+        if not self.rows:
+            return None
+        rows, self.rows = self.rows, []
+        for namespace, room_id, upserts, deletes in rows:
+            values_key = room_keys(namespace, room_id)[0]
+            for key, position, value in upserts:
+                pipe.hset(values_key, encode(key), stored_value(0, position, value))
+            for key in deletes:
+                pipe.hdel(values_key, encode(key))
+
+        def finish(replies: list | None) -> None:
+            if replies is None or any(isinstance(reply, Exception) for reply in replies):
+                self.rows[:0] = rows  # kept, in order, and sent again
+                log.warning("%d stored rows could not be written to Redis; retrying", len(rows))
+
+        return finish
 
     def close(self) -> None:
         """Nothing queued here."""

@@ -14,6 +14,7 @@ from tests.conformance.helpers import (
     close_all,
     expect_close,
     expect_nothing,
+    http_get,
     joined,
     latest_values,
     recv,
@@ -359,3 +360,19 @@ async def test_the_first_join_on_a_node_counts_the_other_nodes_members(redis_ser
     bob = await joined(b_node.url, room, "bob")
     await expect_close(bob, 4000)
     await close_all(alice)
+
+
+async def test_a_persisted_block_is_kept_in_redis_for_every_node(redis_server, make_redis_node,
+                                                                 room):
+    """A project blocked through the admin API on one node is blocked on a node started later
+    (the block list lives in Redis, not in a node's data dir)."""
+    token = {"admin": {"token": "secret-token-for-tests"}}
+    first = make_redis_node(redis_server, **token)
+    status, _headers, _body = http_get(
+        first.http_url, f"/api/v1/blocked-projects/{room}", method="PUT",
+        headers={"Authorization": "Bearer secret-token-for-tests"})
+    assert status == 200
+    await asyncio.sleep(SETTLE)
+    later = make_redis_node(redis_server, **token)
+    client = await joined(later.url, room, "alice")
+    await expect_close(client, 4004)
