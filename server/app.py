@@ -21,7 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import __version__
-from .backplane import Backplane, LocalBackplane
+from .backplane import Backplane, Cluster, LocalCluster
 from .budget import ReadLimits
 from .codes import CloseCode, State
 from .config import Config
@@ -37,7 +37,7 @@ from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
 from .routes import TEXT, HttpRequest, RouteTable
 from .session import ProtocolRegistry
-from .store import Store, open_store
+from .store import Store
 from .tls import TlsCertificate
 from .traffic import Traffic
 
@@ -68,7 +68,7 @@ class Server:
     """One Stratus server process: owns connections, rooms, the store and the timers."""
 
     def __init__(self, config: Config, components: Iterable[Component] = (),
-                 backplane: Callable[[], Backplane] = LocalBackplane) -> None:
+                 cluster: Cluster | None = None) -> None:
         self.config = config
         self.settings = config.server
         self.http_settings = config.http
@@ -87,7 +87,8 @@ class Server:
         # None or the (text, close code) to refuse it with.
         self.upgrade_checks: list[Callable[[Connection], tuple[str, int] | None]] = []
         self.rooms: dict[str, RoomRegistry] = {}  # room namespaces by name
-        self._backplane_factory = backplane
+        # The link to the other nodes ([cluster] backend); one process: LocalCluster.
+        self.cluster: Cluster = cluster if cluster is not None else LocalCluster()
         self._backplanes: list[Backplane] = []
         self.facade = Facade(self)
         self.plugins = PluginManager(self.facade)
@@ -132,7 +133,8 @@ class Server:
             self.tls = TlsCertificate(cfg.server.tls_cert, cfg.server.tls_key)
             tls = {"ssl": self.tls.listening,
                    "ssl_handshake_timeout": cfg.server.handshake_timeout}
-        self.store = open_store(cfg.store, cfg.data_dir)
+        await self.cluster.start()
+        self.store = self.cluster.open_store(cfg)
         for component in self.components:
             await component.start(self)
         await self.facade.restore_blocked_rooms()
@@ -148,8 +150,8 @@ class Server:
         addresses = ", ".join(
             printable(sock.getsockname()) for sock in self._listener.sockets
         )
-        log.info("Stratus %s listening on %s (store: %s, config: %s)", __version__, addresses,
-                 cfg.store.backend, cfg.source)
+        log.info("Stratus %s listening on %s (%s, config: %s)", __version__, addresses,
+                 self.cluster.describe(cfg), cfg.source)
         if self.tls is not None:
             log.info("TLS on: wss:// and https:// with %s (%s); SIGHUP reloads it",
                      self.tls.cert_path, self.tls.described)
@@ -160,7 +162,7 @@ class Server:
         enabled, its history (call from `start`)."""
         if namespace in self.rooms:
             raise ValueError(f"room namespace {namespace!r} is opened twice")
-        backplane = self._backplane_factory()
+        backplane = self.cluster.backplane(namespace)
         spreader = Fanout(namespace, fanout, codec, self.loop, self.events, self.traffic)
         backplane.attach(spreader.deliver)
         self._backplanes.append(backplane)
@@ -240,6 +242,7 @@ class Server:
             await asyncio.to_thread(registry.close)
         for backplane in self._backplanes:
             await backplane.close()
+        await self.cluster.close()
         try:
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
@@ -437,6 +440,10 @@ class Server:
         fault = self.store.fault if self.store is not None else None
         if fault:
             return plain_response(503, "Service Unavailable", f"{fault}\n".encode(), TEXT)
+        cluster_fault = self.cluster.fault
+        if cluster_fault:
+            # Still 200: the node serves its own clients, so a load balancer should keep it.
+            return plain_response(200, "OK", f"ok; {cluster_fault}\n".encode(), TEXT)
         return plain_response(200, "OK", b"ok\n", TEXT)
 
     def stats(self) -> dict[str, Any]:

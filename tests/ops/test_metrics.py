@@ -234,3 +234,16 @@ async def test_head_and_scrape_of_a_fresh_server(metered):
     assert value(samples, "stratus_flush_delay_seconds_bucket", le="+Inf") == value(
         samples, "stratus_flush_delay_seconds_count")
 
+
+
+async def test_store_writes_count_redis_pipelines(redis_server, make_redis_node, room):
+    """With the Redis backend, accepted writes show up as store writes (what Redis took)."""
+    node = make_redis_node(redis_server)
+    client = await joined(node.url, room)
+    try:
+        await client.send(set_text("☁ a", "1"))
+        samples = await scrape_until(node.http_url,
+                                     lambda got: value(got, "stratus_store_writes_total") >= 1)
+        assert value(samples, "stratus_store_errors_total") == 0
+    finally:
+        await close_all(client)

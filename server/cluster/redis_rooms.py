@@ -1,0 +1,569 @@
+"""Rooms whose values live in Redis: the Redis backplane and the store rooms load from.
+
+Per room (namespace `ns`, room id `r`):
+  stratus:v:<ns>:<r>  hash   variable key -> "<version> <position> <JSON value>"
+  stratus:m:<ns>:<r>  hash   version (the room's write counter), next (next position)
+  stratus:n:<ns>:<r>  hash   node id -> members of the room on that node
+  stratus:c:<ns>:<r>  channel every change of the room is published on
+
+A write accepted on a node is delivered to that node's members at once (as with one process)
+and queued for Redis. The writer sends it through a Lua script that stores it, bumps the room's
+version and publishes it, atomically, so Redis gives every room one order. Every node following
+the room applies what it receives in that order, keyed by the version each variable was
+written at, and delivers it through its own fan-out (latest-value-wins batching unchanged: one
+Redis message per write and node, never per recipient). A node skips changes of a variable for
+which its own newer write is still on the way (it arrives later and wins), so all members of
+all nodes converge on the value Redis stored last. A missing version (a lost publish), a new
+subscription and a link that comes back re-read the room (`resync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.exceptions import NoScriptError, RedisError
+
+from ..logsafe import printable
+
+if TYPE_CHECKING:
+    from ..rooms import Room
+
+# The `server.cluster.redis_link.RedisCluster` these serve (not imported: it imports this).
+RedisCluster = Any
+
+log = logging.getLogger("stratus.cluster")
+
+LINK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+# ARGV: key, JSON value, max variables (0 = none), node id, the kind of write (`WRITE`,
+# `QUIET` or `RESTORE`), channel. Returns the new version, or -1 if the room is full.
+SET_SCRIPT = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local position
+if old then
+  position = string.match(old, '^%d+ (%d+) ')
+else
+  local max = tonumber(ARGV[3])
+  if max > 0 and redis.call('HLEN', KEYS[1]) >= max then return -1 end
+  position = redis.call('HINCRBY', KEYS[2], 'next', 1) - 1
+end
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('HSET', KEYS[1], ARGV[1], version .. ' ' .. position .. ' ' .. ARGV[2])
+redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' ' .. version .. ' ' .. ARGV[4] .. ' '
+  .. string.len(ARGV[1]) .. ' ' .. ARGV[1] .. ARGV[2])
+return version
+"""
+
+# ARGV: key, node id, channel. Returns the new version, or 0 if there was no such variable.
+DELETE_SCRIPT = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('PUBLISH', ARGV[3], 'd ' .. version .. ' ' .. ARGV[2] .. ' '
+  .. string.len(ARGV[1]) .. ' ' .. ARGV[1])
+return version
+"""
+
+# KEYS: values, meta, member counts; ARGV: the node key prefix. Returns {version, values as a
+# flat list, member counts of live nodes as a flat list}; counts of dead nodes are removed.
+READ_SCRIPT = """
+local counts = redis.call('HGETALL', KEYS[3])
+local live = {}
+for i = 1, #counts, 2 do
+  if redis.call('EXISTS', ARGV[1] .. counts[i]) == 1 then
+    live[#live + 1] = counts[i]
+    live[#live + 1] = counts[i + 1]
+  else
+    redis.call('HDEL', KEYS[3], counts[i])
+  end
+end
+return {redis.call('HGET', KEYS[2], 'version') or '0', redis.call('HGETALL', KEYS[1]), live}
+"""
+
+# Kinds of write. A client's write is delivered to every member of every node (Scratch relays
+# repeated values too); a rename's new key to nobody; a value written again because it may not
+# have reached Redis (the link failed, Redis lost its data) only where it changes something.
+WRITE, QUIET, RESTORE = b"s", b"q", b"r"
+
+SCRIPTS = {name: (text, hashlib.sha1(text.encode()).hexdigest())
+           for name, text in (("set", SET_SCRIPT), ("delete", DELETE_SCRIPT),
+                              ("read", READ_SCRIPT))}
+
+
+def encode(text: str) -> bytes:
+    """Text as Redis bytes; lone surrogates (valid in JS strings) survive the round trip."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode(data: bytes) -> str:
+    """The text `encode` made."""
+    return data.decode("utf-8", "surrogatepass")
+
+
+def room_keys(namespace: str, room_id: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """(values, meta, member counts, channel) of a room."""
+    suffix = encode(f"{namespace}:{room_id}")
+    return (b"stratus:v:" + suffix, b"stratus:m:" + suffix, b"stratus:n:" + suffix,
+            b"stratus:c:" + suffix)
+
+
+def dump_value(value: Any) -> bytes:
+    """A variable's value as stored (ASCII JSON, so lone surrogates survive)."""
+    return json.dumps(value).encode()
+
+
+def parse_stored(stored: bytes) -> tuple[int, int, Any]:
+    """(version, position, value) of a stored variable."""
+    version, position, value = stored.split(b" ", 2)
+    return int(version), int(position), json.loads(value)
+
+
+def stored_value(version: int, position: int, value: Any) -> bytes:
+    """What the set script stores for a variable (used by `migrate-store`)."""
+    return b"%d %d " % (version, position) + dump_value(value)
+
+
+class RoomLink:
+    """One room's state towards Redis (`room.cluster`)."""
+
+    __slots__ = ("values_key", "meta_key", "counts_key", "channel", "outbox", "inflight",
+                 "versions", "last_version", "unsynced", "remote_counts", "counted",
+                 "members_dirty", "resyncing", "resync_again")
+
+    def __init__(self, namespace: str, room_id: str) -> None:
+        self.values_key, self.meta_key, self.counts_key, self.channel = room_keys(namespace,
+                                                                                  room_id)
+        # Variables accepted here and not sent yet (key -> kind of write), newest value only.
+        self.outbox: dict[str, bytes] = {}
+        # Variables sent and not echoed back yet: how many of their writes are on the way.
+        self.inflight: dict[str, int] = {}
+        # The version each variable was last written at (as far as this node knows).
+        self.versions: dict[str, int] = {}
+        self.last_version = -1  # the room's version last seen in order (-1: not read yet)
+        # (lowest, highest) version received while last_version was unknown.
+        self.unsynced: tuple[int, int] | None = None
+        self.remote_counts: dict[bytes, int] = {}  # members on other nodes, by node
+        # Nodes whose count arrived while the room was being re-read: newer than the re-read.
+        self.counted: set[bytes] = set()
+        self.members_dirty = True
+        self.resyncing = False
+        self.resync_again = False  # a gap was seen while a re-read was on its way
+
+    def pending(self, key: str) -> bool:
+        """True while a write of `key` accepted here has not come back from Redis."""
+        return key in self.outbox or key in self.inflight
+
+    def sent_back(self, key: str) -> None:
+        count = self.inflight.get(key, 0)
+        if count > 1:
+            self.inflight[key] = count - 1
+        elif count:
+            del self.inflight[key]
+
+
+class RedisBackplane:
+    """The `Backplane` of one room namespace with the Redis engine."""
+
+    def __init__(self, cluster: RedisCluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.node = cluster.node
+        self.deliver: Callable[[Any, str, Any], None] | None = None
+        self.rooms: dict[Room, None] = {}  # rooms in this node's memory
+        self.dirty: dict[Room, None] = {}  # rooms with something to send
+        self._tasks: set[asyncio.Task] = set()
+
+    def attach(self, deliver: Callable[[Any, str, Any], None]) -> None:
+        """Local members get changes through `deliver`, from this node and from the others."""
+        self.deliver = deliver
+
+    # From the rooms (synchronous, on every write)
+
+    def publish(self, room: Room, key: str, author: Any) -> None:
+        """Deliver to this node's members now; queue the change for Redis."""
+        self.deliver(room, key, author)
+        room.cluster.outbox[key] = WRITE
+        if room not in self.dirty:
+            self.dirty[room] = None
+            self.cluster.wake()
+
+    def stored(self, room: Room, key: str) -> None:
+        """A rename's new key: stored in Redis, not broadcast."""
+        room.cluster.outbox[key] = QUIET
+        if room not in self.dirty:
+            self.dirty[room] = None
+            self.cluster.wake()
+
+    def room_opened(self, room: Room) -> None:
+        """Follow the room's channel; once the subscription is live, re-read the room."""
+        link = room.cluster = RoomLink(self.namespace, room.id)
+        self.rooms[room] = None
+        store = self.cluster.store
+        counts = store.loaded_counts.pop((self.namespace, room.id), None) if store else None
+        if counts:
+            # Other nodes' members as the load found them, so the first joins here count them.
+            self._set_counts(room, counts)
+        self.cluster.subscribe_channel(link.channel, lambda data: self._received(room, data),
+                                       lambda: self.resync(room))
+
+    def room_closed(self, room: Room) -> None:
+        """Stop following the room."""
+        self.rooms.pop(room, None)
+        self.cluster.unsubscribe_channel(room.cluster.channel)
+
+    def members_changed(self, room: Room) -> None:
+        """Tell the cluster how many members this node has in the room."""
+        room.cluster.members_dirty = True
+        if room not in self.dirty:
+            self.dirty[room] = None
+            self.cluster.wake()
+
+    def is_settled(self, room: Room) -> bool:
+        """True when the room has nothing on its way to Redis."""
+        link = room.cluster
+        return not (link.outbox or link.inflight or link.members_dirty)
+
+    def unsent(self) -> int:
+        """Variables accepted here that have not reached Redis."""
+        return sum(len(room.cluster.outbox) for room in self.rooms)
+
+    async def close(self) -> None:
+        """Stop re-reading rooms (the cluster sends what is queued and disconnects)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    # To Redis (the cluster's writer calls `drain`)
+
+    def drain(self, pipe: Any) -> Callable[[list | None], None] | None:
+        """Queue every pending write and member count in `pipe`; returns what handles the
+        replies (None: the link failed, everything is put back)."""
+        if not self.dirty:
+            return None
+        rooms, self.dirty = self.dirty, {}
+        node = self.node
+        set_sha, delete_sha = SCRIPTS["set"][1], SCRIPTS["delete"][1]
+        sent: list[tuple[Room, str | None, bytes]] = []  # (room, key or None = count, kind)
+        for room in rooms:
+            link = room.cluster
+            max_variables = room.registry.limits.max_variables
+            for key, kind in link.outbox.items():
+                field = encode(key)
+                if key in room.values:
+                    pipe.evalsha(set_sha, 2, link.values_key, link.meta_key, field,
+                                 dump_value(room.values[key]), max_variables, node,
+                                 kind, link.channel)
+                else:
+                    pipe.evalsha(delete_sha, 2, link.values_key, link.meta_key, field, node,
+                                 link.channel)
+                link.inflight[key] = link.inflight.get(key, 0) + 1
+                sent.append((room, key, kind))
+            link.outbox = {}
+            if link.members_dirty:
+                link.members_dirty = False
+                count = len(room.members)
+                if count:
+                    pipe.hset(link.counts_key, node, count)
+                else:
+                    pipe.hdel(link.counts_key, node)
+                pipe.publish(link.channel, b"n %d " % count + node)
+                sent.append((room, None, WRITE))
+
+        def finish(replies: list | None) -> None:
+            self._finish(sent, replies)
+
+        return finish
+
+    def _finish(self, sent: list[tuple[Room, str | None, bytes]], replies: list | None) -> None:
+        index = 0
+        failures: list[str] = []
+        for room, key, kind in sent:
+            link = room.cluster
+            width = 1 if key is not None else 2
+            answers = replies[index:index + width] if replies is not None else None
+            index += width
+            failed = answers is None or any(isinstance(a, Exception) for a in answers)
+            if key is None:
+                if failed:
+                    link.members_dirty = True
+                    self._requeue(room)
+                continue
+            if failed:
+                link.sent_back(key)
+                # Redis may have stored it (only the reply was lost): others get it again
+                # only if it changes something for them.
+                link.outbox.setdefault(key, kind if answers is not None else RESTORE)
+                self._requeue(room)
+                if answers is not None:
+                    failures.append(one_line(answers[0]))
+                    if isinstance(answers[0], NoScriptError):
+                        self.cluster.scripts_lost()
+                continue
+            reply = answers[0]
+            if reply == -1:
+                # The room is full cluster-wide: another node's new variables got there first.
+                link.sent_back(key)
+                if not link.pending(key):
+                    log.info("room %s is full across the cluster: variable %s is dropped",
+                             printable(room.id), printable(key))
+                    room.discard(key)
+            elif reply == 0:
+                link.sent_back(key)  # nothing was published (a delete of a missing variable)
+        if failures:
+            log.warning("Redis refused %d room writes (%s); retrying", len(failures),
+                        failures[0])
+
+    def _requeue(self, room: Room) -> None:
+        self.dirty[room] = None
+
+    # From Redis
+
+    def _received(self, room: Room, data: bytes) -> None:
+        link = room.cluster
+        op = data[:1]
+        if op == b"n":
+            count, node = data[2:].split(b" ", 1)
+            if node != self.node:
+                link.remote_counts[node] = int(count)
+                room.remote_members = sum(link.remote_counts.values())
+                if link.resyncing:
+                    link.counted.add(node)
+            return
+        version, node, length, rest = data[2:].split(b" ", 3)
+        version = int(version)
+        length = int(length)
+        key = decode(rest[:length])
+        if node == self.node:
+            link.sent_back(key)
+        last = link.last_version
+        if last >= 0:
+            if version > last + 1:
+                log.info("room %s missed %d changes from Redis: re-reading it",
+                         printable(room.id), version - last - 1)
+                self.resync(room)
+            if version > last:
+                link.last_version = version
+        else:
+            # Not read yet: the re-read on its way checks these follow what it finds.
+            low, high = link.unsynced or (version, version)
+            link.unsynced = (min(low, version), max(high, version))
+        if link.pending(key) or version <= link.versions.get(key, 0):
+            return
+        link.versions[key] = version
+        if op == b"d":
+            room.discard(key)
+            return
+        value = json.loads(rest[length:])
+        if node == self.node or op == RESTORE:
+            # This node's own write, back from Redis: its members had it at once, unless the
+            # room was re-read meanwhile and holds something older. A value written again
+            # after a failure: only news if it differs.
+            old = room.values.get(key, _MISSING)
+            if type(old) is type(value) and old == value:
+                return
+        # Another node's write is delivered even if the value is unchanged: Scratch relays
+        # every set, repeated values included.
+        room.apply(key, value, quiet=op == QUIET)
+
+    def resync(self, room: Room) -> None:
+        """Re-read the room from Redis and apply what this node missed."""
+        link = room.cluster
+        if not self.cluster.up:
+            return
+        if link.resyncing:
+            link.resync_again = True
+            return
+        link.resyncing = True
+        link.resync_again = False
+        task = asyncio.get_running_loop().create_task(self._resync(room, link))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, room: Room, link: RoomLink) -> None:
+        try:
+            version, values, counts = await self.cluster.redis.evalsha(
+                SCRIPTS["read"][1], 3, link.values_key, link.meta_key, link.counts_key,
+                b"stratus:node:")
+        except NoScriptError:
+            self.cluster.scripts_lost()
+            link.resyncing = False
+            return
+        except LINK_ERRORS as exc:
+            link.resyncing = False
+            self.cluster.link_failed(exc)
+            return
+        link.resyncing = False
+        if room.cluster is not link:
+            return
+        self.apply_snapshot(room, int(version), values, counts)
+        if link.resync_again:
+            self.resync(room)
+
+    def apply_snapshot(self, room: Room, version: int, values: list, counts: list) -> None:
+        """Bring the room in line with what Redis holds at `version`."""
+        link = room.cluster
+        present = set()
+        for index in range(0, len(values), 2):
+            key = decode(values[index])
+            present.add(key)
+            if link.pending(key):
+                continue
+            written, _position, value = parse_stored(values[index + 1])
+            if written < link.versions.get(key, 0):
+                continue
+            link.versions[key] = written
+            old = room.values.get(key, _MISSING)
+            if not (type(old) is type(value) and old == value):
+                room.apply(key, value)
+        for key in [key for key in room.values if key not in present]:
+            if not link.pending(key) and link.versions.get(key, 0) <= version:
+                room.discard(key)
+        unsynced, link.unsynced = link.unsynced, None
+        if unsynced is not None and link.last_version < 0:
+            low, high = unsynced
+            if low > version + 1:
+                log.info("room %s missed %d changes from Redis while it was read: re-reading it",
+                         printable(room.id), low - version - 1)
+                link.resync_again = True
+            version = max(version, high)
+        link.last_version = max(link.last_version, version)
+        # A count published while the read was on its way may have arrived first: it is newer.
+        newer = {node: link.remote_counts[node] for node in link.counted
+                 if node in link.remote_counts}
+        link.counted = set()
+        self._set_counts(room, counts, newer)
+
+    def _set_counts(self, room: Room, counts: list, newer: dict | None = None) -> None:
+        """Members of other nodes from a flat [node, count, ...] list (this node left out)."""
+        link = room.cluster
+        link.remote_counts = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)
+                              if counts[i] != self.node}
+        if newer:
+            link.remote_counts.update(newer)
+        room.remote_members = sum(link.remote_counts.values())
+
+    # From the cluster
+
+    def relinked(self, data_lost: bool) -> None:
+        """The link is back: echoes of writes sent before are lost; count members again; if
+        Redis lost its data, write every room back from memory."""
+        for room in self.rooms:
+            link = room.cluster
+            for key in link.inflight:
+                link.outbox.setdefault(key, RESTORE)
+            link.inflight.clear()
+            link.unsynced = None
+            # Redis may have come back from an older state (its last second of writes lost):
+            # versions start over from what the room re-read finds.
+            link.last_version = -1
+            link.versions.clear()
+            if data_lost:
+                for key in room.values:
+                    link.outbox.setdefault(key, RESTORE)
+            link.members_dirty = True
+            self.dirty[room] = None
+
+    def node_gone(self, node: bytes) -> None:
+        """A dead node's members no longer count."""
+        for room in self.rooms:
+            link = room.cluster
+            if link.remote_counts.pop(node, None) is not None:
+                room.remote_members = sum(link.remote_counts.values())
+
+
+_MISSING = object()
+
+
+class RedisRoomStore:
+    """The store of the Redis backend: rooms load from Redis (on the registry's reader
+    thread); nothing is persisted separately, since the backplane writes every change
+    through."""
+
+    loads_block = True
+    fault = None
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self.committed = 0
+        self.writes = 0  # pipelines of changes Redis accepted (metrics: store writes)
+        self.write_errors = 0  # pipelines that failed or had a refused change
+        self._client: redis.Redis | None = None
+        # Members of live nodes per room just loaded ((namespace, room id) -> flat list), for
+        # the backplane to pick up when the room opens (`RedisBackplane.room_opened`).
+        self.loaded_counts: dict[tuple[str, str], list] = {}
+        # Changes of namespaces that are not room namespaces, waiting for the writer.
+        self.rows: list = []
+
+    def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
+        """The room's variables as Redis holds them; empty while Redis is unreachable (the
+        room is re-read when the link is back)."""
+        if not self.cluster.up:
+            return []
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.cluster.url, socket_timeout=2.0,
+                                                socket_connect_timeout=2.0)
+        values_key, meta_key, counts_key, _channel = room_keys(namespace, room_id)
+        try:
+            _version, values, counts = self._client.eval(
+                READ_SCRIPT, 3, values_key, meta_key, counts_key, b"stratus:node:")
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read room %s from Redis (%s): it starts empty on this node "
+                        "and is re-read when Redis answers", printable(room_id), one_line(exc))
+            return []
+        rows = []
+        for index in range(0, len(values), 2):
+            _written, position, value = parse_stored(values[index + 1])
+            rows.append((decode(values[index]), position, value))
+        if any(backplane.namespace == namespace for backplane in self.cluster.backplanes):
+            self.loaded_counts[namespace, room_id] = counts
+        return rows
+
+    def save(self, changes: list) -> int:
+        """Room changes: nothing to do, the backplane wrote them through. Rows of other
+        namespaces (e.g. the facade's persisted block list) are queued for Redis."""
+        rooms = {backplane.namespace for backplane in self.cluster.backplanes}
+        for change in changes:
+            if change[0] not in rooms:
+                self.rows.append(change)
+        if self.rows:
+            self.cluster.wake()
+        self.committed += 1
+        return self.committed
+
+    def drain(self, pipe: Any) -> Callable[[list | None], None] | None:
+        """Put queued rows in `pipe` (the cluster's writer calls this)."""
+        if not self.rows:
+            return None
+        rows, self.rows = self.rows, []
+        for namespace, room_id, upserts, deletes in rows:
+            values_key = room_keys(namespace, room_id)[0]
+            for key, position, value in upserts:
+                pipe.hset(values_key, encode(key), stored_value(0, position, value))
+            for key in deletes:
+                pipe.hdel(values_key, encode(key))
+
+        def finish(replies: list | None) -> None:
+            if replies is None or any(isinstance(reply, Exception) for reply in replies):
+                self.rows[:0] = rows  # kept, in order, and sent again
+                log.warning("%d stored rows could not be written to Redis; retrying", len(rows))
+
+        return finish
+
+    def close(self) -> None:
+        """Nothing queued here."""
+
+    def close_client(self) -> None:
+        """Close the reader thread's connection (after the readers stopped)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short log line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
