@@ -175,6 +175,13 @@ class StratusCollector:
         yield GaugeMetricFamily(
             "stratus_store_healthy", "1 while the store writes and reads, 0 while it fails.",
             value=0 if store["fault"] else 1)
+        cluster = stats["cluster"]
+        link = GaugeMetricFamily(
+            "stratus_cluster_link_up",
+            "1 while this node's link to the other nodes (Redis) works, 0 while it is down "
+            "(the node keeps serving its own clients).", labels=["backend", "node"])
+        link.add_metric([cluster["backend"], cluster["node"] or ""], 1 if cluster["link_up"] else 0)
+        yield link
         delay = counts.flush_delay
         yield HistogramMetricFamily(
             "stratus_flush_delay_seconds",

@@ -480,6 +480,12 @@ class Server:
                 "write_errors": store.write_errors if store is not None else 0,
                 "fault": store.fault if store is not None else None,
             },
+            # The link to the other nodes ([cluster] backend "local": always up, no node id).
+            "cluster": {
+                "backend": self.config.cluster.backend,
+                "node": getattr(self.cluster, "node_id", None),
+                "link_up": self.cluster.fault is None,
+            },
         }
 
     def _status_page(self, request: Request) -> Response:

@@ -236,14 +236,31 @@ async def test_head_and_scrape_of_a_fresh_server(metered):
 
 
 
-async def test_store_writes_count_redis_pipelines(redis_server, make_redis_node, room):
-    """With the Redis backend, accepted writes show up as store writes (what Redis took)."""
-    node = make_redis_node(redis_server)
+async def test_redis_node_reports_store_writes_and_its_cluster_link(redis_server,
+                                                                      make_redis_node, room):
+    """A Redis-backed node counts what Redis accepted as store writes, and its cluster link
+    gauge follows Redis going away and coming back."""
+    node = make_redis_node(redis_server, cluster={"node_id": "node-a"})
     client = await joined(node.url, room)
+    link = {"backend": "redis", "node": "node-a"}
     try:
         await client.send(set_text("☁ a", "1"))
         samples = await scrape_until(node.http_url,
                                      lambda got: value(got, "stratus_store_writes_total") >= 1)
         assert value(samples, "stratus_store_errors_total") == 0
+        assert value(samples, "stratus_cluster_link_up", **link) == 1
+        redis_server.stop()
+        await scrape_until(node.http_url,
+                           lambda got: value(got, "stratus_cluster_link_up", **link) == 0)
+        redis_server.start()
+        await scrape_until(node.http_url,
+                           lambda got: value(got, "stratus_cluster_link_up", **link) == 1,
+                           timeout=10)
     finally:
         await close_all(client)
+
+
+async def test_single_node_cluster_link_is_up(metered):
+    """Without a cluster the link gauge says up, for the local backend and no node id."""
+    samples = await scrape(metered.http_url)
+    assert value(samples, "stratus_cluster_link_up", backend="local", node="") == 1
