@@ -1,6 +1,7 @@
 """The composition root and command line.
 
-`python -m server [--config FILE] [--host H] [--port P] [--log-level L]` runs the server;
+`python -m server [--config FILE] [--host H] [--port P] [--log-level L] [--workers N]` runs the
+server (with N > 1, as N supervised worker processes on one port: see server/supervisor.py);
 `python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key.
 
 This is the one module that wires concrete protocols, the bridge and plugins to the core
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +33,7 @@ from .config import Config, ConfigError, new_config
 from .config import load_config as load_core_config
 from .plugins import import_object
 from .store import StoreError
+from .supervisor import Supervisor, WorkerLink
 
 # The protocols' tables of config.toml, in the order config.toml documents them.
 CONFIG_TABLES: dict[str, type] = {
@@ -84,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="port to listen on (overrides config and PORT)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (overrides config)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="server processes sharing the port, supervised by this one "
+                        "(overrides [server] workers; more than 1 needs a [cluster] backend "
+                        "other than local)")
     parser.add_argument("--version", action="version", version=f"Stratus {__version__}")
     return parser
 
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return keygen.main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides: dict[str, dict] = {"server": {}}
-    for key in ("host", "port", "log_level"):
+    for key in ("host", "port", "log_level", "workers"):
         value = getattr(args, key)
         if value is not None:
             overrides["server"][key] = value
@@ -152,16 +160,30 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.server.log_level)
     logging.getLogger("stratus").info("Configuration: %s", config_origin)
-    raise_open_file_limit()
+    raise_open_file_limit()  # before any worker starts: they inherit the limit
+    if config.server.workers > 1:
+        # By module name: see server/supervisor.py for why not the function itself.
+        return Supervisor(config.server.workers, "server.__main__:run_worker", config,
+                          worker_stop_timeout(config)).run()
+    return run(config, loop_factory)
 
+
+def configure_logging(level: str, label: str = "") -> None:
+    """Log lines to stderr; `label` (e.g. "worker-2[4242]") says which process wrote them."""
+    prefix = f"{label} " if label else ""
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+    )
+
+
+def run(config: Config, loop_factory, link: WorkerLink | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the exit code (a refusal to start is printed, not raised)."""
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_serve(config))
+            runner.run(_serve(config, link))
     except StoreError as exc:
         print(f"stratus: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -174,9 +196,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, link: WorkerLink | None) -> None:
     # Built inside the loop: the server's shutdown event belongs to it.
-    await serve(build_server(config))
+    server = build_server(config)
+    if link is None:
+        await serve(server)
+        return
+    link.watch(asyncio.get_running_loop(), server.request_shutdown)
+    await serve(server, started=link.started)
+
+
+def run_worker(index: int, config: Config, link: WorkerLink) -> None:
+    """One worker process of `--workers N` (the `Supervisor`'s target): a whole server of its
+    own on the shared port; its exit code is `run`'s."""
+    # A Ctrl-C in a terminal reaches every process of the group; until the server's own
+    # handlers are installed it must not end a starting worker with a traceback (the
+    # supervisor sends SIGTERM to every worker in any case).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(config.server.log_level, f"worker-{index}[{os.getpid()}]")
+    sys.exit(run(config, event_loop_factory(config.server.event_loop), link))
+
+
+def worker_stop_timeout(config: Config) -> float:
+    """How long the supervisor waits for a stopping worker before killing it: the graceful
+    shutdown's own bounds (`Server.shutdown`: clients, rooms still loading, the store's last
+    write) plus a margin."""
+    return min(config.server.close_timeout, 3.0) + 2 * config.store.shutdown_write_timeout + 5.0
 
 
 if __name__ == "__main__":

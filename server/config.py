@@ -51,6 +51,8 @@ class ServerSection:
     forwarded_for: str = field(default="first", metadata=choice("first", "last"))
     status_page: bool = True
     event_loop: str = field(default="auto", metadata=choice("auto", "asyncio", "uvloop"))
+    # Server processes sharing the port (SO_REUSEPORT), supervised by the first one.
+    workers: int = field(default=1, metadata={"min": 1, "max": 256})
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,9 @@ def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> N
 
 
 def _validate(config: Config, origin: str) -> None:
+    # Not prefixed with `origin`: the keys may come from the file, the environment or flags.
+    _validate_workers(config.server.workers, config.server.port, config.store.backend,
+                      config.cluster.backend)
     for network in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -186,6 +191,30 @@ def _validate(config: Config, origin: str) -> None:
                 f"{origin}: [server] trusted_proxies has {network!r}, which is not an IP address "
                 "or CIDR block"
             ) from None
+
+
+def _validate_workers(workers: int, port: int, store: str, cluster: str) -> None:
+    """Several worker processes need rooms shared between them and a port they can all bind."""
+    if workers == 1:
+        return
+    if cluster == "local":
+        raise ConfigError(
+            f"[server] workers = {workers} needs a [cluster] backend that shares rooms "
+            "between processes, but [cluster] backend = \"local\" keeps each room in one "
+            "process (clients of one project would not see each other): set [server] workers "
+            "= 1, or choose another [cluster] backend"
+        )
+    if port == 0:
+        raise ConfigError(
+            f"[server] port = 0 (any free port) cannot be shared by [server] workers "
+            f"= {workers}: each worker would get a port of its own; give a port number"
+        )
+    if store == "sqlite":
+        raise ConfigError(
+            f"[server] workers = {workers} with [store] backend = \"sqlite\": one "
+            "SQLite file cannot be opened by several processes; set [store] backend = "
+            "\"memory\" (the [cluster] backend keeps the values) or [server] workers = 1"
+        )
 
 
 def load_config(

@@ -99,7 +99,7 @@ async def test_help_describes_options(tmp_path):
     """`python -m server --help` exits 0 and lists the command-line options."""
     code, out = await run_server(["--help"], tmp_path)
     assert code == 0
-    for option in ("--config", "--port", "--host", "--log-level"):
+    for option in ("--config", "--port", "--host", "--log-level", "--workers"):
         assert option in out
 
 
@@ -127,7 +127,30 @@ MORE_BAD_SETTINGS = [
     ("server", "log_level", "loud"),
     ("store", "flush_interval", -1),
     ("cluster", "backend", "redis-without-a-module"),
+    ("server", "workers", 0),
 ]
+
+SHARED_BACKEND = "tests.server.test_only_backplane:UnsharedBackplane"
+WORKERS_REFUSED = {
+    "local backend": ({}, ("[server] workers", "[cluster] backend")),
+    "any free port": ({"server": {"port": 0}, "store": {"backend": "memory"},
+                       "cluster": {"backend": SHARED_BACKEND}}, ("[server] port", "workers")),
+    "one SQLite file": ({"cluster": {"backend": SHARED_BACKEND}},
+                        ("[server] workers", "[store] backend")),
+}
+
+
+@pytest.mark.parametrize("settings, keys", WORKERS_REFUSED.values(), ids=WORKERS_REFUSED.keys())
+def test_several_workers_refused_where_they_cannot_share(tmp_path, settings, keys):
+    """workers > 1 is refused, naming the keys in conflict, with the local backend (rooms
+    stay in one process), port 0 (each worker would get its own) or the SQLite store."""
+    path = tmp_path / "workers.toml"
+    write_toml(path, {"server": {"port": 9080, **settings.pop("server", {})}, **settings})
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={}, overrides={"server": {"workers": 2}})
+    for key in keys:
+        assert key in str(refused.value)
+    load_config(path, env={}, overrides={"server": {"workers": 1}})  # one worker is fine
 
 
 @pytest.mark.parametrize("table, key, value", MORE_BAD_SETTINGS)
