@@ -7,7 +7,12 @@
 
 Targets: stratus (python -m server, in-memory store), stratus-sqlite (default store),
 stratus-base (the same from another checkout, `--base DIR`: before/after comparisons),
-relay (bench/relay.py, asyncio), relay-uvloop, cloudlink (CloudLink 0.2.0.1, own venv).
+stratus-exp (the same from `--exp DIR`, for experiments), relay (bench/relay.py, asyncio),
+relay-uvloop, cloudlink (CloudLink 0.2.0.1, own venv), turbowarp (TurboWarp's Node
+cloud-server, bench/.turbowarp, started by bench/turbowarp_server.js).
+A target may carry variants after `+`: `TABLE.KEY=VALUE` is a stratus config override for that
+target only, `NAME=VALUE` with an upper-case NAME an environment variable of its server, e.g.
+`--target stratus-base+scratch.batch_hz=60,stratus-base+scratch.batch_hz=120,turbowarp`.
 Scenarios: classroom, bigroom, burst, burst50, idle, idle10k (see loadgen.PRESETS), ramp,
 ramp-bigroom (see RAMPS), flood-scratch and flood-cl4 (classroom plus one flooder, see FLOODS).
 
@@ -42,8 +47,10 @@ OUT = BENCH / "out"
 GEN_PY = BENCH / ".venv" / "bin" / "python"
 GEN_C = BENCH / ".bin" / "loadgen"  # bench/cgen/loadgen.c, built by bench/setup.sh
 CL_PY = BENCH / ".venv-cloudlink" / "bin" / "python"
+TW_DIR = BENCH / ".turbowarp"  # TurboWarp's cloud-server at a pinned commit, bench/setup.sh
 
-TARGETS = ["stratus", "stratus-sqlite", "stratus-base", "relay", "relay-uvloop", "cloudlink"]
+TARGETS = ["stratus", "stratus-sqlite", "stratus-base", "stratus-exp", "relay", "relay-uvloop",
+           "cloudlink", "turbowarp"]
 SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp",
              "ramp-bigroom", "flood-scratch", "flood-cl4"]
 # name: (generator scenario, flooder protocol). bench/flood.py runs beside the generator on
@@ -94,8 +101,35 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- servers
+def parse_target(spec: str) -> tuple[str, list[str], dict[str, str]]:
+    """`name+table.key=value+ENV=value` -> (name, config overrides, environment)."""
+    name, *variants = spec.split("+")
+    sets: list[str] = []
+    env: dict[str, str] = {}
+    for v in variants:
+        key, eq, value = v.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"target variant {v!r} in {spec!r}: want KEY=VALUE")
+        if "." in key:
+            sets.append(v)
+        elif key.isupper():
+            env[key] = value
+        else:
+            raise SystemExit(f"target variant {v!r}: TABLE.KEY=VALUE or UPPER_CASE_ENV=VALUE")
+    return name, sets, env
+
+
+def knows_key(checkout: Path, key: str) -> bool:
+    """Whether another checkout's server config has `key` (older ones refuse unknown keys)."""
+    try:
+        return key in (checkout / "server" / "config.py").read_text()
+    except OSError:
+        return False
+
+
 def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[str],
                    base: bool = False) -> None:
+    """`base`: the checkout may predate max_connections_per_ip, so leave it out."""
     tables: dict[str, dict[str, object]] = {
         "server": {"host": "127.0.0.1", "port": port, "log_level": "warning",
                    "data_dir": str(data)},
@@ -122,23 +156,27 @@ def stratus_config(path: Path, port: int, data: Path, backend: str, sets: list[s
 
 
 class Server:
-    def __init__(self, target: str, sets: list[str], tag: str, base: Path | None = None) -> None:
+    def __init__(self, spec: str, sets: list[str], tag: str, base: Path | None = None,
+                 exp: Path | None = None, home: Path | None = None) -> None:
+        target, own_sets, env = parse_target(spec)
         self.target = target
         self.port = free_port()
         self.tmp = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
         (OUT / "logs").mkdir(parents=True, exist_ok=True)
-        self.log_path = OUT / "logs" / f"{tag}-{target}.log"
+        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in spec)
+        self.log_path = OUT / "logs" / f"{tag}-{safe}.log"
         py = sys.executable
         if target.startswith("stratus"):
             cfg = self.tmp / "bench.toml"
             backend = "sqlite" if target == "stratus-sqlite" else "memory"
-            stratus_config(cfg, self.port, self.tmp / "data", backend, sets,
-                           base=target == "stratus-base")
-            cmd, cwd = [py, "-m", "server", "--config", str(cfg)], ROOT
-            if target == "stratus-base":
-                if base is None:
-                    raise SystemExit("target stratus-base needs --base DIR (another checkout)")
-                cwd = base
+            cwd = home or ROOT
+            if target in ("stratus-base", "stratus-exp"):
+                cwd = base if target == "stratus-base" else exp
+                if cwd is None:
+                    raise SystemExit(f"target {target} needs --{target[8:]} DIR (a checkout)")
+            stratus_config(cfg, self.port, self.tmp / "data", backend, sets + own_sets,
+                           base=not knows_key(cwd, "max_connections_per_ip"))
+            cmd = [py, "-m", "server", "--config", str(cfg)]
         elif target.startswith("relay"):
             cmd = [py, str(BENCH / "relay.py"), "--port", str(self.port)]
             if target == "relay-uvloop":
@@ -147,11 +185,16 @@ class Server:
         elif target == "cloudlink":
             cmd, cwd = [str(CL_PY), str(BENCH / "cloudlink_server.py"), "--port",
                         str(self.port)], BENCH
+        elif target == "turbowarp":
+            cmd, cwd = ["node", str(BENCH / "turbowarp_server.js"), str(TW_DIR),
+                        str(self.port), "1000"], TW_DIR
+            env = {"NODE_ENV": "production", **env}
         else:
             raise SystemExit(f"unknown target {target}")
         self.cmd = ["taskset", "-c", SERVER_CORE, *cmd]
         self.log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.cmd, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **env} if env else None)
         self.pid = self.proc.pid  # taskset execs the server: same pid
         self._wait_ready()
 
@@ -165,7 +208,9 @@ class Server:
                     if self.target == "cloudlink":
                         break
                     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    # turbowarp serves static files only: any HTTP answer (404) means ready
+                    ok = b"HTTP/1.1 " if self.target == "turbowarp" else b"HTTP/1.1 200"
+                    if s.recv(64).startswith(ok):
                         break
             except OSError:
                 pass
@@ -218,7 +263,7 @@ def run_loadgen(target: str, scenario: str, args: argparse.Namespace, extra: lis
 
 def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[str],
              tag: str) -> dict:
-    srv = Server(target, args.set, tag, args.base)
+    srv = Server(target, args.set, tag, args.base, args.exp, args.stratus)
     flooder: subprocess.Popen | None = None
     try:
         gen = [str(GEN_C)] if args.client == "c" else [str(GEN_PY), str(BENCH / "loadgen.py")]
@@ -227,7 +272,7 @@ def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[s
                "--url", srv.url, "--scenario", gen_scenario, "--server-pid", str(srv.pid),
                "--client", args.client, "--warmup", str(args.warmup),
                "--duration", str(args.duration), *extra]
-        if target == "cloudlink" and scenario.startswith("idle"):
+        if parse_target(target)[0] in ("cloudlink", "turbowarp") and scenario.startswith("idle"):
             cmd += ["--barrier-timeout", "120"]
         limit = args.warmup + args.duration + 400
         if flood_protocol is not None:
@@ -412,7 +457,7 @@ def ramp(name: str, targets: list[str], args: argparse.Namespace,
 
 
 # --------------------------------------------------------------------------- main
-def machine_info() -> str:
+def machine_info(root: Path = ROOT) -> str:
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -421,9 +466,9 @@ def machine_info() -> str:
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=False).stdout.strip() or "?"
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "server"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "server"],
                                capture_output=True, text=True, check=False).stdout.strip()
         rev += " (server/ modified)" if dirty else ""
     except OSError:
@@ -446,9 +491,16 @@ def main() -> None:
                     "with picows or websockets")
     ap.add_argument("--base", type=Path, default=None,
                     help="checkout the stratus-base target runs `python -m server` in")
+    ap.add_argument("--stratus", type=Path, default=None,
+                    help="checkout the stratus and stratus-sqlite targets run `python -m server` "
+                    "in (default: the one this script is in)")
+    ap.add_argument("--exp", type=Path, default=None,
+                    help="checkout the stratus-exp target runs `python -m server` in")
     ap.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                     help="stratus config override, e.g. scratch.batch_hz=30 (repeatable)")
-    ap.add_argument("--ref", default="relay", help="target the CPU ratio column divides by")
+    ap.add_argument("--ref", default=None,
+                    help="target the CPU ratio column divides by (default: relay if run, "
+                    "else turbowarp)")
     ap.add_argument("--ramp-rooms", default=",".join(map(str, RAMP_ROOMS)))
     ap.add_argument("--ramp-senders", default=",".join(map(str, RAMP_SENDERS)))
     ap.add_argument("--ramp-repeat", type=int, default=1)
@@ -468,7 +520,7 @@ def main() -> None:
     targets = ALL_TARGETS if args.all else args.target.split(",")
     scenarios = ALL_SCENARIOS if args.all else args.scenario.split(",")
     for t in targets:
-        if t not in TARGETS:
+        if parse_target(t)[0] not in TARGETS:
             raise SystemExit(f"unknown target {t!r}; one of {TARGETS}")
     for s in scenarios:
         if s not in SCENARIOS:
@@ -478,17 +530,23 @@ def main() -> None:
             raise SystemExit("bench/.bin/loadgen missing: run bench/setup.sh")
     elif not GEN_PY.exists():
         raise SystemExit("bench/.venv missing: run bench/setup.sh")
-    if "cloudlink" in targets and not CL_PY.exists():
+    names = {parse_target(t)[0] for t in targets}
+    if "cloudlink" in names and not CL_PY.exists():
         raise SystemExit("bench/.venv-cloudlink missing: run bench/setup.sh")
+    if "turbowarp" in names and not (TW_DIR / "node_modules").exists():
+        raise SystemExit("bench/.turbowarp missing: run bench/setup.sh (needs node and npm)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
 
     OUT.mkdir(exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.ref is None:
+        args.ref = "relay" if "relay" in targets else "turbowarp"
     ref = args.ref if args.ref in targets and len(targets) > 1 else None
-    report = [f"# run {stamp}", "", f"machine: {machine_info()}",
+    info = machine_info(args.stratus or ROOT)
+    report = [f"# run {stamp}", "", f"machine: {info}",
               f"command: python bench/run.py {' '.join(sys.argv[1:])}", ""]
-    raw: dict = {"stamp": stamp, "argv": sys.argv[1:], "machine": machine_info(), "results": {}}
+    raw: dict = {"stamp": stamp, "argv": sys.argv[1:], "machine": info, "results": {}}
     for scenario in scenarios:
         if scenario in RAMPS:
             text, summary = ramp(scenario, targets, args, stamp)

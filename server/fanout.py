@@ -7,10 +7,12 @@ of each update through its namespace's `Codec`; the fan-out never builds wire te
 
 Flush timing adapts to load: a quiet room sends `burst_window` after its first pending write
 (so a burst of writes leaves as one message); a busy room (one that flushed less than
-`QUIET_AFTER_FLUSHES` flush intervals ago) holds its first pending write for one flush interval
-(1/`batch_hz`, less how late its flushes start and how long they take to reach every member),
-so the writes that follow share its message. Either way a room flushes at most `batch_hz` times
-a second and no update takes longer than max(burst_window, 1/batch_hz) to reach the last member.
+`QUIET_AFTER_FLUSHES` flush intervals ago) waits for the namespace's next *tick*, one shared
+timer at every multiple of 1/`batch_hz` on the loop clock, so the writes that follow share its
+message and every busy room flushes in the same loop turn: one timer wakeup per tick instead of
+one per room and flush (on loopback a wakeup costs about as much as a send). A busy room thus
+flushes at most `batch_hz` times a second, and no update waits longer than
+max(burst_window, 1/batch_hz) plus the time the tick takes to write the rooms before it.
 
 A member whose socket buffer is full (`paused`) gets nothing until it drains: in "latest" mode
 the fan-out only remembers *which* variables it missed and sends their newest values then, so
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +47,7 @@ QUIET_AFTER_FLUSHES = 3
 class FanoutSettings:
     """How one namespace's rooms batch their updates."""
 
-    batch_hz: float = 60.0
+    batch_hz: float = 66.0
     burst_window: float = 0.002
     coalesce: str = "latest"  # "latest": newest value per variable; "all": every write
     max_pending_lines: int = 4096  # "all" mode: a paused member's backlog bound
@@ -85,41 +87,49 @@ def write_queued(member: Any, frame: bytes, max_queue_bytes: int, events: EventB
                     f"CL4 client with {transport.get_write_buffer_size()} bytes unsent")
 
 
+class _OnTick:
+    """A room's `flush_handle` while it waits for the tick: cancelling it is a no-op, as the
+    tick skips rooms whose handle is no longer ON_TICK."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+ON_TICK = _OnTick()
+
+
 class RoomOutbound:
     """One room's pending fan-out: dirty variables and its flush timer.
 
     It reads the room's `id`, `members` and `updates` (a `server.rooms.Room`).
     """
 
-    __slots__ = ("room", "fanout", "dirty", "flush_handle", "last_flush", "flush_cost",
-                 "flush_due")
+    __slots__ = ("room", "fanout", "dirty", "flush_handle", "last_flush", "flush_due")
 
     def __init__(self, room: Any, fanout: Fanout) -> None:
         self.room = room
         self.fanout = fanout
         self.dirty: Any = {} if fanout.keep_latest else []
-        self.flush_handle: asyncio.Handle | None = None
+        self.flush_handle: asyncio.Handle | _OnTick | None = None
         self.last_flush = -1e9
-        self.flush_cost = 0.0  # seconds from a flush's due time to its last write (smoothed)
-        self.flush_due = 0.0
+        self.flush_due = 0.0  # when the pending flush was meant to start (loop clock)
 
     def schedule(self) -> None:
         # Called for the first pending write after a flush. Each message costs every member a
-        # send (the kernel's TCP work dominates the server's CPU), so a busy room holds the
-        # write for a whole flush interval: anchoring the hold on this write rather than on
-        # the last flush means more writes share each message for the same longest wait.
-        # A quiet room only waits `burst_window`, so a burst of writes still leaves as one.
+        # send (the kernel's TCP work dominates the server's CPU), so a busy room waits for the
+        # shared tick: on average half an interval, with as many writes per message as a hold
+        # of about that long from this write, and all busy rooms flush in one loop turn. A
+        # quiet room only waits `burst_window`, so a burst of writes still leaves as one.
         fanout = self.fanout
         loop = fanout.loop
         now = loop.time()
-        if now - self.last_flush < fanout.quiet_after:
-            # A timer fires late when the loop is busy, and writing to hundreds of members
-            # takes milliseconds; starting that much earlier keeps "the last member has it
-            # within 1/batch_hz" true in big and busy rooms too.
-            due = now + max(fanout.flush_interval - self.flush_cost, fanout.burst_window)
-        else:
-            due = now + fanout.burst_window
-        self.flush_due = due
+        if fanout.flush_interval and now - self.last_flush < fanout.quiet_after:
+            self.flush_handle = ON_TICK
+            self.flush_due = fanout.flush_on_tick(self, now)
+            return
+        self.flush_due = due = now + fanout.burst_window
         if due <= now:
             self.flush_handle = loop.call_soon(self.flush)
         else:
@@ -129,19 +139,16 @@ class RoomOutbound:
         """Send every pending update to every member that has not seen it."""
         self.flush_handle = None
         fanout = self.fanout
-        self.last_flush = now = fanout.loop.time()
+        self.last_flush = fanout.loop.time()
         dirty = self.dirty
         if not dirty:
             return
-        late = now - self.flush_due if now > self.flush_due else 0.0
-        started = time.monotonic()  # loop.time() is cached per loop iteration
         if fanout.keep_latest:
             self.dirty = {}
             frames = self._flush_latest(dirty)
         else:
             self.dirty = []
             frames = self._flush_all(dirty)
-        self.flush_cost += (late + time.monotonic() - started - self.flush_cost) * 0.25
         events = fanout.events
         if events.room_flushed:
             events.room_flushed(fanout.namespace, self.room.id, len(dirty), frames)
@@ -149,7 +156,7 @@ class RoomOutbound:
     def cancel(self) -> None:
         """Forget the pending flush (the room leaves memory)."""
         if self.flush_handle is not None:
-            self.flush_handle.cancel()
+            self.flush_handle.cancel()  # ON_TICK: the tick skips it (flush_handle is None)
             self.flush_handle = None
 
     def _flush_latest(self, dirty: dict[str, Any]) -> int:
@@ -249,6 +256,25 @@ class Fanout:
         self.flush_interval = 1.0 / settings.batch_hz if settings.batch_hz > 0 else 0.0
         self.quiet_after = QUIET_AFTER_FLUSHES * self.flush_interval
         self.burst_window = settings.burst_window
+        self._tick_rooms: list[RoomOutbound] = []  # busy rooms waiting for the next tick
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+    def flush_on_tick(self, outbound: RoomOutbound, now: float) -> float:
+        """Flush `outbound` at the next tick (the next multiple of the flush interval on the
+        loop clock); returns the tick's time."""
+        interval = self.flush_interval
+        due = (math.floor(now / interval) + 1) * interval
+        self._tick_rooms.append(outbound)
+        if self._tick_handle is None:
+            self._tick_handle = self.loop.call_at(due, self._tick)
+        return due
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        waiting, self._tick_rooms = self._tick_rooms, []
+        for outbound in waiting:
+            if outbound.flush_handle is ON_TICK:  # not flushed or dropped meanwhile
+                outbound.flush()
 
     def outbound(self, room: Any) -> RoomOutbound:
         """New pending fan-out state for `room`."""
@@ -294,3 +320,7 @@ class Fanout:
             if outbound.flush_handle is not None:
                 outbound.flush_handle.cancel()
                 outbound.flush()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+            self._tick_rooms = []

@@ -16,7 +16,7 @@ from ..validators import combine_filters, load_username_filters
 
 @dataclass(frozen=True)
 class ScratchSection:
-    batch_hz: float = field(default=60.0, metadata=at_least(0.0))
+    batch_hz: float = field(default=66.0, metadata=at_least(0.0))
     burst_window_ms: float = field(default=2.0, metadata={"min": 0.0, "max": 1000.0})
     coalesce: str = field(default="latest", metadata=choice("latest", "all"))
     max_pending_lines: int = field(default=4096, metadata=at_least(1))

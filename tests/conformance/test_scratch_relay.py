@@ -202,27 +202,29 @@ async def test_batch_hz_limits_messages_per_second(make_server, room):
     await close_all(a, b)
 
 
-async def test_busy_room_holds_a_write_so_later_ones_share_its_message(make_server, room):
-    """In a busy room, writes arriving within one flush interval of the first leave together;
-    a room that has been quiet sends a lone write at once."""
-    srv = make_server(scratch={"batch_hz": 4})  # 250 ms interval, wide enough for CI jitter
+async def test_busy_room_sends_on_a_tick_so_later_writes_share_its_message(make_server, room):
+    """A room that has been quiet sends a lone write at once; a busy room's writes wait for
+    the next tick (every 1/batch_hz), and the writes that arrive before it share its message."""
+    srv = make_server(scratch={"batch_hz": 4})  # 250 ms ticks, wide enough for CI jitter
     a, b = await joined(srv.url, room, "player1"), await joined(srv.url, room, "player2")
     await asyncio.sleep(0.9)  # quiet: longer than 3 intervals since any flush
 
     started = time.monotonic()
     await a.send(set_text("☁ x", "1"))
     assert await recv(b) == set_line("☁ x", "1")
-    assert time.monotonic() - started < 0.15  # burst_window (2 ms), not a 250 ms hold
+    assert time.monotonic() - started < 0.15  # burst_window (2 ms), not a tick
 
-    # Busy now (flushed 150 ms ago): the next write is held for a whole interval from its
-    # own arrival, not just until 250 ms after the last flush, so two more sent 50 ms apart
-    # ride in the same message.
-    await asyncio.sleep(0.15)
-    for value in ("2", "3", "4"):
-        await a.send(set_text("☁ x" if value != "3" else "☁ y", value))
-        await asyncio.sleep(0.05)
+    # Busy now: this write waits for the next tick.
+    await a.send(set_text("☁ x", "2"))
+    assert await recv(b) == set_line("☁ x", "2")
+    ticked = time.monotonic()
+    # Right after a tick, three writes have a whole interval to share the next message,
+    # which leaves one tick (250 ms) after the last.
+    for name, value in (("☁ x", "3"), ("☁ y", "4"), ("☁ x", "5")):
+        await a.send(set_text(name, value))
     message = str(await recv(b))
-    assert message.split("\n") == [set_line("☁ x", "4"), set_line("☁ y", "3")]
+    assert message.split("\n") == [set_line("☁ x", "5"), set_line("☁ y", "4")]
+    assert 0.15 < time.monotonic() - ticked < 0.4
     await expect_nothing(b)
     await close_all(a, b)
 

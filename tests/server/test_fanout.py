@@ -187,8 +187,9 @@ async def test_quiet_room_flushes_after_the_burst_window():
     assert other.frames() == ["a=1"]
 
 
-async def test_busy_room_holds_writes_for_a_flush_interval():
-    """Right after a flush, a room's next write waits about 1/batch_hz, then leaves."""
+async def test_busy_room_waits_for_the_shared_tick():
+    """Right after a flush, a room's next write waits for the next tick (a multiple of
+    1/batch_hz on the loop clock), and the writes before it share its message."""
     settings = FanoutSettings(batch_hz=5.0, burst_window=0.01)
     room, (author, other) = room_with(2, settings)
     loop = asyncio.get_running_loop()
@@ -197,13 +198,61 @@ async def test_busy_room_holds_writes_for_a_flush_interval():
     assert other.frames() == ["a=1"]
     started = loop.time()
     room.set("a", 2, author)
-    held = room.outbound.flush_due - started
-    assert 0.1 < held <= 0.2
-    await asyncio.sleep(0.05)
-    assert other.frames() == []  # still held
+    due = room.outbound.flush_due
+    assert 0 < due - started <= 0.2
+    assert abs(due * 5.0 - round(due * 5.0)) < 1e-6  # on the tick grid
+    room.set("b", 1, author)
     room.set("a", 3, author)
+    await asyncio.sleep(max(0.0, due - loop.time() - 0.01))
+    assert other.frames() == []  # still waiting for the tick
+    await asyncio.sleep(0.05)
+    assert other.frames() == ["a=3\nb=1"]
+
+
+async def test_busy_rooms_flush_in_one_tick():
+    """Every busy room of a namespace is flushed by the same tick, in one loop turn."""
+    settings = FanoutSettings(batch_hz=5.0, burst_window=0.01)
+    events = EventBus()
+    registry = make_registry(settings=settings, events=events)
+    loop = asyncio.get_running_loop()
+    turns: list[str] = []
+
+    def flushed(namespace, room_id, lines, frames):
+        if not turns:  # whatever the loop runs next comes after this turn
+            loop.call_soon(turns.append, "next turn")
+        turns.append(room_id)
+
+    rooms = []
+    for name in ("R1", "R2", "R3"):
+        room = registry.open(name)
+        author, other = FakeMember(), FakeMember()
+        room.join(author)
+        room.join(other)
+        room.set("a", 0, author)
+        rooms.append((room, author, other))
+    await asyncio.sleep(0.05)  # quiet flushes: every room is busy now
+    events.subscribe("room_flushed", flushed)
+    for room, author, other in rooms:
+        other.frames()
+        room.set("a", 1, author)
+        await asyncio.sleep(0.01)
+    assert len({room.outbound.flush_due for room, _, _ in rooms}) == 1
     await asyncio.sleep(0.25)
-    assert other.frames() == ["a=3"]
+    assert [other.frames() for _, _, other in rooms] == [["a=1"]] * 3
+    assert turns == ["R1", "R2", "R3", "next turn"]
+
+
+async def test_a_room_dropped_while_waiting_for_the_tick_is_not_flushed():
+    """Cancelling a room's pending fan-out (the room leaves memory) takes it off the tick."""
+    settings = FanoutSettings(batch_hz=5.0, burst_window=0.01)
+    room, (author, other) = room_with(2, settings)
+    room.set("a", 1, author)
+    await asyncio.sleep(0.05)
+    other.frames()
+    room.set("a", 2, author)
+    room.outbound.cancel()
+    await asyncio.sleep(0.25)
+    assert other.frames() == []
 
 
 async def test_flush_all_sends_pending_updates_now():
