@@ -155,7 +155,9 @@ class Supervisor:
         try:
             log.info("starting %d workers (supervisor pid %d)", self.count, os.getpid())
             for slot in self.slots:
-                self._start(slot)
+                if not self._start(slot):
+                    self._stop_all()
+                    return 1
             while True:
                 failed = self._step(wake_read)
                 if failed is not None:
@@ -220,22 +222,35 @@ class Supervisor:
         for slot in self.slots:
             if slot.restart_at is not None and slot.restart_at <= now:
                 slot.restart_at = None
-                self._start(slot)
+                if not self._start(slot):  # try again later, like a worker that died young
+                    slot.restart_at = now + slot.delay.after_death(0.0)
         return None
 
-    def _start(self, slot: Slot) -> None:
-        parent_end, child_end = multiprocessing.Pipe(duplex=True)
+    def _start(self, slot: Slot) -> bool:
+        """Start the slot's worker; False (logged) if the system refused a new process."""
+        try:
+            parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        except OSError as exc:
+            log.error("cannot start worker %d: %s", slot.index, exc)
+            return False
         process = self._context.Process(
             target=_worker_main,
             args=(self.target, slot.index, self.payload, WorkerLink(child_end)),
             name=f"stratus-worker-{slot.index}",
         )
-        process.start()
-        child_end.close()  # only the worker holds it now: its closing tells us it is gone
+        try:
+            process.start()
+        except OSError as exc:  # out of processes, memory or file descriptors
+            log.error("cannot start worker %d: %s", slot.index, exc)
+            parent_end.close()
+            return False
+        finally:
+            child_end.close()  # only the worker holds it now: its closing tells us it is gone
         slot.process, slot.channel = process, parent_end
         slot.started_at = time.monotonic()
         slot.ready = False
         log.info("worker %d started (pid %d)", slot.index, process.pid)
+        return True
 
     def _message(self, slot: Slot) -> None:
         try:
