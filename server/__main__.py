@@ -1,8 +1,10 @@
 """The composition root and command line.
 
-`python -m server [--config FILE] [--host H] [--port P] [--log-level L] [--workers N]` runs the
-server (with N > 1, as N supervised worker processes on one port: see server/supervisor.py);
-`python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key.
+`python -m server [--config FILE] [--host H] [--port P] [--log-level L] [--redis URL]
+[--workers N]` runs the server (with N > 1, as N supervised worker processes on one port: see
+server/supervisor.py);
+`python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key;
+`python -m server migrate-store --to redis://...` copies the SQLite store into Redis.
 
 This is the one module that wires concrete protocols, the bridge and plugins to the core
 (`build_server`) and declares the protocols' config tables (`CONFIG_TABLES`): the core
@@ -28,7 +30,8 @@ from protocols.scratch import ScratchProtocol, ScratchSection
 
 from . import __version__
 from .app import Server, serve
-from .backplane import Backplane
+from .backplane import Cluster
+from .cluster import migrate
 from .config import Config, ConfigError, new_config
 from .config import load_config as load_core_config
 from .plugins import import_object
@@ -53,27 +56,33 @@ def load_config(path=None, env=None, overrides=None) -> Config:
     return load_core_config(path, env, overrides, CONFIG_TABLES)
 
 
-# Backplane engines by [cluster] backend name; any other value is a "module:Attr" name.
-BACKPLANES = {"local": "server.backplane:LocalBackplane"}
+# Cluster engines by [cluster] backend name; any other value is a "module:Attr" name. Each is
+# a class called with the [cluster] table (imported only when chosen: `redis` is needed only
+# by the Redis engine).
+CLUSTERS = {
+    "local": "server.backplane:LocalCluster",
+    "redis": "server.cluster.redis_link:RedisCluster",
+}
 
 
-def backplane_engine(backend: str) -> Callable[[], Backplane]:
-    """The backplane factory that [cluster] backend names (ValueError naming the key)."""
+def cluster_engine(backend: str) -> Callable[..., Cluster]:
+    """The cluster engine class that [cluster] backend names (ValueError naming the key)."""
     try:
-        return import_object(BACKPLANES.get(backend, backend))
+        return import_object(CLUSTERS.get(backend, backend))
     except ValueError as exc:
         raise ValueError(f"[cluster] backend: {exc}") from None
 
 
 def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
-    the rest), the bridge between them when [bridge] enabled, and the [cluster] backplane."""
+    the rest), the bridge between them when [bridge] enabled, and the [cluster] engine."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
     if config.bridge.enabled:
         components.append(Bridge(config.bridge, scratch, cl4))
-    return Server(config, components, backplane_engine(config.cluster.backend))
+    cluster = cluster_engine(config.cluster.backend)(config.cluster)
+    return Server(config, components, cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: config.toml in the working directory, if there is one")
     parser.add_argument("--host", help="address to listen on (overrides config and HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides config and PORT)")
+    parser.add_argument("--redis", metavar="URL",
+                        help="serve rooms from Redis at URL, with every other node using it "
+                        "(sets [cluster] redis_url and backend = \"redis\"; or "
+                        "STRATUS_REDIS_URL)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (overrides config)")
     parser.add_argument("--workers", type=int, metavar="N",
@@ -143,12 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv[:1] == ["keygen"]:  # `python -m server keygen ...` (see plugins/sprites/keygen.py)
         return keygen.main(argv[1:])
+    if argv[:1] == ["migrate-store"]:  # `python -m server migrate-store --to redis://...`
+        return migrate.main(argv[1:], load_config)
     args = build_parser().parse_args(argv)
     overrides: dict[str, dict] = {"server": {}}
     for key in ("host", "port", "log_level", "workers"):
         value = getattr(args, key)
         if value is not None:
             overrides["server"][key] = value
+    if args.redis is not None:
+        overrides["cluster"] = {"redis_url": args.redis, "backend": "redis"}
     config_path, config_origin = config_file(args.config)
     try:
         config = load_config(config_path, overrides=overrides)

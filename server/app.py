@@ -21,7 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import __version__
-from .backplane import Backplane, LocalBackplane
+from .backplane import Backplane, Cluster, LocalCluster
 from .budget import ReadLimits
 from .codes import CloseCode, State
 from .config import Config
@@ -36,7 +36,7 @@ from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
 from .routes import TEXT, RouteTable
 from .session import ProtocolRegistry
-from .store import Store, open_store
+from .store import Store
 
 log = logging.getLogger("stratus")
 
@@ -64,7 +64,7 @@ class Server:
     """One Stratus server process: owns connections, rooms, the store and the timers."""
 
     def __init__(self, config: Config, components: Iterable[Component] = (),
-                 backplane: Callable[[], Backplane] = LocalBackplane) -> None:
+                 cluster: Cluster | None = None) -> None:
         self.config = config
         self.settings = config.server
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -78,7 +78,8 @@ class Server:
         # None or the (text, close code) to refuse it with.
         self.upgrade_checks: list[Callable[[Connection], tuple[str, int] | None]] = []
         self.rooms: dict[str, RoomRegistry] = {}  # room namespaces by name
-        self._backplane_factory = backplane
+        # The link to the other nodes ([cluster] backend); one process: LocalCluster.
+        self.cluster: Cluster = cluster if cluster is not None else LocalCluster()
         self._backplanes: list[Backplane] = []
         self.facade = Facade(self)
         self.plugins = PluginManager(self.facade)
@@ -115,7 +116,8 @@ class Server:
         cfg = self.config
         self.connection_limit = connection_limit(cfg.server.max_connections,
                                                  cfg.server.reserved_fds)
-        self.store = open_store(cfg.store, cfg.data_dir)
+        await self.cluster.start()
+        self.store = self.cluster.open_store(cfg)
         for component in self.components:
             await component.start(self)
         await self.plugins.start()
@@ -132,15 +134,15 @@ class Server:
         addresses = ", ".join(
             printable(sock.getsockname()) for sock in self._listener.sockets
         )
-        log.info("Stratus %s listening on %s (store: %s, config: %s)", __version__, addresses,
-                 cfg.store.backend, cfg.source)
+        log.info("Stratus %s listening on %s (%s, config: %s)", __version__, addresses,
+                 self.cluster.describe(cfg), cfg.source)
 
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:
         """A room namespace with its fan-out, backplane and persistence (call from `start`)."""
         if namespace in self.rooms:
             raise ValueError(f"room namespace {namespace!r} is opened twice")
-        backplane = self._backplane_factory()
+        backplane = self.cluster.backplane(namespace)
         spreader = Fanout(namespace, fanout, codec, self.loop, self.events)
         backplane.attach(spreader.deliver)
         self._backplanes.append(backplane)
@@ -213,6 +215,7 @@ class Server:
             await asyncio.to_thread(registry.close)
         for backplane in self._backplanes:
             await backplane.close()
+        await self.cluster.close()
         try:
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
@@ -401,6 +404,10 @@ class Server:
         fault = self.store.fault if self.store is not None else None
         if fault:
             return plain_response(503, "Service Unavailable", f"{fault}\n".encode(), TEXT)
+        cluster_fault = self.cluster.fault
+        if cluster_fault:
+            # Still 200: the node serves its own clients, so a load balancer should keep it.
+            return plain_response(200, "OK", f"ok; {cluster_fault}\n".encode(), TEXT)
         return plain_response(200, "OK", b"ok\n", TEXT)
 
     def stats(self) -> dict[str, Any]:

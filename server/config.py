@@ -69,13 +69,22 @@ class StoreSection:
 
 @dataclass(frozen=True)
 class ClusterSection:
-    # "local" (one process), or a backplane engine named "module:Attr" (uvicorn-style).
+    # "local" (one process), "redis", or a cluster engine named "module:Attr" (uvicorn-style).
     backend: str = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    node_id: str = ""  # "" = host name and process id
+    require_redis_at_start: bool = False
+    node_timeout: float = field(default=10.0, metadata=at_least(0.5))
 
     def __post_init__(self) -> None:
-        if self.backend != "local" and ":" not in self.backend:
-            raise ValueError(f"[cluster] backend must be \"local\" or a \"module:Attr\" name, "
-                             f"got {self.backend!r}")
+        if self.backend not in ("local", "redis") and ":" not in self.backend:
+            raise ValueError(f"[cluster] backend must be \"local\", \"redis\" or a "
+                             f"\"module:Attr\" name, got {self.backend!r}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("[cluster] redis_url must start with redis://, rediss:// or "
+                             f"unix://, got {self.redis_url!r}")
+        if any(char.isspace() for char in self.node_id):
+            raise ValueError(f"[cluster] node_id must not contain spaces, got {self.node_id!r}")
 
 
 @dataclass
@@ -252,6 +261,7 @@ def load_config(
         ("HOST", "server", "host", str),
         ("STRATUS_DATA_DIR", "server", "data_dir", str),
         ("STRATUS_LOG_LEVEL", "server", "log_level", str.lower),
+        ("STRATUS_REDIS_URL", "cluster", "redis_url", str),
     ):
         raw = environ.get(variable)
         if raw:
@@ -259,6 +269,8 @@ def load_config(
                 from_env.setdefault(table, {})[key] = convert(raw)
             except ValueError:
                 raise ConfigError(f"environment variable {variable}={raw!r} is invalid") from None
+    if "redis_url" in from_env.get("cluster", {}):
+        from_env["cluster"]["backend"] = "redis"  # the URL alone selects the Redis backend
     for table, values in from_env.items():
         _apply(config, table, values, "environment")
     for table, values in (overrides or {}).items():

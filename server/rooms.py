@@ -58,6 +58,8 @@ class Room:
         "outbound",
         "empty_since",
         "variable_hooks",
+        "cluster",
+        "remote_members",
     )
 
     def __init__(self, registry: RoomRegistry, room_id: str) -> None:
@@ -72,6 +74,8 @@ class Room:
         self.outbound = registry.fanout.outbound(self)
         self.empty_since = registry.loop.time()
         self.variable_hooks: list[Callable[..., Any]] = []
+        self.cluster: Any = None  # the backplane's state for this room (None in one process)
+        self.remote_members = 0  # members on other nodes (counted against max_clients)
 
     def __repr__(self) -> str:
         return f"<Room {printable(self.id, 40)} {len(self.members)} members>"
@@ -80,7 +84,7 @@ class Room:
 
     def join(self, member: Any) -> bool:
         """Add `member` and send it every variable at once; False if the room is full."""
-        if len(self.members) >= self.registry.limits.max_clients:
+        if len(self.members) + self.remote_members >= self.registry.limits.max_clients:
             return False
         if not self.members:
             self.registry.idle.pop(self, None)
@@ -88,12 +92,14 @@ class Room:
         # update it receives is at least as new as the dump.
         self.registry.fanout.dump(self, member)
         self.members[member] = None
+        self.registry.backplane.members_changed(self)
         return True
 
     def leave(self, member: Any) -> None:
         """Remove `member` (the one place a member leaves); an empty room starts its idle clock."""
         if self.members.pop(member, 0) is None:
             member.backlog = member.catch_up = None
+            self.registry.backplane.members_changed(self)
             if not self.members:
                 self.empty_since = self.registry.loop.time()
                 self.registry.room_emptied(self)
@@ -152,9 +158,32 @@ class Room:
         self.positions[new_key] = position
         self.version += 1
         registry.backplane.publish(self, key, None)  # the old key is gone
+        registry.backplane.stored(self, new_key)
         registry.persister.removed(self, key)
         registry.persister.changed(self, new_key)
         return True
+
+    def apply(self, key: str, value: Any, quiet: bool = False) -> None:
+        """A change another node accepted: store it and deliver it to the members here (unless
+        `quiet`, a rename's new key). Not published again, not handed to write observers: those
+        ran once, on the node that accepted the write."""
+        if key not in self.values:
+            self.positions[key] = self.next_position
+            self.next_position += 1
+        self.values[key] = value
+        self.updates[key] = self.registry.codec.encode_update(key, value)
+        self.version += 1
+        if not quiet:
+            self.registry.fanout.deliver(self, key, None)
+
+    def discard(self, key: str) -> None:
+        """A variable another node deleted (or the cluster refused): remove it here."""
+        if key in self.values:
+            del self.values[key]
+            del self.updates[key]
+            del self.positions[key]
+            self.version += 1
+            self.registry.fanout.forget(self, key)
 
     def load(self, rows: list[tuple[str, int, Any]]) -> None:
         """Fill a new room from stored (key, position, value) rows, in stored order."""
@@ -285,6 +314,7 @@ class RoomRegistry:
         if self.variable_hooks_for is not None:
             room.variable_hooks = self.variable_hooks_for(room_id)
         self.rooms[room_id] = room
+        self.backplane.room_opened(room)
         # A new room counts as empty until its first join, which may never come (the client
         # can leave while the room is read): bound the empty rooms here too.
         self._evict_excess_idle(reserve=1)
@@ -331,13 +361,15 @@ class RoomRegistry:
         return dropped
 
     def _is_stored(self, room: Room, committed_ticket: int) -> bool:
-        return self.persister.is_stored(room, committed_ticket)
+        return (self.persister.is_stored(room, committed_ticket)
+                and self.backplane.is_settled(room))
 
     def _drop(self, room: Room) -> None:
         room.outbound.cancel()
         self.persister.forget(room)
         del self.idle[room]
         del self.rooms[room.id]
+        self.backplane.room_closed(room)
 
     def sweep_idle(self, now: float, committed_ticket: int) -> int:
         """Drop rooms empty for longer than the idle timeout, and the oldest empty rooms past

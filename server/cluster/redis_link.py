@@ -1,0 +1,500 @@
+"""The Redis cluster engine: one node's link to Redis and, through it, to the other nodes.
+
+One `RedisCluster` per process. It owns two connections (commands and pub/sub), a heartbeat
+(`stratus:node:<id>` with a TTL, plus a message on `stratus:nodes` that every node hears), and
+one writer task: everything a node sends (room writes, member counts, bus messages) is queued
+by the synchronous callers and sent in pipelines, so no caller ever awaits Redis and a busy
+node sends many writes per round trip.
+
+Outage: when a command or the subscription fails, the link is marked down (one warning; the
+`fault` note shows on /healthz, which still answers 200), every node keeps serving its own
+clients from memory, and a supervisor retries. When Redis answers again the node subscribes
+again, writes through what it accepted meanwhile, and re-reads every room in memory, so all
+members converge within a second or two. If Redis came back empty (its data was lost), every
+node writes its rooms back from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..logsafe import printable
+from ..store import StoreError
+from .redis_rooms import SCRIPTS, RedisBackplane, RedisRoomStore, decode, encode, one_line
+
+if TYPE_CHECKING:
+    from ..config import ClusterSection, Config
+
+log = logging.getLogger("stratus.cluster")
+
+NODES_CHANNEL = b"stratus:nodes"
+EPOCH_KEY = b"stratus:epoch"
+NODE_KEY = b"stratus:node:"
+BUS_PREFIX = b"stratus:b:"
+RETRY_INTERVAL = 0.25  # seconds between attempts to reach Redis while the link is down
+FAILED_REPLY_RETRY = 1.0  # seconds before a write Redis answered with an error is retried
+LINK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def default_node_id() -> str:
+    """Host name and process id: unique per running process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class RedisCluster:
+    """The `Cluster` of `[cluster] backend = "redis"`."""
+
+    def __init__(self, section: ClusterSection) -> None:
+        self.section = section
+        self.node_id = section.node_id or default_node_id()
+        self.node = encode(self.node_id)
+        self.url = section.redis_url
+        self.node_timeout = section.node_timeout
+        self.heartbeat = max(self.node_timeout / 5, 0.05)
+        self.redis: aioredis.Redis | None = None
+        self.bus = RedisBus(self)
+        self.backplanes: list[RedisBackplane] = []
+        self.up = False
+        self._reason = "not connected yet"
+        self._fault: str | None = "cluster link to Redis down (not connected yet)"
+        self._pubsub: Any = None
+        # Channels this node follows: handler(data), and what to do once a subscription is
+        # confirmed (e.g. re-read the room, so nothing published before it is missed).
+        self._channels: dict[bytes, Callable[[bytes], None]] = {}
+        self._confirmed: dict[bytes, Callable[[], None]] = {}
+        self._subscribe: dict[bytes, None] = {}
+        self._unsubscribe: dict[bytes, None] = {}
+        self._wake = asyncio.Event()
+        self._linked = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._supervisor: asyncio.Task | None = None
+        self._epoch: bytes | None = None
+        self._last_seen: dict[bytes, float] = {}  # other nodes by id: when last heard
+        self._last_message = 0.0  # when the subscription last delivered anything
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._scripts_lost = True
+        self._closing = False
+        self.store: RedisRoomStore | None = None
+        self.subscribe_channel(NODES_CHANNEL, self._heard_node)
+
+    # The Cluster interface
+
+    @property
+    def fault(self) -> str | None:
+        """A note for /healthz while the link is down."""
+        return self._fault
+
+    def open_store(self, config: Config) -> RedisRoomStore:
+        """Rooms load their values from Redis (SQLite is not used with this backend)."""
+        self.store = RedisRoomStore(self)
+        return self.store
+
+    def describe(self, config: Config) -> str:
+        """Redis and this node's id."""
+        return f"store: Redis at {_safe_url(self.url)}, cluster node {printable(self.node_id)}"
+
+    def backplane(self, namespace: str) -> RedisBackplane:
+        """A backplane whose rooms keep their values in Redis."""
+        backplane = RedisBackplane(self, namespace)
+        self.backplanes.append(backplane)
+        return backplane
+
+    async def start(self) -> None:
+        """Connect; without Redis start degraded, or refuse ([cluster] require_redis_at_start)."""
+        self.redis = aioredis.Redis.from_url(
+            self.url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=0,
+        )
+        try:
+            await self._relink()
+        except LINK_ERRORS as exc:
+            reason = one_line(exc)
+            if self.section.require_redis_at_start:
+                await self._close_connections()
+                raise StoreError(f"cannot reach Redis at {_safe_url(self.url)} ({reason}) and "
+                                 "[cluster] require_redis_at_start = true") from None
+            self._down(reason, starting=True)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._write_loop(), name="stratus-redis-writer"),
+                       loop.create_task(self._read_loop(), name="stratus-redis-reader"),
+                       loop.create_task(self._beat_loop(), name="stratus-redis-heartbeat")]
+
+    async def close(self, timeout: float = 3.0) -> None:
+        """Send what is queued (for up to `timeout` s), leave the cluster, disconnect."""
+        deadline = time.monotonic() + timeout
+        while self.up and self._queued() and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        lost = sum(backplane.unsent() for backplane in self.backplanes)
+        if lost:
+            log.warning("%d room values accepted by this node did not reach Redis before "
+                        "shutdown; the other nodes keep theirs", lost)
+        self._closing = True
+        for task in [*self._tasks, self._supervisor]:
+            if task is not None:
+                task.cancel()
+        if self.up:
+            try:
+                async with asyncio.timeout(1.0):
+                    await self.redis.delete(NODE_KEY + self.node)
+            except (*LINK_ERRORS, TimeoutError):
+                pass
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        if self.store is not None:
+            self.store.close_client()
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.aclose()
+            except LINK_ERRORS:
+                pass
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # Channels
+
+    def subscribe_channel(self, channel: bytes, handler: Callable[[bytes], None],
+                          confirmed: Callable[[], None] | None = None) -> None:
+        """Follow `channel` (handler(data) per message); `confirmed()` once it is live."""
+        self._channels[channel] = handler
+        if confirmed is not None:
+            self._confirmed[channel] = confirmed
+        self._unsubscribe.pop(channel, None)
+        self._subscribe[channel] = None
+        self._wake.set()
+
+    def unsubscribe_channel(self, channel: bytes) -> None:
+        """Stop following `channel`."""
+        self._channels.pop(channel, None)
+        self._confirmed.pop(channel, None)
+        self._subscribe.pop(channel, None)
+        self._unsubscribe[channel] = None
+        self._wake.set()
+
+    def link_failed(self, exc: BaseException) -> None:
+        """A command failed on the link: mark it down (the supervisor brings it back)."""
+        self._down(one_line(exc))
+
+    def scripts_lost(self) -> None:
+        """Redis answered NOSCRIPT (it restarted or was flushed): load them before retrying."""
+        self._scripts_lost = True
+        self._wake.set()
+
+    async def _load_scripts(self) -> None:
+        for text, sha in SCRIPTS.values():
+            loaded = await self.redis.script_load(text)
+            loaded = loaded.decode() if isinstance(loaded, bytes) else loaded
+            if loaded != sha:
+                raise RuntimeError(f"Redis gave script {sha} the hash {loaded}")
+        self._scripts_lost = False
+
+    def wake(self) -> None:
+        """Something was queued: the writer sends it with the next pipeline."""
+        self._wake.set()
+
+    # The link
+
+    def _down(self, reason: str, starting: bool = False) -> None:
+        if self._closing:
+            return
+        if self.up or starting:
+            self.up = False
+            self._linked.clear()
+            self._reason = reason
+            self._fault = f"cluster link to Redis down ({reason}); serving this node's clients"
+            if starting:
+                log.warning("cannot reach Redis at %s (%s): starting degraded, serving this "
+                            "node's clients only, and retrying", _safe_url(self.url), reason)
+            else:
+                log.warning("lost the link to Redis (%s): serving this node's clients from "
+                            "memory until it is back", reason)
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._reconnect(), name="stratus-redis-reconnect")
+
+    async def _reconnect(self) -> None:
+        started = time.monotonic()
+        while not self._closing:
+            await asyncio.sleep(RETRY_INTERVAL)
+            try:
+                await self._relink()
+            except LINK_ERRORS as exc:
+                self._reason = one_line(exc)
+                continue
+            log.warning("the link to Redis is back after %.1f s: rooms re-read, values accepted "
+                        "meanwhile written through", time.monotonic() - started)
+            return
+
+    async def _relink(self) -> None:
+        """(Re)connect: check Redis kept its data, subscribe to everything, resync rooms."""
+        redis = self.redis
+        # Pooled connections from before an outage are dead: start from fresh ones (nothing
+        # else uses the link while it is down).
+        await redis.connection_pool.disconnect()
+        await redis.ping()
+        await redis.set(EPOCH_KEY, secrets.token_hex(8), nx=True)
+        epoch = await redis.get(EPOCH_KEY)
+        data_lost = self._epoch is not None and epoch != self._epoch
+        if data_lost:
+            log.warning("Redis came back without the cluster's data (a new epoch): writing "
+                        "this node's rooms back from memory")
+        self._epoch = epoch
+        await redis.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
+        await self._load_scripts()
+        old = self._pubsub
+        self._pubsub = redis.pubsub()
+        if old is not None:
+            try:
+                await old.aclose()
+            except LINK_ERRORS:
+                pass
+        self._subscribe = dict.fromkeys(self._channels)
+        self._unsubscribe.clear()
+        # Nothing sent before this point can still be echoed on the old subscription.
+        for backplane in self.backplanes:
+            backplane.relinked(data_lost)
+        await self._pubsub.subscribe(*self._subscribe)
+        self._subscribe.clear()
+        self._last_message = time.monotonic()
+        now = time.monotonic()
+        self._last_seen = dict.fromkeys(self._last_seen, now)  # heard again within a beat
+        self.up = True
+        self._fault = None
+        self._linked.set()
+        self._wake.set()
+        self.bus.relinked()
+
+    def _queued(self) -> bool:
+        return bool(self._subscribe or self._unsubscribe or self.bus.queue
+                    or any(backplane.dirty for backplane in self.backplanes))
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.up:
+                continue
+            try:
+                if self._scripts_lost:
+                    await self._load_scripts()
+                await self._send_subscriptions()
+                await self._send_pipeline()
+            except LINK_ERRORS as exc:
+                self._down(one_line(exc))
+            except Exception:  # a bug must not stop the writer: log it and keep going
+                log.exception("cluster writer failed")
+
+    async def _send_subscriptions(self) -> None:
+        if self._unsubscribe:
+            channels, self._unsubscribe = list(self._unsubscribe), {}
+            await self._pubsub.unsubscribe(*channels)
+        if self._subscribe:
+            channels, self._subscribe = list(self._subscribe), {}
+            try:
+                await self._pubsub.subscribe(*channels)
+            except LINK_ERRORS:
+                self._subscribe.update(dict.fromkeys(channels))
+                raise
+
+    async def _send_pipeline(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        finishers: list[tuple[Callable[[list | None], None], int, int]] = []
+        for source in [*self.backplanes, self.bus]:
+            start = len(pipe.command_stack)
+            finish = source.drain(pipe)
+            if finish is not None:
+                finishers.append((finish, start, len(pipe.command_stack)))
+        if not finishers:
+            return
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except LINK_ERRORS:
+            for finish, _, _ in finishers:
+                finish(None)  # put back: written through once the link is back
+            raise
+        failed = False
+        for finish, start, end in finishers:
+            replies = results[start:end]
+            failed = failed or any(isinstance(reply, Exception) for reply in replies)
+            finish(replies)
+        if failed and self._retry_handle is None:
+            self._retry_handle = asyncio.get_running_loop().call_later(
+                FAILED_REPLY_RETRY, self._retry_failed)
+
+    def _retry_failed(self) -> None:
+        self._retry_handle = None
+        self._wake.set()
+
+    async def _read_loop(self) -> None:
+        while True:
+            await self._linked.wait()
+            pubsub = self._pubsub
+            try:
+                message = await pubsub.get_message(timeout=self.heartbeat)
+            except LINK_ERRORS as exc:
+                if pubsub is self._pubsub:
+                    self._down(one_line(exc))
+                continue
+            except Exception:  # e.g. the pub/sub connection replaced under it
+                if pubsub is self._pubsub:
+                    log.exception("cluster subscription failed")
+                    self._down("subscription failed")
+                continue
+            now = time.monotonic()
+            if message is None:
+                # Every node (this one included) publishes a heartbeat each beat: a silent
+                # subscription is a dead one.
+                if now - self._last_message > 4 * self.heartbeat and self.up:
+                    self._down("no messages on the subscription")
+                continue
+            self._last_message = now
+            kind = message["type"]
+            channel = message["channel"]
+            try:
+                if kind == b"message" or kind == "message":
+                    handler = self._channels.get(channel)
+                    if handler is not None:
+                        handler(message["data"])
+                elif kind == b"subscribe" or kind == "subscribe":
+                    confirmed = self._confirmed.get(channel)
+                    if confirmed is not None:
+                        confirmed()
+            except Exception:
+                log.exception("handling a cluster message on %s failed",
+                              printable(channel.decode("utf-8", "replace")))
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            self._expire_nodes()
+            if not self.up:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
+                pipe.publish(NODES_CHANNEL, self.node)
+                await pipe.execute()
+            except LINK_ERRORS as exc:
+                self._down(one_line(exc))
+
+    def _heard_node(self, data: bytes) -> None:
+        if data != self.node:
+            if data not in self._last_seen:
+                log.info("cluster node %s joined", printable(decode(data)))
+            self._last_seen[data] = time.monotonic()
+
+    def _expire_nodes(self) -> None:
+        if not self.up:
+            return  # silence is this node's problem, not theirs
+        deadline = time.monotonic() - self.node_timeout
+        for node, seen in list(self._last_seen.items()):
+            if seen < deadline:
+                del self._last_seen[node]
+                self.node_gone(node)
+
+    def node_gone(self, node: bytes) -> None:
+        """A node stopped beating: its members no longer count, its clients are gone."""
+        log.warning("cluster node %s stopped answering for %g s: its members expire",
+                    printable(decode(node)), self.node_timeout)
+        for backplane in self.backplanes:
+            backplane.node_gone(node)
+        self.bus.node_gone(decode(node))
+
+    def live_nodes(self) -> list[bytes]:
+        """Other nodes heard from within node_timeout."""
+        return list(self._last_seen)
+
+
+class RedisBus:
+    """The `MessageBus` over Redis pub/sub: `stratus:b:<topic>` for broadcasts and
+    `stratus:b:<topic>@<node>` for one node. While the link is down, messages are dropped
+    (they are not state: what matters is re-announced when the link is back)."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self.node_id = cluster.node_id
+        self.queue: list[tuple[bytes, bytes]] = []
+        self._gone: list[Callable[[str], None]] = []
+        self._relinked: list[Callable[[], None]] = []
+        self._dropped = 0
+
+    def subscribe(self, topic: str, receiver: Callable[[str, bytes], None]) -> None:
+        """Receive `topic` broadcasts from the other nodes and messages sent to this node."""
+        node = self.cluster.node
+
+        def received(data: bytes) -> None:
+            origin, _, payload = data.partition(b" ")
+            if origin != node:
+                receiver(decode(origin), payload)
+
+        channel = BUS_PREFIX + encode(topic)
+        self.cluster.subscribe_channel(channel, received)
+        self.cluster.subscribe_channel(channel + b"@" + node, received)
+
+    def publish(self, topic: str, payload: bytes, node: str | None = None) -> None:
+        """Queue `payload` for every other node (or `node`)."""
+        if not self.cluster.up:
+            self._dropped += 1
+            return
+        channel = BUS_PREFIX + encode(topic)
+        if node is not None:
+            channel += b"@" + encode(node)
+        self.queue.append((channel, self.cluster.node + b" " + payload))
+        self.cluster.wake()
+
+    def on_node_gone(self, listener: Callable[[str], None]) -> None:
+        self._gone.append(listener)
+
+    def on_relinked(self, listener: Callable[[], None]) -> None:
+        self._relinked.append(listener)
+
+    def node_gone(self, node: str) -> None:
+        for listener in self._gone:
+            try:
+                listener(node)
+            except Exception:
+                log.exception("node-gone listener %r failed", listener)
+
+    def relinked(self) -> None:
+        if self._dropped:
+            log.info("%d cluster bus messages were dropped while Redis was unreachable",
+                     self._dropped)
+            self._dropped = 0
+        for listener in self._relinked:
+            try:
+                listener()
+            except Exception:
+                log.exception("relink listener %r failed", listener)
+
+    def drain(self, pipe: Any) -> Callable[[list | None], None] | None:
+        """Put queued messages in `pipe`; the returned function sees the replies."""
+        if not self.queue:
+            return None
+        queue, self.queue = self.queue, []
+        for channel, data in queue:
+            pipe.publish(channel, data)
+
+        def finish(replies: list | None) -> None:
+            if replies is None or any(isinstance(reply, Exception) for reply in replies):
+                log.warning("%d cluster bus messages may not have reached the other nodes",
+                            len(queue))
+
+        return finish
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return printable(scheme + sep + rest)

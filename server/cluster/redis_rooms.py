@@ -1,0 +1,474 @@
+"""Rooms whose values live in Redis: the Redis backplane and the store rooms load from.
+
+Per room (namespace `ns`, room id `r`):
+  stratus:v:<ns>:<r>  hash   variable key -> "<version> <position> <JSON value>"
+  stratus:m:<ns>:<r>  hash   version (the room's write counter), next (next position)
+  stratus:n:<ns>:<r>  hash   node id -> members of the room on that node
+  stratus:c:<ns>:<r>  channel every change of the room is published on
+
+A write accepted on a node is delivered to that node's members at once (as with one process)
+and queued for Redis. The writer sends it through a Lua script that stores it, bumps the room's
+version and publishes it, atomically, so Redis gives every room one order. Every node following
+the room applies what it receives in that order, keyed by the version each variable was
+written at, and delivers it through its own fan-out (latest-value-wins batching unchanged: one
+Redis message per write and node, never per recipient). A node skips changes of a variable for
+which its own newer write is still on the way (it arrives later and wins), so all members of
+all nodes converge on the value Redis stored last. A missing version (a lost publish), a new
+subscription and a link that comes back re-read the room (`resync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.exceptions import NoScriptError, RedisError
+
+from ..logsafe import printable
+
+if TYPE_CHECKING:
+    from ..rooms import Room
+
+# The `server.cluster.redis_link.RedisCluster` these serve (not imported: it imports this).
+RedisCluster = Any
+
+log = logging.getLogger("stratus.cluster")
+
+LINK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+# ARGV: key, JSON value, max variables (0 = none), node id, "s" (broadcast) or "q" (quiet: a
+# rename's new key), channel. Returns the new version, or -1 if the room is full.
+SET_SCRIPT = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local position
+if old then
+  position = string.match(old, '^%d+ (%d+) ')
+else
+  local max = tonumber(ARGV[3])
+  if max > 0 and redis.call('HLEN', KEYS[1]) >= max then return -1 end
+  position = redis.call('HINCRBY', KEYS[2], 'next', 1) - 1
+end
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('HSET', KEYS[1], ARGV[1], version .. ' ' .. position .. ' ' .. ARGV[2])
+redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' ' .. version .. ' ' .. ARGV[4] .. ' '
+  .. string.len(ARGV[1]) .. ' ' .. ARGV[1] .. ARGV[2])
+return version
+"""
+
+# ARGV: key, node id, channel. Returns the new version, or 0 if there was no such variable.
+DELETE_SCRIPT = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('PUBLISH', ARGV[3], 'd ' .. version .. ' ' .. ARGV[2] .. ' '
+  .. string.len(ARGV[1]) .. ' ' .. ARGV[1])
+return version
+"""
+
+# KEYS: values, meta, member counts; ARGV: the node key prefix. Returns {version, values as a
+# flat list, member counts of live nodes as a flat list}; counts of dead nodes are removed.
+READ_SCRIPT = """
+local counts = redis.call('HGETALL', KEYS[3])
+local live = {}
+for i = 1, #counts, 2 do
+  if redis.call('EXISTS', ARGV[1] .. counts[i]) == 1 then
+    live[#live + 1] = counts[i]
+    live[#live + 1] = counts[i + 1]
+  else
+    redis.call('HDEL', KEYS[3], counts[i])
+  end
+end
+return {redis.call('HGET', KEYS[2], 'version') or '0', redis.call('HGETALL', KEYS[1]), live}
+"""
+
+SCRIPTS = {name: (text, hashlib.sha1(text.encode()).hexdigest())
+           for name, text in (("set", SET_SCRIPT), ("delete", DELETE_SCRIPT),
+                              ("read", READ_SCRIPT))}
+
+
+def encode(text: str) -> bytes:
+    """Text as Redis bytes; lone surrogates (valid in JS strings) survive the round trip."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode(data: bytes) -> str:
+    """The text `encode` made."""
+    return data.decode("utf-8", "surrogatepass")
+
+
+def room_keys(namespace: str, room_id: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """(values, meta, member counts, channel) of a room."""
+    suffix = encode(f"{namespace}:{room_id}")
+    return (b"stratus:v:" + suffix, b"stratus:m:" + suffix, b"stratus:n:" + suffix,
+            b"stratus:c:" + suffix)
+
+
+def dump_value(value: Any) -> bytes:
+    """A variable's value as stored (ASCII JSON, so lone surrogates survive)."""
+    return json.dumps(value).encode()
+
+
+def parse_stored(stored: bytes) -> tuple[int, int, Any]:
+    """(version, position, value) of a stored variable."""
+    version, position, value = stored.split(b" ", 2)
+    return int(version), int(position), json.loads(value)
+
+
+def stored_value(version: int, position: int, value: Any) -> bytes:
+    """What the set script stores for a variable (used by `migrate-store`)."""
+    return b"%d %d " % (version, position) + dump_value(value)
+
+
+class RoomLink:
+    """One room's state towards Redis (`room.cluster`)."""
+
+    __slots__ = ("values_key", "meta_key", "counts_key", "channel", "outbox", "inflight",
+                 "versions", "last_version", "remote_counts", "members_dirty", "resyncing")
+
+    def __init__(self, namespace: str, room_id: str) -> None:
+        self.values_key, self.meta_key, self.counts_key, self.channel = room_keys(namespace,
+                                                                                  room_id)
+        # Variables accepted here and not sent yet (key -> quiet), newest value only.
+        self.outbox: dict[str, bool] = {}
+        # Variables sent and not echoed back yet: how many of their writes are on the way.
+        self.inflight: dict[str, int] = {}
+        # The version each variable was last written at (as far as this node knows).
+        self.versions: dict[str, int] = {}
+        self.last_version = -1  # the room's version last seen in order (-1: not read yet)
+        self.remote_counts: dict[bytes, int] = {}  # members on other nodes, by node
+        self.members_dirty = True
+        self.resyncing = False
+
+    def pending(self, key: str) -> bool:
+        """True while a write of `key` accepted here has not come back from Redis."""
+        return key in self.outbox or key in self.inflight
+
+    def sent_back(self, key: str) -> None:
+        count = self.inflight.get(key, 0)
+        if count > 1:
+            self.inflight[key] = count - 1
+        elif count:
+            del self.inflight[key]
+
+
+class RedisBackplane:
+    """The `Backplane` of one room namespace with the Redis engine."""
+
+    def __init__(self, cluster: RedisCluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.node = cluster.node
+        self.deliver: Callable[[Any, str, Any], None] | None = None
+        self.rooms: dict[Room, None] = {}  # rooms in this node's memory
+        self.dirty: dict[Room, None] = {}  # rooms with something to send
+        self._tasks: set[asyncio.Task] = set()
+
+    def attach(self, deliver: Callable[[Any, str, Any], None]) -> None:
+        """Local members get changes through `deliver`, from this node and from the others."""
+        self.deliver = deliver
+
+    # From the rooms (synchronous, on every write)
+
+    def publish(self, room: Room, key: str, author: Any) -> None:
+        """Deliver to this node's members now; queue the change for Redis."""
+        self.deliver(room, key, author)
+        room.cluster.outbox[key] = False
+        if room not in self.dirty:
+            self.dirty[room] = None
+            self.cluster.wake()
+
+    def stored(self, room: Room, key: str) -> None:
+        """A rename's new key: stored in Redis, not broadcast."""
+        room.cluster.outbox[key] = True
+        if room not in self.dirty:
+            self.dirty[room] = None
+            self.cluster.wake()
+
+    def room_opened(self, room: Room) -> None:
+        """Follow the room's channel; once the subscription is live, re-read the room."""
+        link = room.cluster = RoomLink(self.namespace, room.id)
+        self.rooms[room] = None
+        self.cluster.subscribe_channel(link.channel, lambda data: self._received(room, data),
+                                       lambda: self.resync(room))
+
+    def room_closed(self, room: Room) -> None:
+        """Stop following the room."""
+        self.rooms.pop(room, None)
+        self.cluster.unsubscribe_channel(room.cluster.channel)
+
+    def members_changed(self, room: Room) -> None:
+        """Tell the cluster how many members this node has in the room."""
+        room.cluster.members_dirty = True
+        if room not in self.dirty:
+            self.dirty[room] = None
+            self.cluster.wake()
+
+    def is_settled(self, room: Room) -> bool:
+        """True when the room has nothing on its way to Redis."""
+        link = room.cluster
+        return not (link.outbox or link.inflight or link.members_dirty)
+
+    def unsent(self) -> int:
+        """Variables accepted here that have not reached Redis."""
+        return sum(len(room.cluster.outbox) for room in self.rooms)
+
+    async def close(self) -> None:
+        """Stop re-reading rooms (the cluster sends what is queued and disconnects)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    # To Redis (the cluster's writer calls `drain`)
+
+    def drain(self, pipe: Any) -> Callable[[list | None], None] | None:
+        """Queue every pending write and member count in `pipe`; returns what handles the
+        replies (None: the link failed, everything is put back)."""
+        if not self.dirty:
+            return None
+        rooms, self.dirty = self.dirty, {}
+        node = self.node
+        set_sha, delete_sha = SCRIPTS["set"][1], SCRIPTS["delete"][1]
+        sent: list[tuple[Room, str | None, bool]] = []  # (room, key or None = count, quiet)
+        for room in rooms:
+            link = room.cluster
+            max_variables = room.registry.limits.max_variables
+            for key, quiet in link.outbox.items():
+                field = encode(key)
+                if key in room.values:
+                    pipe.evalsha(set_sha, 2, link.values_key, link.meta_key, field,
+                                 dump_value(room.values[key]), max_variables, node,
+                                 b"q" if quiet else b"s", link.channel)
+                else:
+                    pipe.evalsha(delete_sha, 2, link.values_key, link.meta_key, field, node,
+                                 link.channel)
+                link.inflight[key] = link.inflight.get(key, 0) + 1
+                sent.append((room, key, quiet))
+            link.outbox = {}
+            if link.members_dirty:
+                link.members_dirty = False
+                count = len(room.members)
+                if count:
+                    pipe.hset(link.counts_key, node, count)
+                else:
+                    pipe.hdel(link.counts_key, node)
+                pipe.publish(link.channel, b"n %d " % count + node)
+                sent.append((room, None, False))
+
+        def finish(replies: list | None) -> None:
+            self._finish(sent, replies)
+
+        return finish
+
+    def _finish(self, sent: list[tuple[Room, str | None, bool]], replies: list | None) -> None:
+        index = 0
+        failures: list[str] = []
+        for room, key, quiet in sent:
+            link = room.cluster
+            width = 1 if key is not None else 2
+            answers = replies[index:index + width] if replies is not None else None
+            index += width
+            failed = answers is None or any(isinstance(a, Exception) for a in answers)
+            if key is None:
+                if failed:
+                    link.members_dirty = True
+                    self._requeue(room)
+                continue
+            if failed:
+                link.sent_back(key)
+                link.outbox.setdefault(key, quiet)
+                self._requeue(room)
+                if answers is not None:
+                    failures.append(one_line(answers[0]))
+                    if isinstance(answers[0], NoScriptError):
+                        self.cluster.scripts_lost()
+                continue
+            reply = answers[0]
+            if reply == -1:
+                # The room is full cluster-wide: another node's new variables got there first.
+                link.sent_back(key)
+                if not link.pending(key):
+                    log.info("room %s is full across the cluster: variable %s is dropped",
+                             printable(room.id), printable(key))
+                    room.discard(key)
+            elif reply == 0:
+                link.sent_back(key)  # nothing was published (a delete of a missing variable)
+        if failures:
+            log.warning("Redis refused %d room writes (%s); retrying", len(failures),
+                        failures[0])
+
+    def _requeue(self, room: Room) -> None:
+        self.dirty[room] = None
+
+    # From Redis
+
+    def _received(self, room: Room, data: bytes) -> None:
+        link = room.cluster
+        op = data[:1]
+        if op == b"n":
+            count, node = data[2:].split(b" ", 1)
+            if node != self.node:
+                link.remote_counts[node] = int(count)
+                room.remote_members = sum(link.remote_counts.values())
+            return
+        version, node, length, rest = data[2:].split(b" ", 3)
+        version = int(version)
+        length = int(length)
+        key = decode(rest[:length])
+        if node == self.node:
+            link.sent_back(key)
+        last = link.last_version
+        if last >= 0:
+            if version > last + 1:
+                log.info("room %s missed %d changes from Redis: re-reading it",
+                         printable(room.id), version - last - 1)
+                self.resync(room)
+            if version > last:
+                link.last_version = version
+        if link.pending(key) or version <= link.versions.get(key, 0):
+            return
+        link.versions[key] = version
+        if op == b"d":
+            room.discard(key)
+            return
+        value = json.loads(rest[length:])
+        old = room.values.get(key, _MISSING)
+        if type(old) is type(value) and old == value:
+            return
+        room.apply(key, value, quiet=op == b"q")
+
+    def resync(self, room: Room) -> None:
+        """Re-read the room from Redis and apply what this node missed."""
+        link = room.cluster
+        if link.resyncing or not self.cluster.up:
+            return
+        link.resyncing = True
+        task = asyncio.get_running_loop().create_task(self._resync(room, link))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, room: Room, link: RoomLink) -> None:
+        try:
+            version, values, counts = await self.cluster.redis.evalsha(
+                SCRIPTS["read"][1], 3, link.values_key, link.meta_key, link.counts_key,
+                b"stratus:node:")
+        except NoScriptError:
+            self.cluster.scripts_lost()
+            link.resyncing = False
+            return
+        except LINK_ERRORS as exc:
+            link.resyncing = False
+            self.cluster.link_failed(exc)
+            return
+        link.resyncing = False
+        if room.cluster is not link:
+            return
+        self.apply_snapshot(room, int(version), values, counts)
+
+    def apply_snapshot(self, room: Room, version: int, values: list, counts: list) -> None:
+        """Bring the room in line with what Redis holds at `version`."""
+        link = room.cluster
+        present = set()
+        for index in range(0, len(values), 2):
+            key = decode(values[index])
+            present.add(key)
+            if link.pending(key):
+                continue
+            written, _position, value = parse_stored(values[index + 1])
+            if written < link.versions.get(key, 0):
+                continue
+            link.versions[key] = written
+            old = room.values.get(key, _MISSING)
+            if not (type(old) is type(value) and old == value):
+                room.apply(key, value)
+        for key in [key for key in room.values if key not in present]:
+            if not link.pending(key) and link.versions.get(key, 0) <= version:
+                room.discard(key)
+        link.last_version = max(link.last_version, version)
+        link.remote_counts = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)
+                              if counts[i] != self.node}
+        room.remote_members = sum(link.remote_counts.values())
+
+    # From the cluster
+
+    def relinked(self, data_lost: bool) -> None:
+        """The link is back: echoes of writes sent before are lost; count members again; if
+        Redis lost its data, write every room back from memory."""
+        for room in self.rooms:
+            link = room.cluster
+            for key in link.inflight:
+                link.outbox.setdefault(key, False)
+            link.inflight.clear()
+            link.last_version = -1
+            if data_lost:
+                link.versions.clear()
+                for key in room.values:
+                    link.outbox.setdefault(key, False)
+            link.members_dirty = True
+            self.dirty[room] = None
+
+    def node_gone(self, node: bytes) -> None:
+        """A dead node's members no longer count."""
+        for room in self.rooms:
+            link = room.cluster
+            if link.remote_counts.pop(node, None) is not None:
+                room.remote_members = sum(link.remote_counts.values())
+
+
+_MISSING = object()
+
+
+class RedisRoomStore:
+    """The store of the Redis backend: rooms load from Redis (on the registry's reader
+    thread); nothing is persisted separately, since the backplane writes every change
+    through."""
+
+    loads_block = True
+    fault = None
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self.committed = 0
+        self._client: redis.Redis | None = None
+
+    def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
+        """The room's variables as Redis holds them; empty while Redis is unreachable (the
+        room is re-read when the link is back)."""
+        if not self.cluster.up:
+            return []
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.cluster.url, socket_timeout=2.0,
+                                                socket_connect_timeout=2.0)
+        try:
+            stored = self._client.hgetall(room_keys(namespace, room_id)[0])
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read room %s from Redis (%s): it starts empty on this node "
+                        "and is re-read when Redis answers", printable(room_id), one_line(exc))
+            return []
+        rows = []
+        for field, raw in stored.items():
+            _version, position, value = parse_stored(raw)
+            rows.append((decode(field), position, value))
+        return rows
+
+    def save(self, changes: list) -> int:
+        """Nothing to write: the backplane wrote every change through."""
+        self.committed += 1
+        return self.committed
+
+    def close(self) -> None:
+        """Nothing queued here."""
+
+    def close_client(self) -> None:
+        """Close the reader thread's connection (after the readers stopped)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short log line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,256 @@
+"""Scratch rooms on the Redis backend (server/cluster/redis_rooms.py), over real processes:
+two Stratus nodes on one real redis-server, clients on different nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import urllib.request
+
+import pytest
+
+from tests.conformance.helpers import (
+    close_all,
+    expect_close,
+    joined,
+    latest_values,
+    recv,
+    recv_until,
+    set_line,
+    set_text,
+)
+from tests.conftest import RedisServer, ServerProcess, redis_settings
+
+SETTLE = 0.3  # long enough for a join or a member count to reach the other node
+
+
+def dump_values(frame: str) -> dict:
+    """The variables of a join dump (one frame of `set` lines)."""
+    return latest_values(frame.split("\n"))
+
+
+async def test_write_on_one_node_reaches_a_member_on_the_other(redis_server, make_redis_node,
+                                                               room):
+    """A set on node A reaches a member on node B, and B's answer reaches A."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "alice")
+    b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    await a.send(set_text("☁ score", 7))
+    assert await recv(b) == set_line("☁ score", 7)
+    await b.send(set_text("☁ score", 8))
+    assert await recv(a) == set_line("☁ score", 8)
+    await close_all(a, b)
+
+
+async def test_join_dump_comes_from_redis(redis_server, make_redis_node, room):
+    """A client joining on a node that never had the room gets the values written elsewhere."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "alice")
+    await a.send(set_text("☁ one", 1))
+    await a.send(set_text("☁ two", "2"))
+    await asyncio.sleep(SETTLE)
+    b = await joined(b_node.url, room, "bob")
+    assert dump_values(await recv(b)) == {"☁ one": 1, "☁ two": "2"}
+    await close_all(a, b)
+
+
+async def test_concurrent_writers_on_two_nodes_converge(redis_server, make_redis_node, room):
+    """Writers racing on both nodes leave every member of every node with the same values."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    writers = [await joined(node.url, room, f"w{i}") for i, node in
+               enumerate([a_node, b_node, a_node, b_node])]
+    watchers = [await joined(node.url, room, f"watch{i}") for i, node in
+                enumerate([a_node, b_node])]
+    await asyncio.sleep(SETTLE)
+    for step in range(60):
+        for index, writer in enumerate(writers):
+            await writer.send(set_text(f"☁ v{step % 3}", index * 1000 + step))
+    await asyncio.sleep(1.0)
+    late = [await joined(a_node.url, room, "late-a"), await joined(b_node.url, room, "late-b")]
+    dumps = [dump_values(await recv(client)) for client in late]
+    assert dumps[0] == dumps[1] and len(dumps[0]) == 3
+    await close_all(*writers, *watchers, *late)
+
+
+async def test_watchers_on_both_nodes_end_on_the_stored_value(redis_server, make_redis_node,
+                                                             room):
+    """What each node's members saw last is what Redis stored last."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "a")
+    b = await joined(b_node.url, room, "b")
+    watch_a = await joined(a_node.url, room, "watch-a")
+    watch_b = await joined(b_node.url, room, "watch-b")
+    await asyncio.sleep(SETTLE)
+    for step in range(100):
+        await a.send(set_text("☁ x", step))
+        await b.send(set_text("☁ x", 1000 + step))
+    await asyncio.sleep(1.0)
+    seen = []
+    for watcher in (watch_a, watch_b):
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(0.3):
+                while True:
+                    lines.extend(str(await watcher.recv()).split("\n"))
+        except TimeoutError:
+            pass
+        seen.append(latest_values(lines)["☁ x"])
+    stored = redis_server.client().hget(f"stratus:v:scratch:{room}", '"☁ x"')
+    assert seen[0] == seen[1]
+    assert json.loads(stored.split(b" ", 2)[2]) == seen[0]
+    await close_all(a, b, watch_a, watch_b)
+
+
+async def test_max_clients_per_room_counts_the_whole_cluster(redis_server, make_redis_node,
+                                                            room):
+    """With max_clients_per_room = 2, one member on each node fills the room for both."""
+    settings = {"scratch": {"max_clients_per_room": 2}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    a = await joined(a_node.url, room, "alice")
+    await asyncio.sleep(SETTLE)
+    b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    third = await joined(a_node.url, room, "carol")
+    await expect_close(third, 4000)
+    await b.close()
+    await asyncio.sleep(SETTLE)
+    again = await joined(a_node.url, room, "dave")
+    await a.send(set_text("☁ x", 1))
+    assert await recv(again) == set_line("☁ x", 1)
+    await close_all(a, again)
+
+
+async def test_max_variables_per_room_counts_the_whole_cluster(redis_server, make_redis_node,
+                                                              room):
+    """With max_variables_per_room = 2, variables made on two nodes fill the room for both."""
+    settings = {"scratch": {"max_variables_per_room": 2}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    a = await joined(a_node.url, room, "alice")
+    b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    await a.send(set_text("☁ one", 1))
+    await b.send(set_text("☁ two", 2))
+    await asyncio.sleep(SETTLE)
+    await a.send(set_text("☁ three", 3))
+    await expect_close(a, 4000, messages=1)
+    await close_all(b)
+
+
+async def test_a_killed_node_members_expire_and_others_carry_on(redis_server, make_redis_node,
+                                                               room):
+    """A node killed with SIGKILL stops counting against the room limit within node_timeout;
+    the other node's clients keep working."""
+    settings = {"scratch": {"max_clients_per_room": 2}}
+    a_node = make_redis_node(redis_server, node_timeout=1.0, **settings)
+    b_node = make_redis_node(redis_server, node_timeout=1.0, **settings)
+    a = await joined(a_node.url, room, "alice")
+    doomed = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    b_node.proc.send_signal(signal.SIGKILL)
+    b_node.proc.wait()
+    await asyncio.sleep(2.0)
+    newcomer = await joined(a_node.url, room, "carol")
+    await a.send(set_text("☁ x", 5))
+    assert await recv(newcomer) == set_line("☁ x", 5)
+    assert "stopped answering" in a_node.log()
+    await close_all(a, newcomer, doomed)
+
+
+async def test_delete_and_rename_reach_the_other_node_quietly(redis_server, make_redis_node,
+                                                             room):
+    """A delete and a rename on one node change the room on the other without a broadcast."""
+    settings = {"scratch": {"allow_delete": True, "allow_rename": True}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    a = await joined(a_node.url, room, "alice")
+    await a.send(set_text("☁ keep", 1))
+    await a.send(set_text("☁ gone", 2))
+    await asyncio.sleep(SETTLE)
+    b = await joined(b_node.url, room, "bob")
+    assert dump_values(await recv(b)) == {"☁ keep": 1, "☁ gone": 2}
+    await a.send(json.dumps({"method": "delete", "name": "☁ gone"}))
+    await a.send(json.dumps({"method": "rename", "name": "☁ keep", "new_name": "☁ kept"}))
+    await asyncio.sleep(SETTLE)
+    late = await joined(b_node.url, room, "carol")
+    assert dump_values(await recv(late)) == {"☁ kept": 1}
+    await close_all(a, b, late)
+
+
+def health(node) -> tuple[int, str]:
+    with urllib.request.urlopen(node.http_url + "/healthz", timeout=2) as reply:
+        return reply.status, reply.read().decode()
+
+
+async def test_outage_serves_locally_then_resyncs(redis_server, make_redis_node, room):
+    """With Redis stopped, each node serves its own clients and /healthz answers 200 with a
+    note; once Redis is back, writes made on both nodes meanwhile reach everyone."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "alice")
+    a2 = await joined(a_node.url, room, "alice2")
+    b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    redis_server.stop()
+    await asyncio.sleep(0.5)
+    await a.send(set_text("☁ from_a", 1))
+    assert await recv(a2) == set_line("☁ from_a", 1)  # local delivery goes on
+    await b.send(set_text("☁ from_b", 2))
+    status, text = health(a_node)
+    assert status == 200 and "cluster link to Redis down" in text
+    redis_server.start()
+    got_a = await recv_until(a, lambda lines: "☁ from_b" in latest_values(lines), 10)
+    got_b = await recv_until(b, lambda lines: "☁ from_a" in latest_values(lines), 10)
+    assert latest_values(got_a)["☁ from_b"] == 2 and latest_values(got_b)["☁ from_a"] == 1
+    assert health(a_node) == (200, "ok\n")
+    assert a_node.log().count("lost the link to Redis") == 1
+    late = await joined(b_node.url, room, "carol")
+    assert dump_values(await recv(late)) == {"☁ from_a": 1, "☁ from_b": 2}
+    await close_all(a, a2, b, late)
+
+
+async def test_redis_that_lost_its_data_is_refilled_from_memory(redis_server, make_redis_node,
+                                                               room):
+    """A Redis restarted empty gets every room back from the nodes' memory."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "alice")
+    b = await joined(b_node.url, room, "bob")
+    await a.send(set_text("☁ x", 1))
+    assert await recv(b) == set_line("☁ x", 1)
+    redis_server.stop()
+    redis_server.start(fresh=True)
+    await asyncio.sleep(1.5)
+    assert redis_server.client().hexists(f"stratus:v:scratch:{room}", '"☁ x"')
+    await a.send(set_text("☁ y", 2))
+    assert await recv(b) == set_line("☁ y", 2)
+    await close_all(a, b)
+
+
+async def test_unreachable_redis_at_start_starts_degraded(tmp_path, make_redis_node, room):
+    """Without Redis, a node starts anyway, says so, and serves its own clients."""
+    absent = RedisServer(tmp_path / "absent")  # never started: nothing listens on its port
+    node = make_redis_node(absent)
+    status, text = health(node)
+    assert status == 200 and "cluster link to Redis down" in text
+    assert "starting degraded" in node.log()
+    a = await joined(node.url, room, "alice")
+    b = await joined(node.url, room, "bob")
+    await a.send(set_text("☁ x", 1))
+    assert await recv(b) == set_line("☁ x", 1)
+    await close_all(a, b)
+
+
+async def test_unreachable_redis_at_start_refused_when_required(tmp_path):
+    """With require_redis_at_start = true and no Redis, start-up stops with a clear message."""
+    absent = RedisServer(tmp_path / "absent")
+    settings = redis_settings(absent)
+    settings["cluster"]["require_redis_at_start"] = True
+    (tmp_path / "node").mkdir()
+    node = ServerProcess(tmp_path / "node", settings)
+    with pytest.raises(RuntimeError, match="exited early"):
+        node.start()
+    assert node.proc.returncode == 1
+    assert "cannot reach Redis at redis://127.0.0.1:" in node.log()
+    assert "require_redis_at_start = true" in node.log()
