@@ -231,6 +231,10 @@ def run_worker(index: int, config: Config, link: WorkerLink) -> None:
     # supervisor sends SIGTERM to every worker in any case).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(config.server.log_level, f"worker-{index}[{os.getpid()}]")
+    if config.cluster.node_id:
+        # Every worker is a node of the cluster: one node id set for the host would make the
+        # workers take each other's messages for their own.
+        config.replace_table("cluster", node_id=f"{config.cluster.node_id}-{index}")
     sys.exit(run(config, event_loop_factory(config.server.event_loop), link))
 
 

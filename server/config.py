@@ -218,11 +218,15 @@ def _validate_workers(workers: int, port: int, store: str, cluster: str) -> None
             f"[server] port = 0 (any free port) cannot be shared by [server] workers "
             f"= {workers}: each worker would get a port of its own; give a port number"
         )
-    if store == "sqlite":
+    # The Redis engine keeps room values in Redis and opens no [store]; another engine named
+    # "module:Attr" may open it (LocalCluster's subclasses do), and every worker would then
+    # open the same SQLite file.
+    if store == "sqlite" and cluster != "redis":
         raise ConfigError(
-            f"[server] workers = {workers} with [store] backend = \"sqlite\": one "
-            "SQLite file cannot be opened by several processes; set [store] backend = "
-            "\"memory\" (the [cluster] backend keeps the values) or [server] workers = 1"
+            f"[server] workers = {workers} with [store] backend = \"sqlite\" and [cluster] "
+            f"backend = {cluster!r}: one SQLite file cannot be opened by several processes; "
+            "set [cluster] backend = \"redis\" (values live in Redis), [store] backend = "
+            "\"memory\" or [server] workers = 1"
         )
 
 

@@ -130,7 +130,7 @@ MORE_BAD_SETTINGS = [
     ("server", "workers", 0),
 ]
 
-SHARED_BACKEND = "tests.server.test_only_backplane:UnsharedBackplane"
+SHARED_BACKEND = "tests.server.unshared_cluster:UnsharedCluster"
 WORKERS_REFUSED = {
     "local backend": ({}, ("[server] workers", "[cluster] backend")),
     "any free port": ({"server": {"port": 0}, "store": {"backend": "memory"},
@@ -142,8 +142,7 @@ WORKERS_REFUSED = {
 
 @pytest.mark.parametrize("settings, keys", WORKERS_REFUSED.values(), ids=WORKERS_REFUSED.keys())
 def test_several_workers_refused_where_they_cannot_share(tmp_path, settings, keys):
-    """workers > 1 is refused, naming the keys in conflict, with the local backend (rooms
-    stay in one process), port 0 (each worker would get its own) or the SQLite store."""
+    """workers > 1 is refused naming the keys with the local backend, port 0 or a shared SQLite."""
     path = tmp_path / "workers.toml"
     write_toml(path, {"server": {"port": 9080, **settings.pop("server", {})}, **settings})
     with pytest.raises(ConfigError) as refused:
@@ -151,6 +150,14 @@ def test_several_workers_refused_where_they_cannot_share(tmp_path, settings, key
     for key in keys:
         assert key in str(refused.value)
     load_config(path, env={}, overrides={"server": {"workers": 1}})  # one worker is fine
+
+
+def test_several_workers_accepted_on_redis_with_the_default_store_setting(tmp_path):
+    """workers > 1 on the Redis backend is accepted with [store] left at its sqlite default."""
+    path = tmp_path / "workers.toml"
+    write_toml(path, {"server": {"port": 9080, "workers": 2}, "cluster": {"backend": "redis"}})
+    config = load_config(path, env={})
+    assert config.server.workers == 2 and config.store.backend == "sqlite"
 
 
 @pytest.mark.parametrize("table, key, value", MORE_BAD_SETTINGS)

@@ -14,13 +14,21 @@ import time
 import pytest
 
 from server.supervisor import RestartDelay, describe_exit
-from tests.conformance.helpers import close_all, expect_close, http_get, joined
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conformance.helpers import (
+    close_all,
+    expect_close,
+    http_get,
+    joined,
+    recv,
+    set_line,
+    set_text,
+)
+from tests.conftest import ROOT, ServerProcess, free_port, redis_settings
 from tests.server.test_config import clean_env, run_server
-from tests.server.test_only_backplane import BACKEND as TEST_ONLY_BACKEND
+from tests.server.unshared_cluster import BACKEND as TEST_ONLY_BACKEND
 
-# Supervision does not need shared rooms: the test-only backplane lets workers start without
-# Redis (see tests/server/test_only_backplane.py); the memory store keeps SQLite out of it.
+# Supervision does not need shared rooms: the test-only cluster engine lets workers start without
+# Redis (see tests/server/unshared_cluster.py); the memory store keeps SQLite out of it.
 WORKER_SETTINGS = {"store": {"backend": "memory"}, "cluster": {"backend": TEST_ONLY_BACKEND}}
 
 
@@ -35,8 +43,7 @@ def test_exit_described_by_code_or_signal():
 
 
 def test_restart_delay_doubles_for_a_crash_loop_and_resets_when_stable():
-    """A worker dying young again and again waits longer each time, up to a cap; one that
-    ran long gets a quick restart again."""
+    """Restart delays double while a worker dies young, up to a cap, and reset once it ran long."""
     delay = RestartDelay()
     delays = [delay.after_death(ran_for=1.0) for _ in range(10)]
     assert delays[:4] == [RestartDelay.FIRST, 2 * RestartDelay.FIRST, 4 * RestartDelay.FIRST,
@@ -49,8 +56,7 @@ def test_restart_delay_doubles_for_a_crash_loop_and_resets_when_stable():
 
 
 def worker_pids(server: ServerProcess, count: int = 2, timeout: float = 10.0) -> dict[int, int]:
-    """Worker index -> pid of the workers now running, once all `count` listen (from the
-    supervisor's log)."""
+    """Worker index -> pid of the running workers, once all `count` listen (from the log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         log = server.log()
@@ -80,6 +86,14 @@ def wait_gone(pids, timeout: float) -> None:
     assert not any(alive(pid) for pid in pids), f"still running: {[p for p in pids if alive(p)]}"
 
 
+def wait_logged(server: ServerProcess, text: str, timeout: float = 10.0) -> None:
+    """Wait until the server's log has `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert text in server.log(), server.log()
+
+
 def kill_leftovers(pids) -> None:
     """Stop workers a failed test left behind (by pid)."""
     for pid in pids:
@@ -87,32 +101,65 @@ def kill_leftovers(pids) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def established_by_pid(port: int, pids) -> dict[int, int]:
-    """How many established TCP connections on `port` (server side) each process holds."""
-    inodes = set()
+def server_sockets(port: int) -> dict[int, str]:
+    """Client port -> socket inode of every established connection to `port`, server side."""
+    sockets = {}
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
             if local_port == port and fields[3] == "01":  # 01 = ESTABLISHED
-                inodes.add(fields[9])
-    counts = {}
-    for pid in pids:
-        held = 0
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in inodes:
-                held += 1
-        counts[pid] = held
-    return counts
+                sockets[int(fields[2].rsplit(":", 1)[1], 16)] = fields[9]
+    return sockets
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process `pid` holds open."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def established_by_pid(port: int, pids) -> dict[int, int]:
+    """How many established TCP connections on `port` (server side) each process holds."""
+    inodes = set(server_sockets(port).values())
+    return {pid: len(socket_inodes(pid) & inodes) for pid in pids}
+
+
+def worker_serving(client, port: int, pids) -> int:
+    """The pid of the worker that holds a websockets client's connection."""
+    inode = server_sockets(port)[client.transport.get_extra_info("sockname")[1]]
+    [pid] = [pid for pid in pids if inode in socket_inodes(pid)]
+    return pid
+
+
+async def one_client_per_worker(server: ServerProcess, room: str, pids) -> dict[int, object]:
+    """Worker pid -> a client joined to `room` on that worker (extra clients are closed)."""
+    chosen: dict[int, object] = {}
+    extra = []
+    for attempt in range(40):
+        client = await joined(server.url, room, f"user{attempt}")
+        pid = worker_serving(client, server.port, pids)
+        if pid in chosen:
+            extra.append(client)
+        else:
+            chosen[pid] = client
+        if len(chosen) == len(pids):
+            break
+    await close_all(*extra)
+    assert len(chosen) == len(pids), "the kernel never chose one of the workers"
+    return chosen
 
 
 @pytest.fixture
 def workers(make_server):
-    """A `--workers 2` server with the test-only backplane; leftover workers are killed."""
+    """A `--workers 2` server with the test-only cluster engine; leftover workers are killed."""
     started: list[ServerProcess] = []
 
     def start(**settings) -> ServerProcess:
@@ -131,8 +178,7 @@ def workers(make_server):
 
 
 async def test_local_backend_with_two_workers_is_refused_naming_both_keys(tmp_path):
-    """`--workers 2` with the default local backend exits 2 with a message naming
-    [server] workers and [cluster] backend."""
+    """`--workers 2` with the local backend exits 2 naming [server] workers, [cluster] backend."""
     code, out = await run_server(["--workers", "2", "--port", str(free_port())], tmp_path)
     assert code == 2, out
     assert "[server] workers" in out and "[cluster] backend" in out, out
@@ -155,14 +201,14 @@ async def test_two_workers_share_the_port_and_both_get_clients(workers, room):
 
 
 async def test_killed_worker_is_logged_and_restarted_while_the_port_answers(workers, room):
-    """A worker killed with SIGKILL is logged with the signal and replaced; the port answers
-    all along and the new worker serves clients."""
+    """A SIGKILLed worker is logged and replaced; the port answers meanwhile; the new one serves."""
     server = workers()
     pids = worker_pids(server)
     os.kill(pids[1], signal.SIGKILL)
     # Connections the kernel had already queued for the killed worker die with it; once it is
-    # gone, the other worker answers every new one while the first is down.
-    wait_gone([pids[1]], 5)
+    # gone (the supervisor has reaped it: every thread has let go of its socket), the other
+    # worker answers every new one while the first is down.
+    wait_logged(server, f"worker 1 (pid {pids[1]}) killed by signal SIGKILL")
     for _ in range(20):
         assert http_get(server.http_url, "/healthz")[0] == 200
     deadline = time.monotonic() + 10
@@ -172,7 +218,6 @@ async def test_killed_worker_is_logged_and_restarted_while_the_port_answers(work
             break
         time.sleep(0.05)
     assert restarted[1] != pids[1] and restarted[2] == pids[2], server.log()
-    assert f"worker 1 (pid {pids[1]}) killed by signal SIGKILL" in server.log()
     clients = [await joined(server.url, f"{room}-{n}", f"user{n}") for n in range(24)]
     try:
         held = established_by_pid(server.port, restarted.values())
@@ -199,8 +244,7 @@ async def test_worker_dying_young_again_waits_longer(workers):
 
 
 async def test_sigterm_stops_every_worker_gracefully_and_exits_0(workers, room):
-    """SIGTERM to the supervisor: clients of both workers get 1001, every worker exits and
-    the supervisor exits 0 within seconds."""
+    """SIGTERM to the supervisor: clients get 1001, every worker exits, the supervisor exits 0."""
     server = workers()
     pids = worker_pids(server)
     clients = [await joined(server.url, f"{room}-{n}", f"user{n}") for n in range(16)]
@@ -217,8 +261,7 @@ async def test_sigterm_stops_every_worker_gracefully_and_exits_0(workers, room):
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(workers):
-    """If the supervisor dies without stopping them (SIGKILL), the workers shut down instead
-    of holding the port as orphans."""
+    """Workers of a SIGKILLed supervisor shut down instead of holding the port as orphans."""
     server = workers()
     pids = worker_pids(server)
     server.proc.kill()
@@ -230,8 +273,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(workers):
 
 
 async def test_worker_failing_to_start_stops_start_up_with_its_exit_code(tmp_path):
-    """When workers cannot start (the port is held by another program), the supervisor stops
-    the others and exits with the worker's code and reason instead of restarting forever."""
+    """Workers that cannot bind the port stop start-up with their reason and exit 1, no retries."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -248,3 +290,79 @@ async def test_worker_failing_to_start_stops_start_up_with_its_exit_code(tmp_pat
     assert proc.returncode == 1, out
     assert "cannot start" in out and "before it listened: stopping" in out, out
     assert "restarting" not in out
+
+
+# On the Redis backend: the workers serve the same rooms
+
+
+@pytest.fixture
+def redis_workers(make_server, redis_server):
+    """`--workers 2` nodes of a Redis cluster on a real redis-server; leftovers are killed."""
+    started: list[ServerProcess] = []
+
+    def start(**settings) -> ServerProcess:
+        server = make_server(args=["--workers", "2"], **redis_settings(redis_server, **settings))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        pids = re.findall(r"worker \d+ started \(pid (\d+)\)", server.log())
+        server.stop()
+        kill_leftovers(int(pid) for pid in pids)
+
+
+async def test_two_workers_on_redis_serve_one_room_both_ways(redis_workers, room):
+    """On Redis, a client on each worker sees the other's writes; late joiners get them dumped."""
+    server = redis_workers()
+    pids = list(worker_pids(server).values())
+    clients = await one_client_per_worker(server, room, pids)
+    first, second = (clients[pid] for pid in pids)
+    await asyncio.sleep(0.3)  # each worker's join reaches the other through Redis
+    await first.send(set_text("☁ score", 7))
+    assert await recv(second) == set_line("☁ score", 7)
+    await second.send(set_text("☁ lives", 3))
+    assert await recv(first) == set_line("☁ lives", 3)
+    late = await one_client_per_worker(server, room, pids)
+    for client in late.values():
+        dump = sorted(str(await recv(client)).split("\n"))
+        assert dump == sorted([set_line("☁ score", 7), set_line("☁ lives", 3)])
+    await close_all(first, second, *late.values())
+
+
+async def test_workers_are_distinct_cluster_nodes(redis_workers, room):
+    """A node_id set for the host gets each worker's number, so the workers still share rooms."""
+    server = redis_workers(cluster={"node_id": "classroom-host"})
+    pids = list(worker_pids(server).values())
+    log = server.log()
+    assert "cluster node classroom-host-1" in log and "cluster node classroom-host-2" in log, log
+    clients = await one_client_per_worker(server, room, pids)
+    first, second = (clients[pid] for pid in pids)
+    await asyncio.sleep(0.3)
+    await first.send(set_text("☁ seen", 1))
+    assert await recv(second) == set_line("☁ seen", 1)
+    await close_all(first, second)
+
+
+async def test_room_keeps_working_when_a_worker_on_redis_is_killed(redis_workers, room):
+    """On Redis, a SIGKILLed worker's replacement shares the room and its values with the other."""
+    server = redis_workers()
+    pids = worker_pids(server)
+    clients = await one_client_per_worker(server, room, list(pids.values()))
+    survivor = clients[pids[2]]
+    await asyncio.sleep(0.3)
+    await clients[pids[1]].send(set_text("☁ before", 1))
+    assert await recv(survivor) == set_line("☁ before", 1)
+    os.kill(pids[1], signal.SIGKILL)
+    wait_logged(server, f"worker 1 (pid {pids[1]}) killed by signal SIGKILL")
+    deadline = time.monotonic() + 10
+    while (restarted := worker_pids(server))[1] == pids[1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert restarted[1] != pids[1], server.log()
+    newcomers = await one_client_per_worker(server, room, list(restarted.values()))
+    on_new_worker = newcomers[restarted[1]]
+    assert await recv(on_new_worker) == set_line("☁ before", 1)  # its dump, from Redis
+    await asyncio.sleep(0.3)
+    await on_new_worker.send(set_text("☁ after", 2))
+    assert await recv(survivor) == set_line("☁ after", 2)
+    await close_all(survivor, *newcomers.values())
