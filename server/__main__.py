@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="server processes sharing the port, supervised by this one "
                         "(overrides [server] workers; more than 1 needs a [cluster] backend "
-                        "other than local)")
+                        "that shares rooms, e.g. --redis URL)")
     parser.add_argument("--version", action="version", version=f"Stratus {__version__}")
     return parser
 

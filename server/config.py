@@ -210,8 +210,8 @@ def _validate_workers(workers: int, port: int, store: str, cluster: str) -> None
         raise ConfigError(
             f"[server] workers = {workers} needs a [cluster] backend that shares rooms "
             "between processes, but [cluster] backend = \"local\" keeps each room in one "
-            "process (clients of one project would not see each other): set [server] workers "
-            "= 1, or choose another [cluster] backend"
+            "process (clients of one project would not see each other): set [cluster] "
+            "backend = \"redis\" (or --redis URL), or [server] workers = 1"
         )
     if port == 0:
         raise ConfigError(
