@@ -44,7 +44,6 @@ READY = b"ready"
 STOPPED_CLEANLY = (0, -signal.SIGTERM, -signal.SIGINT)
 
 
-
 def describe_exit(exitcode: int | None) -> str:
     """How a worker ended, for the log: "exited with code 1", "killed by signal SIGKILL"."""
     if exitcode is None:
@@ -83,6 +82,7 @@ class WorkerLink:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self.supervisor_pid = os.getpid()  # made by the supervisor, pickled into the worker
 
     def started(self) -> None:
         """Tell the supervisor the worker listens (a later death is a crash, not a failed start)."""
@@ -100,7 +100,8 @@ class WorkerLink:
                 self._connection.recv_bytes()
             except (EOFError, OSError):
                 loop.remove_reader(fd)
-                log.warning("the supervisor is gone (pid %d): shutting down", os.getppid())
+                log.warning("the supervisor is gone (pid %d): shutting down",
+                            self.supervisor_pid)
                 supervisor_gone()
 
         loop.add_reader(fd, readable)
