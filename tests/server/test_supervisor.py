@@ -267,7 +267,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(workers):
     server.proc.kill()
     server.proc.wait()
     wait_gone(pids.values(), 10)
-    assert "the supervisor is gone" in server.log()
+    assert f"the supervisor is gone (pid {server.proc.pid})" in server.log()
     with pytest.raises(OSError):
         http_get(server.http_url, "/healthz")
 
