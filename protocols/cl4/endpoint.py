@@ -16,6 +16,7 @@ from server.framing import encode_text
 from server.session import ProtocolEntry
 
 from ..js import MISSING
+from .cluster import Cl4Cluster, RemotePeer, is_remote
 from .engine import Cl4Engine
 from .options import Cl4Options
 from .plugins import Cl4PluginAdapter
@@ -41,6 +42,8 @@ class Cl4Protocol:
         # The last message encoded, kept alive so its id cannot be reused while cached.
         self._last_message: Any = None
         self._last_frame = b""
+        # With a cluster engine that has a message bus: the clients of the other nodes.
+        self.cluster: Cl4Cluster | None = None
 
     def install(self, server: Server) -> None:
         """Register the protocol, its plugin hooks and its facade service."""
@@ -50,6 +53,12 @@ class Cl4Protocol:
             server.protocols.add(ProtocolEntry(self.name, detect_cl4, self.open))
         Cl4PluginAdapter(server.plugins, self.engine).attach()
         server.facade.provide(self.name, Cl4Service(self))
+        bus = server.cluster.bus
+        if bus is not None and self.options.enabled:
+            # Subscribed now, before the cluster connects, so the first snapshots are heard.
+            self.cluster = Cl4Cluster(self, bus)
+            self.cluster.attach()
+            self.engine.replace_send(self._send_clustered)
 
     async def start(self, server: Server) -> None:
         """Nothing to open."""
@@ -73,6 +82,12 @@ class Cl4Protocol:
             frame = encode_text(encode_message(message))
             self._last_message, self._last_frame = message, frame
         write_queued(connection, frame, self.options.max_queue_bytes, self._events)
+
+    def _send_clustered(self, connection: Any, message: dict | str) -> None:
+        if connection.__class__ is RemotePeer:
+            self.cluster.forward(connection, message)
+        else:
+            self._send(connection, message)
 
     @staticmethod
     def _close(connection: Any, code: int, reason: str) -> None:
@@ -102,11 +117,13 @@ class Cl4Service:
         return len(sessions)
 
     def rooms(self) -> dict[str, list[Client]]:
-        """CL4 rooms and their members."""
+        """CL4 rooms and their members on this node (members on other nodes are left out)."""
         engine = self._protocol.engine
         client = self._protocol.server.plugins.client
-        return {room: [client(m.connection) for m in engine.room_members(room)]
-                for room in engine.rooms()}
+        rooms = {room: [client(m.connection) for m in engine.room_members(room)
+                        if not is_remote(m.connection)]
+                 for room in engine.rooms()}
+        return {room: members for room, members in rooms.items() if members}
 
 
 class Cl4Session:

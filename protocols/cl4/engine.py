@@ -50,6 +50,7 @@ __all__ = [
     "CommandHandler",
     "GvarObserver",
     "PreDispatchHook",
+    "PresenceObserver",
     "Reject",
     "Send",
 ]
@@ -61,6 +62,9 @@ Close = Callable[[Hashable, int, str], None]
 # (sender, room, name, val) of a gvar delivered in a CL4 room.
 GvarObserver = Callable[[Cl4ClientState, str, str, Any], None]
 PreDispatchHook = Callable[[Cl4ClientState, dict], "dict | Reject | None"]
+# (event, client, room) when a local client's presence changes: "joined" / "left" (room),
+# "named" (room None; the username is on the client), "gone" (it disconnected).
+PresenceObserver = Callable[[str, Cl4ClientState, "str | None"], None]
 
 SNOWFLAKE_INSTANCE = 42  # as the reference server (spec §6)
 CLOSE_NORMAL = CloseCode.NORMAL
@@ -97,6 +101,8 @@ class Cl4Engine:
         self.disabled_commands: set[str] = set(self.options.disabled_commands)
         self.pre_dispatch_hooks: list[PreDispatchHook] = []
         self.gvar_observers: list[GvarObserver] = []
+        # Told about every presence change of a client, e.g. to mirror it on other nodes.
+        self.presence_observers: list[PresenceObserver] = []
         self._commands: dict[str, Cl4Command] = {}
         for command in BUILTIN_COMMANDS:
             self._commands[command.name] = command
@@ -162,6 +168,12 @@ class Cl4Engine:
             except Exception:
                 # A failing send must not leave the client behind in its other rooms.
                 logger.exception("CL4 ulist remove for %r failed", session)
+        if self.presence_observers and session.identified:
+            self._presence("gone", session, None)
+
+    def replace_send(self, send: Send) -> None:
+        """Send through `send` from now on (e.g. one that forwards to other nodes)."""
+        self._send = send
 
     def session(self, connection: Hashable) -> Cl4ClientState | None:
         """The session of a connected connection, or None."""
@@ -284,6 +296,8 @@ class Cl4Engine:
             return False
         members[session] = None
         session.rooms[room] = None
+        if self.presence_observers:
+            self._presence("joined", session, room)
         return True
 
     def unsubscribe(self, session: Cl4ClientState, room: str) -> bool:
@@ -295,6 +309,8 @@ class Cl4Engine:
         session.rooms.pop(room, None)
         if not members:
             del self._rooms[room]
+        if self.presence_observers:
+            self._presence("left", session, room)
         return True
 
     def announce_join(self, session: Cl4ClientState, room: str, *,
@@ -336,6 +352,31 @@ class Cl4Engine:
         self._unindex_username(session)
         session.set_username(username)
         self._by_username.setdefault(username, {})[session] = None
+        if self.presence_observers:
+            self._presence("named", session, None)
+
+    # -- clients of other nodes (mirrored by a cluster component) ------------------------------
+
+    def adopt(self, session: Cl4ClientState) -> None:
+        """Make a client of another node findable by uuid and snowflake (its username and
+        rooms follow through `set_username` and `subscribe`). It is in no `sessions()`."""
+        session.identified = True
+        self._by_uuid[session.uuid] = session
+        self._by_snowflake[session.snowflake] = session
+
+    def drop(self, session: Cl4ClientState) -> None:
+        """Forget a client of another node silently (its node announced what it had to)."""
+        session.closed = True
+        self._forget_identity(session)
+        for room in list(session.rooms):
+            self.unsubscribe(session, room)
+
+    def _presence(self, event: str, session: Cl4ClientState, room: str | None) -> None:
+        for observer in tuple(self.presence_observers):
+            try:
+                observer(event, session, room)
+            except Exception:
+                logger.exception("CL4 presence observer %r failed", observer)
 
     # -- internals -----------------------------------------------------------------------------
 

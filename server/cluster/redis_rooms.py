@@ -401,9 +401,11 @@ class RedisBackplane:
             for key in link.inflight:
                 link.outbox.setdefault(key, False)
             link.inflight.clear()
+            # Redis may have come back from an older state (its last second of writes lost):
+            # versions start over from what the room re-read finds.
             link.last_version = -1
+            link.versions.clear()
             if data_lost:
-                link.versions.clear()
                 for key in room.values:
                     link.outbox.setdefault(key, False)
             link.members_dirty = True

@@ -42,16 +42,19 @@ from tests.conformance.helpers import (
     set_text,
     ws_connect,
 )
+from tests.conftest import BACKENDS
 
 SERVER_VERSION = "0.2.0-stratus"  # the default [cl4] server_version
 MULTIPLE = ("Multiple matches found for bob, found 2 matches. Please use Snowflakes, UUIDs, "
             "or client objects instead.")
 
 
-@pytest.fixture
-def url(make_server) -> str:
-    """A fresh server per test (CL4 room "default" is shared by every client of a server)."""
-    return make_server().url
+@pytest.fixture(params=BACKENDS)
+def url(request, make_backend) -> str:
+    """A fresh server per test (CL4 room "default" is shared by every client of a server):
+    one process, or two nodes on Redis behind a round-robin proxy (consecutive clients on
+    different nodes)."""
+    return make_backend(request.param).url
 
 
 def ulist(mode: str, val, room: str = "default") -> dict:

@@ -28,16 +28,20 @@ from tests.conformance.helpers import (
     set_text,
     ws_connect,
 )
+from tests.conftest import BACKENDS, start_backend
 from tests.server.rawclient import OP_BINARY, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """A server with at most 4 variables and 3 clients per room."""
-    yield from private_server(
-        tmp_path_factory, "small-limits",
+@pytest.fixture(scope="module", params=BACKENDS)
+def small(request, tmp_path_factory):
+    """A server with at most 4 variables and 3 clients per room: one process, or two Redis
+    nodes behind a round-robin proxy (the limits count both nodes)."""
+    backend = start_backend(
+        request.param, tmp_path_factory.mktemp(f"small-limits-{request.param}"),
         scratch={"max_variables_per_room": 4, "max_clients_per_room": 3},
     )
+    yield backend
+    backend.stop()
 
 
 @pytest.fixture(scope="module")

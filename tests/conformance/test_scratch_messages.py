@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from protocols.js import MAX_JSON_DEPTH
 from tests.conformance.helpers import (
     close_all,
@@ -20,6 +22,16 @@ from tests.conformance.helpers import (
     set_text,
     ws_connect,
 )
+from tests.conftest import BACKENDS, start_backend
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
+    """These cases on one process, and on two Redis nodes behind a round-robin proxy (the two
+    clients of a pair on different nodes)."""
+    backend = start_backend(request.param, tmp_path_factory.mktemp(f"messages-{request.param}"))
+    yield backend
+    backend.stop()
 
 
 async def pair(url: str, room: str):

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without the overrides the server reads, plus `extra`."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PORT", "HOST", "STRATUS_DATA_DIR", "STRATUS_LOG_LEVEL")}
+           if k not in ("PORT", "HOST", "STRATUS_DATA_DIR", "STRATUS_LOG_LEVEL",
+                        "STRATUS_REDIS_URL")}
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
@@ -128,6 +129,10 @@ MORE_BAD_SETTINGS = [
     ("store", "flush_interval", -1),
     ("cluster", "backend", "redis-without-a-module"),
     ("server", "workers", 0),
+    ("cluster", "redis_url", "http://127.0.0.1:6379"),
+    ("cluster", "node_id", "two words"),
+    ("cluster", "node_timeout", 0),
+    ("cluster", "require_redis_at_start", "yes"),
 ]
 
 SHARED_BACKEND = "tests.server.unshared_cluster:UnsharedCluster"
@@ -213,6 +218,22 @@ def test_port_and_host_from_environment(launch, tmp_path):
                      env=clean_env(PORT=str(env_port), HOST="127.0.0.1"))
     assert running.healthy_on(env_port)
     assert refused(file_port)
+
+
+def test_redis_url_from_environment_selects_the_redis_backend():
+    """STRATUS_REDIS_URL sets [cluster] redis_url and picks backend = "redis"."""
+    config = load_config(None, env={"STRATUS_REDIS_URL": "redis://cache:6380/2"})
+    assert config.cluster.backend == "redis"
+    assert config.cluster.redis_url == "redis://cache:6380/2"
+    assert load_config(None, env={}).cluster.backend == "local"
+
+
+def test_redis_flag_runs_a_node_on_that_redis(launch, tmp_path, redis_server):
+    """--redis URL starts a node of the cluster at that Redis (it registers itself there)."""
+    port = free_port()
+    running = launch(["--redis", redis_server.url, "--port", str(port), "--host", "127.0.0.1"])
+    assert running.healthy_on(port)
+    assert redis_server.client().keys("stratus:node:*")
 
 
 def test_port_flag_wins_over_environment(launch, tmp_path):

@@ -299,3 +299,46 @@ async def test_eviction_cancels_the_pending_flush():
     registry.open("R1")  # one empty room too many: the stored R0 goes
     assert registry.get("R0") is None
     assert room.outbound.flush_handle is None
+
+
+async def test_a_change_applied_from_another_node_reaches_members_but_not_observers():
+    """Room.apply stores a value another node accepted and delivers it to every member here,
+    without running write observers (they ran on the node that accepted it)."""
+    registry = make_registry()
+    observed = []
+    registry.write_observers.append(lambda room, key, value: observed.append(key))
+    room = registry.open("R")
+    member = FakeMember()
+    room.join(member)
+    room.apply("x", 5)
+    await asyncio.sleep(FLUSH)
+    assert member.frames() == ["x=5"]
+    assert room.values == {"x": 5} and observed == []
+
+
+async def test_a_quiet_apply_and_a_discard_are_not_broadcast():
+    """A rename's new key (quiet) and a variable deleted elsewhere change the room silently."""
+    registry = make_registry()
+    room = registry.open("R")
+    member = FakeMember()
+    room.join(member)
+    room.apply("renamed", 1, quiet=True)
+    room.apply("gone", 2, quiet=True)
+    room.discard("gone")
+    room.discard("never there")
+    await asyncio.sleep(FLUSH)
+    assert member.frames() == []
+    late = FakeMember()
+    room.join(late)
+    assert late.frames() == ["renamed=1"]
+
+
+async def test_members_on_other_nodes_count_against_the_client_limit():
+    """remote_members (kept by a cluster backplane) fills the room like local members do."""
+    registry = make_registry(limits=RoomLimits(max_clients=2))
+    room = registry.open("R")
+    room.remote_members = 1
+    assert room.join(FakeMember())
+    assert not room.join(FakeMember())
+    room.remote_members = 0
+    assert room.join(FakeMember())

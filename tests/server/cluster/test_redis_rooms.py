@@ -21,6 +21,7 @@ from tests.conformance.helpers import (
     set_text,
 )
 from tests.conftest import RedisServer, ServerProcess, redis_settings
+from tests.server.plugin_fixtures import append_plugins
 
 SETTLE = 0.3  # long enough for a join or a member count to reach the other node
 
@@ -254,3 +255,48 @@ async def test_unreachable_redis_at_start_refused_when_required(tmp_path):
     assert node.proc.returncode == 1
     assert "cannot reach Redis at redis://127.0.0.1:" in node.log()
     assert "require_redis_at_start = true" in node.log()
+
+
+async def test_variable_hooks_run_once_on_the_receiving_node(redis_server, tmp_path, room):
+    """A plugin that doubles a value runs once, on the node that received the set: members
+    of both nodes see it doubled once."""
+    nodes = []
+    for index in range(2):
+        workdir = tmp_path / f"hooked{index}"
+        workdir.mkdir()
+        node = ServerProcess(workdir, redis_settings(redis_server))
+        append_plugins(node.config_path, [{"use": "tests.server.plugin_fixtures:Rules"}])
+        nodes.append(node.start())
+    try:
+        a = await joined(nodes[0].url, room, "alice")
+        a2 = await joined(nodes[0].url, room, "alice2")
+        b = await joined(nodes[1].url, room, "bob")
+        await asyncio.sleep(SETTLE)
+        await a.send(set_text("☁ tdouble", 21))
+        assert await recv(b) == set_line("☁ tdouble", 42)
+        assert await recv(a2) == set_line("☁ tdouble", 42)
+        await asyncio.sleep(SETTLE)
+        late = await joined(nodes[1].url, room, "carol")
+        assert dump_values(await recv(late)) == {"☁ tdouble": 42}
+        await close_all(a, a2, b, late)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_lost_publishes_are_recovered(redis_server, make_redis_node, room):
+    """A node that sees the room's version jump (publishes it never got) re-reads the room."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "alice")
+    b = await joined(b_node.url, room, "bob")
+    await a.send(set_text("☁ x", 1))
+    assert await recv(b) == set_line("☁ x", 1)
+    # A write whose publish was lost: stored and versioned in Redis, never announced.
+    client = redis_server.client()
+    version = client.hincrby(f"stratus:m:scratch:{room}", "version", 1)
+    client.hset(f"stratus:v:scratch:{room}", '"☁ lost"', f"{version} 5 7")
+    await a.send(set_text("☁ x", 2))
+    got = await recv_until(b, lambda lines: "☁ lost" in latest_values(lines), 5)
+    assert latest_values(got) == {"☁ x": 2, "☁ lost": 7}
+    assert "missed 1 changes" in b_node.log()
+    await close_all(a, b)
