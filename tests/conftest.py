@@ -278,12 +278,16 @@ class RoundRobinProxy:
 
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         server = loop.run_until_complete(
             asyncio.start_server(self._accept, "127.0.0.1", self.port))
         self._ready.set()
         loop.run_forever()
         server.close()
-        loop.run_until_complete(server.wait_closed())
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         loop.close()
 
     async def _accept(self, reader, writer) -> None:
@@ -305,12 +309,14 @@ class RoundRobinProxy:
             finally:
                 try:
                     sink.write_eof()
-                except OSError:
+                except (OSError, RuntimeError):
                     sink.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        writer.close()
-        up_writer.close()
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            writer.close()
+            up_writer.close()
 
     def stop(self) -> None:
         if self._loop is not None:

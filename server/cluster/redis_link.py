@@ -60,7 +60,9 @@ class RedisCluster:
         self.node = encode(self.node_id)
         self.url = section.redis_url
         self.node_timeout = section.node_timeout
-        self.heartbeat = max(self.node_timeout / 5, 0.05)
+        # A beat at least every second: the subscription hears this node's own beats, so a
+        # silence of four beats means it is dead even when nothing else is published.
+        self.heartbeat = max(min(self.node_timeout / 5, 1.0), 0.05)
         self.redis: aioredis.Redis | None = None
         self.bus = RedisBus(self)
         self.backplanes: list[RedisBackplane] = []

@@ -334,9 +334,14 @@ class RedisBackplane:
             room.discard(key)
             return
         value = json.loads(rest[length:])
-        old = room.values.get(key, _MISSING)
-        if type(old) is type(value) and old == value:
-            return
+        if node == self.node:
+            # This node's own write, back from Redis: its members had it at once, unless the
+            # room was re-read meanwhile and holds something older.
+            old = room.values.get(key, _MISSING)
+            if type(old) is type(value) and old == value:
+                return
+        # Another node's write is delivered even if the value is unchanged: Scratch relays
+        # every set, repeated values included.
         room.apply(key, value, quiet=op == b"q")
 
     def resync(self, room: Room) -> None:

@@ -88,6 +88,7 @@ async def check_client_limit(url: str, limit: int) -> None:
     bad_user = await joined(url, room, "bad name")  # the username is checked first: 4002
     await asyncio.gather(expect_close(extra, 4000), expect_close(bad_user, 4002))
     await clients[0].close()
+    await asyncio.sleep(0.1)  # on a cluster, the other node learns of the leave within ms
     newcomer = await joined(url, room, "newcomer")
     await newcomer.send(set_text("☁ x", "1"))
     await asyncio.gather(expect_nothing(newcomer),

@@ -123,8 +123,8 @@ async def test_a_room_message_is_one_redis_message_per_node(redis_server, make_r
     await sender.send({"cmd": "gmsg", "val": "all"})
     for listener in listeners:
         await listener.expect({"cmd": "gmsg", "val": "all", "rooms": "default"})
-    # Heartbeats publish too (two nodes, one each per node_timeout/5 = 2 s).
-    assert publishes() - before <= 3
+    # Heartbeats publish too (two nodes, one a second each).
+    assert publishes() - before <= 5
     await close_all(sender, *listeners)
 
 

@@ -55,7 +55,7 @@ async def test_rooms_already_in_redis_are_kept_unless_replace(make_server, redis
     assert redis_server.client().hget(f"stratus:v:scratch:{room}", '"☁ score"') == b"9 0 99"
     replaced = migrate("--to", redis_server.url, "--config", str(node.config_path), "--replace")
     assert "copied 2 variables in 1 rooms" in replaced.stdout
-    assert redis_server.client().hget(f"stratus:v:scratch:{room}", '"☁ score"').endswith(b" 12")
+    assert redis_server.client().hget(f"stratus:v:scratch:{room}", '"☁ score"') == b"1 0 12.0"
 
 
 async def test_a_running_server_or_unreachable_redis_is_refused(make_server, tmp_path, room):
