@@ -14,6 +14,8 @@ import time
 import pytest
 
 from server.supervisor import RestartDelay, describe_exit
+from tests.conformance.cl4_client import Cl4, drain
+from tests.conformance.cl4_client import close_all as close_cl4
 from tests.conformance.helpers import (
     close_all,
     expect_close,
@@ -366,3 +368,34 @@ async def test_room_keeps_working_when_a_worker_on_redis_is_killed(redis_workers
     await on_new_worker.send(set_text("☁ after", 2))
     assert await recv(survivor) == set_line("☁ after", 2)
     await close_all(survivor, *newcomers.values())
+
+
+async def test_cl4_clients_on_two_workers_reach_each_other(redis_workers):
+    """CL4 on two workers on Redis: a gmsg and a pmsg by name cross from one worker to the other."""
+    server = redis_workers()
+    pids = list(worker_pids(server).values())
+    chosen: dict[int, Cl4] = {}
+    extra = []
+    for _ in range(40):
+        client = await Cl4.open(server.url, quiet=False)
+        pid = worker_serving(client.ws, server.port, pids)
+        if pid in chosen:
+            extra.append(client)
+        else:
+            chosen[pid] = client
+        if len(chosen) == len(pids):
+            break
+    await close_cl4(*extra)
+    alice, bob = (chosen[pid] for pid in pids)
+    for client, name in ((alice, "alice"), (bob, "bob")):
+        await client.handshake()
+        await client.setid(name)
+    await asyncio.sleep(0.3)  # each worker's presence reaches the other through Redis
+    await drain(alice, bob)
+    await alice.send({"cmd": "gmsg", "val": "hello"})
+    for client in (bob, alice):  # gmsg reaches the sender too
+        await client.expect({"cmd": "gmsg", "val": "hello", "rooms": "default"})
+    await bob.send({"cmd": "pmsg", "val": "psst", "id": "alice"})
+    message = await alice.recv()
+    assert message["cmd"] == "pmsg" and message["val"] == "psst", message
+    await close_cl4(alice, bob)
