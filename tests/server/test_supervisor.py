@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -260,6 +261,34 @@ async def test_sigterm_stops_every_worker_gracefully_and_exits_0(workers, room):
     assert time.monotonic() - started < 5
     wait_gone(pids.values(), 1)
     assert server.log().count("stratus: stopped") == 2, server.log()
+
+
+async def test_ctrl_c_in_a_terminal_stops_every_process_cleanly(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) stops supervisor and workers, exit 0."""
+    config = tmp_path / "config.toml"
+    port = free_port()
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\nworkers = 2\n'
+        f'[store]\nbackend = "memory"\n[cluster]\nbackend = "{TEST_ONLY_BACKEND}"\n'
+    )
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        # A session of its own: the group's SIGINT must not reach the test runner.
+        proc = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config)],
+                                cwd=ROOT, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = SimpleNamespace(log=lambda: log_path.read_text(errors="replace"))
+    try:
+        pids = worker_pids(server)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 10) == 0, server.log()
+        wait_gone(pids.values(), 2)
+        assert "Traceback" not in server.log() and "all workers stopped" in server.log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_leftovers(int(pid) for pid in re.findall(r"started \(pid (\d+)\)", server.log()))
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(workers):
