@@ -25,6 +25,7 @@ COPY config.toml ./
 COPY server/ server/
 COPY protocols/ protocols/
 COPY plugins/ plugins/
+COPY ops/ ops/
 RUN /opt/venv/bin/python -m compileall -q /app
 
 # ---- final image: the same base, the venv and the app, run as an unprivileged user.

@@ -5,17 +5,21 @@ parsed, so "42" arrives as 42). A CL4 `gvar` in room P reaches the Scratch clien
 `set`, stored like any write, if it passes Scratch value validation (most non-numbers do not)
 and the room's variable-write hooks, exactly as a Scratch client's `set` would: a plugin that
 owns a name (the sprite plugins' reply variables) refuses or consumes it the same way.
-Only rooms matching the configured globs are bridged.
+Only rooms matching the configured globs are bridged. In a cluster the write happens on the
+node that received the gvar, which reads the Scratch room from Redis if none of its own clients
+runs the project (its Scratch clients may all be on other nodes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server.globs import compile_globs
 from server.plugins import DROP
+from server.rooms import NamedWriter
 
 from .js import js_number_to_string, js_stringify
 from .scratch import (
@@ -33,6 +37,11 @@ if TYPE_CHECKING:
 
     from .cl4.endpoint import Cl4Protocol
     from .cl4.state import Cl4ClientState
+
+
+# The author of the writes the bridge makes into Scratch rooms, as the history names it (not a
+# possible Scratch username, so no client can pass for it).
+BRIDGE_WRITER = NamedWriter("(bridge)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ class Bridge:
     async def stop(self) -> None:
         """Nothing to release."""
 
-    def scratch_written(self, room: Room, key: str, value: Any) -> None:
+    def scratch_written(self, room: Room, key: str, value: Any, author: Any) -> None:
         """A Scratch variable changed: tell CL4 room `room.id`."""
         if self._forwarding or not key or not self.pattern.fullmatch(room.id):
             return
@@ -82,9 +91,28 @@ class Bridge:
         """A CL4 gvar went to room `room_id`: write it into the Scratch room of that id."""
         if not self.pattern.fullmatch(room_id):
             return
-        room = self.scratch.rooms.get(room_id)
+        rooms = self.scratch.rooms
+        room = rooms.get(room_id)
         if room is None:
-            return  # nobody runs that project now; don't create rooms for CL4 traffic
+            if self.server.cluster.bus is None:
+                return  # nobody runs that project now; don't create rooms for CL4 traffic
+            # In a cluster its Scratch clients may be on other nodes: write through this one.
+            opened = rooms.opening(room_id)
+            if opened is None:
+                return  # at max_rooms
+            if isinstance(opened, asyncio.Future):
+
+                def loaded(done: asyncio.Future) -> None:
+                    if not done.cancelled() and done.exception() is None:  # else: logged
+                        self._write(done.result(), sender, name, val)
+
+                opened.add_done_callback(loaded)
+                return
+            room = opened
+        self._write(room, sender, name, val)
+
+    def _write(self, room: Room, sender: Cl4ClientState, name: str, val: Any) -> None:
+        """Write a CL4 gvar into a Scratch room like a Scratch client's set."""
         if isinstance(val, (dict, list, bool)) or val is None:
             val = js_stringify(val)
         section = self.scratch.options.section
@@ -100,6 +128,6 @@ class Bridge:
         key = variable_key(name)
         self._forwarding = True
         try:
-            room.set(key, val, None)
+            room.set(key, val, BRIDGE_WRITER)
         finally:
             self._forwarding = False

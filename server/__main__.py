@@ -6,9 +6,10 @@ server/supervisor.py);
 `python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key;
 `python -m server migrate-store --to redis://...` copies the SQLite store into Redis.
 
-This is the one module that wires concrete protocols, the bridge and plugins to the core
-(`build_server`) and declares the protocols' config tables (`CONFIG_TABLES`): the core
-(`server.*`) imports no protocol and no plugin, and protocols import no plugin.
+This is the one module that wires concrete protocols, the bridge, the operator surfaces
+(`ops`) and plugins to the core (`build_server`) and declares their config tables
+(`CONFIG_TABLES`): the core (`server.*`) imports no protocol, plugin or `ops` module, and
+protocols import no plugin.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ops.admin import AdminApi, AdminSection, Counters
+from ops.dashboard import Dashboard
+from ops.history import HistoryApi
+from ops.public import PublicVariables
 from plugins.sprites import keygen
 from protocols.bridge import Bridge, BridgeSection
 from protocols.cl4 import Cl4Options
@@ -38,8 +43,9 @@ from .plugins import import_object
 from .store import StoreError
 from .supervisor import Supervisor, WorkerLink
 
-# The protocols' tables of config.toml, in the order config.toml documents them.
+# The protocols' and operator surfaces' tables of config.toml.
 CONFIG_TABLES: dict[str, type] = {
+    "admin": AdminSection,
     "scratch": ScratchSection,
     "cl4": Cl4Options,
     "bridge": BridgeSection,
@@ -75,12 +81,20 @@ def cluster_engine(backend: str) -> Callable[..., Cluster]:
 
 def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
-    the rest), the bridge between them when [bridge] enabled, and the [cluster] engine."""
+    the rest), the bridge between them when [bridge] enabled, the admin API (with an [admin]
+    token), the live dashboard at "/" ([http] dashboard), the public read API ([http]
+    public_variables), Scratch's GET /logs when [history] enabled, and the [cluster] engine."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
     if config.bridge.enabled:
         components.append(Bridge(config.bridge, scratch, cl4))
+    # One set of traffic counters for the admin API's stats and the dashboard.
+    counters = Counters()
+    components.append(AdminApi(config.admin, counters=counters))
+    components.append(Dashboard(config.http, config.server.status_page, counters))
+    components.append(PublicVariables(config.http.public_variables))
+    components.append(HistoryApi(config.history, scratch))
     cluster = cluster_engine(config.cluster.backend)(config.cluster)
     return Server(config, components, cluster)
 

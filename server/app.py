@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from websockets.datastructures import Headers
@@ -29,12 +29,13 @@ from .connection import Connection
 from .events import EventBus
 from .facade import Facade
 from .fanout import Codec, Fanout, FanoutSettings
+from .history import RoomHistory
 from .http import plain_response
 from .logsafe import printable
 from .persistence import Persister
 from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
-from .routes import TEXT, RouteTable
+from .routes import TEXT, HttpRequest, RouteTable
 from .session import ProtocolRegistry
 from .store import Store
 
@@ -67,6 +68,7 @@ class Server:
                  cluster: Cluster | None = None) -> None:
         self.config = config
         self.settings = config.server
+        self.http_settings = config.http
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: dict[Connection, None] = {}
         self.started = time.time()
@@ -105,7 +107,8 @@ class Server:
         self._fault: str | None = None
         self.routes.add("/healthz", self._health)
         self.routes.add("/robots.txt", lambda request: plain_response(200, "OK", ROBOTS_TXT, TEXT))
-        if section.status_page:
+        # The plain status page, unless a component (the dashboard) serves "/" already.
+        if section.status_page and "/" not in self.routes.paths():
             self.routes.add("/", self._status_page)
 
     # Lifecycle
@@ -120,6 +123,7 @@ class Server:
         self.store = self.cluster.open_store(cfg)
         for component in self.components:
             await component.start(self)
+        await self.facade.restore_blocked_rooms()
         await self.plugins.start()
         host: Any = cfg.server.host or None
         # With several workers each binds the port itself (SO_REUSEPORT) and the kernel
@@ -139,7 +143,8 @@ class Server:
 
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:
-        """A room namespace with its fan-out, backplane and persistence (call from `start`)."""
+        """A room namespace with its fan-out, backplane, persistence and, with [history]
+        enabled, its history (call from `start`)."""
         if namespace in self.rooms:
             raise ValueError(f"room namespace {namespace!r} is opened twice")
         backplane = self.cluster.backplane(namespace)
@@ -148,6 +153,9 @@ class Server:
         self._backplanes.append(backplane)
         registry = RoomRegistry(namespace, limits, self.store, spreader, backplane,
                                 Persister(namespace, self.store), self.loop)
+        history = self.config.history
+        if history.enabled:
+            RoomHistory(registry, history.keep).attach()
         self.rooms[namespace] = registry
         return registry
 
@@ -396,9 +404,13 @@ class Server:
             connection.counted_address = address
         return None
 
-    def http_response(self, request: Request) -> Response:
+    def http_response(self, request: HttpRequest) -> Response | Awaitable[Response]:
         """Answer a plain HTTP request (no WebSocket upgrade) from the route table."""
         return self.routes.respond(request)
+
+    def http_wants_body(self, method: str, path: str) -> bool:
+        """Whether a route reads the body of this request (see `RouteTable.wants_body`)."""
+        return self.routes.wants_body(method, path)
 
     def _health(self, request: Request) -> Response:
         fault = self.store.fault if self.store is not None else None
@@ -419,17 +431,21 @@ class Server:
             }
             for namespace, registry in self.rooms.items()
         }
+        protocols: dict[str, int] = {"pending": 0}
+        for connection in self.connections:
+            session = connection.session
+            name = session.protocol_name if session is not None else "pending"
+            protocols[name] = protocols.get(name, 0) + 1
         return {
             "version": __version__,
             "uptime": time.time() - self.started,
             "connections": len(self.connections),
+            "connections_by_protocol": protocols,
             "rooms": rooms,
         }
 
     def _status_page(self, request: Request) -> Response:
         stats = self.stats()
-        active = sum(counts["active"] for counts in stats["rooms"].values())
-        in_memory = sum(counts["in_memory"] for counts in stats["rooms"].values())
         uptime = int(stats["uptime"])
         body = (
             "<!doctype html><html><head><meta charset=utf-8><title>Stratus</title>"
@@ -437,13 +453,21 @@ class Server:
             "<h1>Stratus cloud-variable server</h1>"
             f"<p>Version {html.escape(__version__)}. Up {uptime // 3600} h "
             f"{uptime % 3600 // 60} min.</p>"
-            f"<p>{stats['connections']} connections, {active} active rooms, "
-            f"{in_memory} rooms in memory.</p>"
+            f"<p>{status_line(stats)}</p>"
             "<p>Point a TurboWarp project's <code>cloud_host</code> at this server's "
             "<code>ws://</code> or <code>wss://</code> address.</p>"
             "</body></html>"
         )
         return plain_response(200, "OK", body.encode(), "text/html; charset=utf-8")
+
+
+def status_line(stats: dict[str, Any]) -> str:
+    """"N connections, A active rooms, M rooms in memory." from `Server.stats()` (plain text:
+    numbers only, safe in HTML). Pages at "/" show it; tests and scripts read it."""
+    active = sum(counts["active"] for counts in stats["rooms"].values())
+    in_memory = sum(counts["in_memory"] for counts in stats["rooms"].values())
+    return (f"{stats['connections']} connections, {active} active rooms, "
+            f"{in_memory} rooms in memory.")
 
 
 def connection_limit(max_connections: int, reserved_fds: int) -> int:

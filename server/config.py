@@ -1,10 +1,11 @@
 """Configuration: built-in defaults, an optional TOML file, environment and command-line overrides.
 
-The core's tables ([server], [store]) are dataclasses here; each protocol declares its own
-table as a dataclass of the same kind ([scratch], [cl4], [bridge]), and the composition root
-(`server.__main__`) hands them to `load_config`. The defaults are the documented ones. Invalid
-settings stop start-up with a `ConfigError` naming the key and what it accepts. Every table
-is frozen once loaded: components resolve their settings at start and never re-read them.
+The core's tables ([server], [store], [http], [history], [cluster]) are dataclasses here; each
+protocol (and operator surface) declares its own table as a dataclass of the same kind
+([scratch], [cl4], [bridge], [admin]), and the composition root (`server.__main__`) hands them
+to `load_config`. The defaults are the documented ones. Invalid settings stop start-up with a
+`ConfigError` naming the key and what it accepts. Every table is frozen once loaded: components
+resolve their settings at start and never re-read them.
 """
 
 from __future__ import annotations
@@ -68,6 +69,32 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class HttpSection:
+    # Largest request body read (more is answered 413); the default fits a JSON value of
+    # [scratch] max_value_length characters.
+    max_body_bytes: int = field(default=262_144, metadata=at_least(0))
+    # Seconds a plain HTTP request may take to arrive and be answered (408 / 503 after).
+    request_timeout: float = field(default=10.0, metadata=at_least(0.1))
+    # Serve GET /api/v1/projects/{id}/variables to anyone (CORS allowed): off by default.
+    public_variables: bool = False
+    # The live dashboard at "/" and its figures at /dashboard/stats.json (ops/dashboard.py);
+    # off, "/" is the plain status page. [server] status_page = false turns both off.
+    dashboard: bool = True
+    # Seconds between the dashboard's samples, and how many seconds of them it keeps.
+    dashboard_interval: float = field(default=2.0, metadata=at_least(0.25))
+    dashboard_window: float = field(default=900.0, metadata={"min": 60.0, "max": 86_400.0})
+
+
+@dataclass(frozen=True)
+class HistorySection:
+    # Record who set, deleted or renamed each variable, stored with the room, and serve it as
+    # Scratch's GET /logs (ops/history.py).
+    enabled: bool = False
+    keep: int = field(default=100, metadata={"min": 1, "max": 100_000})
+    max_limit: int = field(default=1000, metadata={"min": 1, "max": 100_000})
+
+
+@dataclass(frozen=True)
 class ClusterSection:
     # "local" (one process), "redis", or a cluster engine named "module:Attr" (uvicorn-style).
     backend: str = "local"
@@ -93,6 +120,8 @@ class Config:
 
     server: ServerSection = field(default_factory=ServerSection)
     store: StoreSection = field(default_factory=StoreSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    history: HistorySection = field(default_factory=HistorySection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     # Protocol tables by name ("scratch", "cl4", "bridge"), each a frozen dataclass.
     tables: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +156,8 @@ class Config:
 CORE_TABLES: dict[str, type] = {
     "server": ServerSection,
     "store": StoreSection,
+    "http": HttpSection,
+    "history": HistorySection,
     "cluster": ClusterSection,
 }
 
@@ -192,6 +223,10 @@ def _validate(config: Config, origin: str) -> None:
     # Not prefixed with `origin`: the keys may come from the file, the environment or flags.
     _validate_workers(config.server.workers, config.server.port, config.store.backend,
                       config.cluster.backend)
+    if config.history.enabled and config.cluster.backend == "redis":
+        raise ConfigError(f"{origin}: [history] enabled = true is not available with [cluster] "
+                          "backend = \"redis\" yet (history is kept in the SQLite store); turn "
+                          "one of them off")
     for network in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(network, strict=False)

@@ -1,10 +1,16 @@
 """One client socket: the HTTP upgrade, WebSocket framing, liveness and outbound flow control.
 
-A plain upgrade request that arrives whole is recognised by `upgrade.parse_upgrade` and answered
-with a pre-built 101. Every other request (plain HTTP pages, malformed or unusual upgrades, a
-request arriving in pieces) is read by `request.RequestReader` (h11) and answered with an HTTP
-status, whatever the bytes; an upgrade among them is validated and accepted or refused by
-websockets' Sans-I/O `ServerProtocol`. After the upgrade, frames are scanned here
+How a request is classified, each byte parsed once: a plain upgrade request that arrives whole
+in the first read is recognised by `upgrade.parse_upgrade` (a few regex matches) and answered
+with a pre-built 101. Anything that is not exactly that shape is handed, from its first byte,
+to `request.RequestReader` (h11), which reads the head and the body; the parsed request is then
+an upgrade if its `Upgrade` header names websocket (validated and accepted or refused by
+websockets' Sans-I/O `ServerProtocol`), else a plain request answered from the route table
+(`routes.RouteTable`) with its body, whatever the bytes: every such request gets an HTTP status.
+A plain request must be read and answered within `[http] request_timeout` (408 while it is
+still being read, 503 while its handler runs), so a slow or stalled client cannot hold a
+connection open; each connection serves one plain request and closes. After the upgrade, frames
+are scanned here
 directly: the common case, a small masked text frame, costs one header decode, one C unmask and
 one UTF-8 decode, with no task, future or queue per message. Control frames, fragmentation and
 every framing error follow RFC 6455 with the close codes the Scratch spec names (1002, 1007, 1009).
@@ -27,6 +33,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -54,6 +61,7 @@ from .framing import (
 from .http import plain_response, upgrade_refusal
 from .logsafe import printable
 from .request import RequestError, RequestReader
+from .routes import HttpRequest
 from .upgrade import Upgrade, parse_upgrade, switching_protocols
 
 log = logging.getLogger("stratus.connection")
@@ -74,6 +82,13 @@ class ConnectionSettings(Protocol):
     close_timeout: float
 
 
+class HttpSettings(Protocol):
+    """The [http] settings a connection reads."""
+
+    max_body_bytes: int
+    request_timeout: float
+
+
 class Host(Protocol):
     """What a connection needs from the server that accepted it (`server.app.Server`)."""
 
@@ -84,6 +99,9 @@ class Host(Protocol):
     @property
     def settings(self) -> ConnectionSettings: ...
 
+    @property
+    def http_settings(self) -> HttpSettings: ...
+
     def connection_opened(self, connection: Connection) -> None: ...
     def connection_dropped(self, connection: Connection) -> None: ...
     def connection_upgraded(self, connection: Connection) -> None: ...
@@ -91,7 +109,8 @@ class Host(Protocol):
     def first_text(self, connection: Connection, text: str) -> None: ...
     def client_address(self, peer: str, headers: Headers) -> str: ...
     def refuse_upgrade(self, connection: Connection) -> Response | None: ...
-    def http_response(self, request: Request) -> Response: ...
+    def http_response(self, request: HttpRequest) -> Response | Awaitable[Response]: ...
+    def http_wants_body(self, method: str, path: str) -> bool: ...
 
 
 _websockets_logger = logging.getLogger("websockets.server")
@@ -133,10 +152,13 @@ class Connection(asyncio.Protocol):
         "_resume_timer",
         "_close_timer",
         "_handshake",
+        "_request_timer",
+        "_responding",
         "_buffer",
         "_fragments",
         "_fragments_size",
         "_fragments_text",
+        "_failed",
         "__weakref__",
     )
 
@@ -169,10 +191,14 @@ class Connection(asyncio.Protocol):
         self._resume_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._handshake: RequestReader | None = None  # made when the fast path defers
+        # With a plain request: its [http] request_timeout, and its handler while it runs.
+        self._request_timer: asyncio.TimerHandle | None = None
+        self._responding: asyncio.Future | None = None
         self._buffer: bytearray | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragments_text = False
+        self._failed = False  # failed: what the client still sends is discarded unread
 
     # asyncio.Protocol callbacks
 
@@ -189,11 +215,13 @@ class Connection(asyncio.Protocol):
             self._receive_frames(data)
         elif self.state == CONNECTING:
             self._receive_handshake(data)
-        elif self.state == CLOSING:
+        elif self.state == CLOSING and not self._failed:
             self._receive_frames(data)
 
     def eof_received(self) -> bool:
         reader = self._handshake
+        if self._responding is not None:
+            return True  # the request is read; keep the socket open for its answer
         if self.state == CONNECTING and reader is not None and not reader.discarding:
             # The client half-closed inside its request: nothing more will come, so say so.
             self._refuse_request(RequestError(HTTPStatus.BAD_REQUEST, "incomplete request"))
@@ -210,6 +238,12 @@ class Connection(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+        if self._responding is not None:
+            self._responding.cancel()  # the client left while its answer was computed
+            self._responding = None
         if previous == OPEN and self.session is not None:
             self.session.closed()
         if previous != CONNECTING:
@@ -241,14 +275,46 @@ class Connection(asyncio.Protocol):
                 if upgrade is not None:
                     self._accept_upgrade(upgrade, data[end:])
                     return
-            reader = self._handshake = RequestReader()
+            settings = self.server.http_settings
+            reader = self._handshake = RequestReader(max_body_bytes=settings.max_body_bytes)
+            self._request_timer = self.server.loop.call_later(settings.request_timeout,
+                                                              self._request_timed_out)
+        if self._responding is not None:
+            return  # the request was read; bytes after it are not parsed (one per connection)
         try:
             request = reader.receive_data(data)
         except RequestError as error:
             self._refuse_request(error)
             return
-        if request is not None:
-            self._handle_request(request, reader)
+        if request is None:
+            return
+        if (not reader.complete and not reader.continued
+                and self.server.http_wants_body(request.method, request.path)):
+            # The client waits for 100 Continue before its body, and a handler will read it:
+            # ask for it (without a handler, the answer comes now and spares it the upload).
+            reader.continued = True
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._receive_handshake(b"")  # body bytes the client sent anyway are buffered
+            return
+        self._handle_request(request, reader)
+
+    def _request_timed_out(self) -> None:
+        self._request_timer = None
+        if self.state != CONNECTING:
+            return
+        reader = self._handshake
+        if reader is None or reader.discarding:
+            self.abort()  # answered, and the client still has not stopped sending
+            return
+        responding, self._responding = self._responding, None
+        if responding is not None:
+            responding.cancel()
+            log.warning("HTTP request from %s not answered within [http] request_timeout",
+                        printable(self.peer))
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+        else:
+            status = HTTPStatus.REQUEST_TIMEOUT
+        self._refuse_request(RequestError(status, "request timeout"))
 
     def _refuse_request(self, error: RequestError) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -280,7 +346,8 @@ class Connection(asyncio.Protocol):
         headers = request.headers
         self.peer = server.client_address(self.peer, headers)
         if not any("websocket" in value.lower() for value in headers.get_all("Upgrade")):
-            self._answer(server.http_response(request))
+            self._respond(HttpRequest(request.path, headers, request.method, request.protocol,
+                                      body=reader.body, address=self.peer))
             return
         refusal = server.refuse_upgrade(self)
         if refusal is not None:
@@ -297,6 +364,8 @@ class Connection(asyncio.Protocol):
             self._answer(upgrade_refusal(response, handshake.handshake_exc))
             return
         self._handshake = None  # frees the parser; frames are scanned here from now on
+        self._request_timer.cancel()
+        self._request_timer = None
         self.request_headers = headers
         self.transport.write(response.serialize())
         self.state = OPEN
@@ -304,16 +373,35 @@ class Connection(asyncio.Protocol):
         if reader.leftover and self.state == OPEN:
             self._receive_frames(reader.leftover)  # frames the client sent with its request
 
+    def _respond(self, request: HttpRequest) -> None:
+        """Answer a plain request from the route table, now or once its handler is done."""
+        response = self.server.http_response(request)
+        if isinstance(response, Response):
+            self._answer(response)
+            return
+        responding = self._responding = asyncio.ensure_future(response)
+        responding.add_done_callback(self._responded)
+
+    def _responded(self, responding: asyncio.Future) -> None:
+        if responding is not self._responding or responding.cancelled():
+            return  # timed out (answered 503) or the client left
+        self._responding = None
+        if self.state == CONNECTING:
+            self._answer(responding.result())  # the route table turns failures into a 500
+
     def _answer(self, response: Response) -> None:
         """Send a response that ends the HTTP exchange (it says `Connection: close`)."""
         transport = self.transport
         transport.write(response.serialize())
         reader = self._handshake
+        if self._request_timer is not None and (reader is None or reader.complete):
+            self._request_timer.cancel()
+            self._request_timer = None
         if reader is not None and not reader.complete and transport.can_write_eof():
             # Answered before the request's end (an error, a body too large, a client waiting
             # for 100 Continue): closing with unread bytes would reset the connection and
             # could destroy the answer. Half-close instead, and drop what the client still
-            # sends until it closes (or handshake_timeout ends it).
+            # sends until it closes (or request_timeout ends it).
             reader.discard()
             transport.write_eof()
             return
@@ -564,12 +652,25 @@ class Connection(asyncio.Protocol):
     def fail(self, code: int) -> None:
         """Fail the connection (RFC 6455 7.1.7): send a close frame, then end TCP at once."""
         was_open = self.state == OPEN
+        transport = self.transport
         if was_open:
             self.close_code = code
-            self.transport.write(close_frame(code))
+            transport.write(close_frame(code))
         self.state = CLOSING
         self._buffer = None
-        self.transport.close()
+        self._failed = True
+        if transport.can_write_eof():
+            # Closing a socket with unread data makes the kernel answer with a reset, which
+            # can destroy our close frame before the client has read it (a client is often
+            # still sending the rest of an oversized message). So end our side only, discard
+            # what still arrives, and close when the client does (or after close_timeout).
+            transport.write_eof()
+            if self._resume_timer is not None:
+                self._resume_timer.cancel()
+                self._resume_timer = None
+                transport.resume_reading()
+        else:
+            transport.close()
         self._drop_after_close_timeout()
         if was_open:
             self._end_session()
@@ -606,6 +707,12 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         """True while frames can be sent."""
         return self.state == OPEN
+
+    @property
+    def username(self) -> str | None:
+        """The name the client gave its session, if any (`Peer.username`)."""
+        session = self.session
+        return session.username if session is not None else None
 
     def header(self, name: str) -> str:
         """A request header (repeated headers joined with "; "), or ""."""

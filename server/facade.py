@@ -3,23 +3,33 @@ metrics, so none of them reaches into the server's internals.
 
 Rooms are named by namespace ("scratch" for Scratch projects) and id; variables by the names
 clients use (the namespace's codec turns them into room keys). Protocol-specific services (the
-CL4 engine's rooms and broadcasts) are registered by their protocol under its name and found
-with `service(name)`.
+CL4 engine's rooms and broadcasts, the Scratch protocol's validation) are registered by their
+protocol under its name and found with `service(name)`.
+
+The synchronous room methods (`variables`, `set_variable`, ...) read a room that is not in
+memory from the store on the calling thread, as plugins always could. The `async` ones
+(`read_variables`, `write_variable`, `remove_variable`, `clear_room`) never block the loop on
+the disk: HTTP handlers use those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .codes import CloseCode
 from .events import EventBus
 from .plugins import Client
-from .rooms import RoomRegistry
+from .rooms import Room, RoomRegistry
 from .routes import RouteTable
+from .store import HistoryEntry
 
 SCRATCH = "scratch"
+# Store namespace of the rooms blocked with `block_room(..., persist=True)`: one row per
+# blocked room, filed under the room namespace's name, the room id as its key.
+BLOCKLIST = "stratus.blocked-rooms"
 
 
 class Facade:
@@ -137,19 +147,129 @@ class Facade:
         room = registry.open(room_id)
         return room is not None and room.delete(registry.codec.key_of(name))
 
+    def room_summaries(self, namespace: str = SCRATCH) -> list[dict[str, Any]]:
+        """Every room of a namespace in memory: {"id", "clients", "variables"} (counts)."""
+        return [{"id": room.id, "clients": len(room.members), "variables": len(room.values)}
+                for room in self._registry(namespace).rooms.values()]
+
+    async def read_variables(self, namespace: str, room_id: str) -> dict[Any, Any] | None:
+        """A room's variables by name, from memory or else read from the store off the loop;
+        None if the room has neither. Never creates the room in memory."""
+        registry = self._registry(namespace)
+        room = registry.get(room_id)
+        if room is None:
+            store = registry.store
+            rows = (await asyncio.to_thread(store.load, namespace, room_id) if store.loads_block
+                    else store.load(namespace, room_id))
+            room = registry.get(room_id)  # it may have been opened meanwhile: that is current
+            if room is None:
+                if not rows:
+                    return None
+                name_of = registry.codec.name_of
+                return {name_of(key): value for key, _, value in sorted(rows, key=lambda r: r[1])}
+        name_of = registry.codec.name_of
+        return {name_of(key): value for key, value in room.values.items()}
+
+    async def _opened(self, namespace: str, room_id: str) -> Room | None:
+        """The room, read from the store off the loop if needed; None at the room limit."""
+        opened = self._registry(namespace).opening(room_id)
+        if isinstance(opened, asyncio.Future):
+            return await asyncio.shield(opened)
+        return opened
+
+    async def write_variable(self, namespace: str, room_id: str, name: Any, value: Any) -> bool:
+        """`set_variable` without blocking the loop on the disk (the room is opened if needed).
+
+        False at the room or variable limit. Validate `value` as the protocol would first.
+        """
+        room = await self._opened(namespace, room_id)
+        if room is None:
+            return False
+        return room.set(self._registry(namespace).codec.key_of(name), value, None)
+
+    async def remove_variable(self, namespace: str, room_id: str, name: Any) -> bool:
+        """`delete_variable` without blocking the loop on the disk; False if missing."""
+        if await self.read_variables(namespace, room_id) is None:
+            return False  # nothing stored: not worth opening the room
+        room = await self._opened(namespace, room_id)
+        return room is not None and room.delete(self._registry(namespace).codec.key_of(name))
+
+    async def clear_room(self, namespace: str, room_id: str, code: int) -> tuple[int, int] | None:
+        """Close a room's members with `code` and delete all its variables (stored ones too);
+        returns (clients closed, variables deleted), or None if the room has neither."""
+        registry = self._registry(namespace)
+        if registry.get(room_id) is None and await self.read_variables(namespace, room_id) is None:
+            return None
+        room = await self._opened(namespace, room_id)
+        if room is None:
+            return None
+        members = list(room.members)
+        for member in members:
+            member.close(code)
+            room.leave(member)  # in case closing did not remove it (already closing)
+        keys = list(room.values)
+        for key in keys:
+            room.delete(key)
+        return len(members), len(keys)
+    async def read_history(self, namespace: str, room_id: str, limit: int,
+                           offset: int = 0) -> list[HistoryEntry] | None:
+        """Entries `offset` to `offset + limit` of a room's history, newest first (keys as the
+        namespace's codec makes them); None when [history] is off. Reads the store off the
+        loop and never creates the room in memory."""
+        history = self._registry(namespace).history
+        if history is None:
+            return None
+        return await history.read(room_id, limit, offset)
+
     def block_room(self, namespace: str, room_id: str,
-                   code: int = CloseCode.SCRATCH_PROJECT_UNAVAILABLE) -> int:
+                   code: int = CloseCode.SCRATCH_PROJECT_UNAVAILABLE,
+                   persist: bool = False) -> int:
         """Refuse joins of a room from now on and close its members with `code`; returns how
-        many were closed."""
+        many were closed. With `persist`, the block is kept in the store and survives a
+        restart (`blocked_rooms` lists such blocks)."""
+        if persist:
+            self._store().save([(BLOCKLIST, namespace,
+                                 [(room_id, 0, {"code": int(code), "since": time.time()})], [])])
         return self._registry(namespace).block(room_id, code)
 
     def unblock_room(self, namespace: str, room_id: str) -> bool:
-        """Accept joins of a room blocked with `block_room` again; False if it was not."""
-        return self._registry(namespace).unblock(room_id)
+        """Accept joins of a room blocked with `block_room` again (a stored block is removed
+        too); False if it was not blocked."""
+        registry = self._registry(namespace)
+        if room_id in registry.blocked:
+            self._store().save([(BLOCKLIST, namespace, [], [room_id])])
+        return registry.unblock(room_id)
 
-    def on_http(self, path: str, handler: Callable[..., Any]) -> None:
-        """Serve GET/HEAD `path` with `handler(request) -> Response` (see `RouteTable`)."""
-        self._server.routes.add(path, handler)
+    def is_blocked(self, namespace: str, room_id: str) -> bool:
+        """Whether joins of a room are refused by `block_room`."""
+        return room_id in self._registry(namespace).blocked
+
+    def blocked_rooms(self, namespace: str) -> list[str]:
+        """Ids of the rooms blocked with `block_room`, sorted."""
+        return sorted(self._registry(namespace).blocked)
+
+    async def restore_blocked_rooms(self) -> int:
+        """Block again every room blocked with `persist` before a restart (read off the loop);
+        returns how many. The server calls it at start, before it listens."""
+        store = self._store()
+        restored = 0
+        for namespace, registry in self._server.rooms.items():
+            rows = await asyncio.to_thread(store.load, BLOCKLIST, namespace)
+            registry.blocked.update(room_id for room_id, _, _ in rows)
+            restored += len(rows)
+        return restored
+
+    def _store(self) -> Any:
+        store = self._server.store
+        if store is None:
+            raise RuntimeError("the store is not open yet")
+        return store
+
+    def on_http(self, path: str, handler: Callable[..., Any], methods: tuple[str, ...] = ("GET",),
+                cors: bool = False) -> None:
+        """Serve `methods` of the path template `path` with `handler(request) -> Response`
+        (see `RouteTable.add`: path parameters, bodies, CORS)."""
+        self._server.routes.add(path, handler, methods, cors)
 
     # Shorthands kept for plugins written against the first plugin API
 

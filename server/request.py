@@ -6,10 +6,11 @@ be read raises `RequestError` with the status to answer (400, 413, 414, 431, 501
 Line endings may be CRLF or a bare LF (RFC 9112 2.2 allows a recipient to accept both).
 
 Memory is bounded per pending request: the head (request line and headers) may hold at most
-`MAX_REQUEST_BYTES`, and so may the body, which is counted and discarded as it arrives (no
-route reads a body; reading it before answering spares the client a reset that could eat the
-answer). A client waiting for `100 Continue` gets its answer before it sends the body. A
-request answered before its end is then `discard`ed: whatever still arrives is dropped.
+`MAX_REQUEST_BYTES`, the body at most `max_body_bytes` (`[http] max_body_bytes`; more is 413).
+The body is kept for the route that answers (`body`); it is read before answering even when
+no route wants it, which spares the client a reset that could eat the answer. A client
+waiting for `100 Continue` gets its answer before it sends the body. A request answered
+before its end is then `discard`ed: whatever still arrives is dropped.
 
 Each connection serves one request and the answer closes it, so bytes after the request are
 never parsed as HTTP: after an upgrade they are the client's first frames (`leftover`).
@@ -26,10 +27,12 @@ from websockets.http11 import Request
 
 from .upgrade import MAX_HEADERS, MAX_LINE
 
-__all__ = ["MAX_REQUEST_BYTES", "RequestError", "RequestReader"]
+__all__ = ["MAX_BODY_BYTES", "MAX_REQUEST_BYTES", "RequestError", "RequestReader"]
 
-# Largest request head, and largest request body, read from one client.
+# Largest request head (request line and headers) read from one client.
 MAX_REQUEST_BYTES = 65536
+# Largest request body by default (`[http] max_body_bytes`).
+MAX_BODY_BYTES = 262144
 
 _SUPPORTED_VERSIONS = (b"1.0", b"1.1")
 
@@ -46,12 +49,16 @@ class RequestError(Exception):
 class RequestReader:
     """Reads one request, fed with bytes as they arrive (see the module docstring)."""
 
-    __slots__ = ("_parser", "_max_bytes", "_head_bytes", "_held", "method", "request",
-                 "has_body", "body_bytes", "leftover", "complete", "discarding")
+    __slots__ = ("_parser", "_max_bytes", "_max_body_bytes", "_head_bytes", "_held", "_body",
+                 "method", "request", "has_body", "body_bytes", "leftover", "complete",
+                 "continued", "discarding")
 
-    def __init__(self, max_bytes: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(self, max_bytes: int = MAX_REQUEST_BYTES,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self._parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
         self._max_bytes = max_bytes
+        self._max_body_bytes = max_body_bytes
+        self._body: list[bytes] = []
         self._head_bytes = 0  # bytes given to the parser while the head was incomplete
         self._held = b""  # bytes beyond the head limit, kept until the head is parsed
         self.method = ""  # known once the request line is parsed
@@ -61,15 +68,22 @@ class RequestReader:
         self.leftover = b""  # bytes after the request, once it has been read
         self.complete = False  # the request has been read to its end
         self.discarding = False  # answered early: what still arrives is dropped
+        self.continued = False  # the caller sent 100 Continue: the body is read, then returned
+
+    @property
+    def body(self) -> bytes:
+        """The request body read so far (all of it once `complete`)."""
+        return b"".join(self._body)
 
     def discard(self) -> None:
         """Drop everything received from now on (the request was answered before its end)."""
         self.discarding = True
         self._held = b""
+        self._body = []
         self._parser = None  # frees its buffer
 
     def receive_data(self, data: bytes) -> Request | None:
-        """The request once it has been read (its body discarded), or None for more bytes.
+        """The request once it has been read (its body in `body`), or None for more bytes.
 
         Raises RequestError when the request cannot be served.
         """
@@ -90,16 +104,19 @@ class RequestReader:
                 event = parser.next_event()
                 if isinstance(event, h11.Data):
                     self.body_bytes += len(event.data)
-                    if self.body_bytes > self._max_bytes:
+                    if self.body_bytes > self._max_body_bytes:
                         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                           f"body over {self._max_bytes} bytes")
+                                           f"body over {self._max_body_bytes} bytes")
+                    self._body.append(event.data)
                 elif isinstance(event, h11.Request):
                     self.request = self._convert(event)
-                    if self.has_body and parser.they_are_waiting_for_100_continue:
-                        return self.request  # answered before the body is sent
                     held, self._held = self._held, b""
                     if held:
                         parser.receive_data(held)
+                    if self.has_body and parser.they_are_waiting_for_100_continue:
+                        # Returned before the body: the caller answers now, or sends
+                        # 100 Continue (`continued`) and gets the request again once read.
+                        return self.request
                 elif isinstance(event, h11.EndOfMessage):
                     self.complete = True
                     self.leftover = parser.trailing_data[0]
@@ -143,7 +160,7 @@ class RequestReader:
             except InvalidHeaderValue:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "control character in a header value"
                                    ) from None
-        if content_length > self._max_bytes:
+        if content_length > self._max_body_bytes:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"Content-Length {content_length}")
         self.has_body = self.has_body or content_length > 0

@@ -5,7 +5,8 @@ the protocol's `Codec` supplies (the wire text that says "this variable now has 
 it never parses or builds wire text itself. An accepted change bumps the room's version and is
 published through the backplane, which hands it to the fan-out (`server.fanout`) of every node
 with members in the room, and reported to the persister (`server.persistence`), which hands it
-to the store. Writes observers (e.g. the CL4 bridge) see every stored write.
+to the store. Observers (the CL4 bridge, the history) see every stored write, delete and
+rename, with its author.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ class RoomLimits:
     max_rooms: int = 16384
     idle_timeout: float = 3600.0
     max_idle_rooms: int = 1000
+
+
+class NamedWriter:
+    """The author of a write no client made (the bridge, a plugin), named for the history.
+
+    Like None it is no member, so every member gets the write; unlike None it says who wrote.
+    """
+
+    __slots__ = ("username",)
+    backlog = None  # what the fan-out reads from an author that is a member; never one here
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+
+    def __repr__(self) -> str:
+        return f"<NamedWriter {self.username}>"
 
 
 class Room:
@@ -109,8 +126,8 @@ class Room:
     def set(self, key: str, value: Any, author: Any) -> bool:
         """Store a value and publish the change; False at the variable limit.
 
-        `author` is the member that wrote it (it is not sent its own write) or None for the
-        server (every member gets it).
+        `author` is the member that wrote it (it is not sent its own write), or None or a
+        `NamedWriter` for the server (every member gets it).
         """
         values = self.values
         if key not in values:
@@ -127,22 +144,25 @@ class Room:
         registry.backplane.publish(self, key, author)
         registry.persister.changed(self, key)
         for observer in registry.write_observers:
-            observer(self, key, value)
+            observer(self, key, value, author)
         return True
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str, author: Any = None) -> bool:
         """Remove a variable (not broadcast); False if it does not exist."""
         if key not in self.values:
             return False
-        del self.values[key]
+        value = self.values.pop(key)
         del self.updates[key]
         del self.positions[key]
         self.version += 1
-        self.registry.backplane.publish(self, key, None)
-        self.registry.persister.removed(self, key)
+        registry = self.registry
+        registry.backplane.publish(self, key, None)
+        registry.persister.removed(self, key)
+        for observer in registry.delete_observers:
+            observer(self, key, value, author)
         return True
 
-    def rename(self, key: str, new_key: str) -> bool:
+    def rename(self, key: str, new_key: str, author: Any = None) -> bool:
         """Give a variable a new key in place (not broadcast); False if missing or taken."""
         if key not in self.values or new_key in self.values:
             return False
@@ -161,6 +181,8 @@ class Room:
         registry.backplane.stored(self, new_key)
         registry.persister.removed(self, key)
         registry.persister.changed(self, new_key)
+        for observer in registry.rename_observers:
+            observer(self, key, new_key, author)
         return True
 
     def apply(self, key: str, value: Any, quiet: bool = False) -> None:
@@ -224,8 +246,15 @@ class RoomRegistry:
         self.blocked: set[str] = set()
         # Rooms without members, oldest-empty first (a dict used as an ordered set).
         self.idle: dict[Room, None] = {}
-        # Called after every stored write with (room, key, value), e.g. by the CL4 bridge.
-        self.write_observers: list[Callable[[Room, str, Any], None]] = []
+        # Called after every stored write with (room, key, value, author), e.g. by the CL4
+        # bridge; after every delete with (room, key, last value, author); after every rename
+        # with (room, old key, new key, author). `author` is as `Room.set` takes it. Empty
+        # lists cost the write nothing.
+        self.write_observers: list[Callable[[Room, str, Any, Any], None]] = []
+        self.delete_observers: list[Callable[[Room, str, Any, Any], None]] = []
+        self.rename_observers: list[Callable[[Room, str, str, Any], None]] = []
+        # The namespace's change history (`server.history.RoomHistory`), with [history] on.
+        self.history: Any = None
         # Called with a new room's id; returns the plugin hooks for its variable writes.
         self.variable_hooks_for: Callable[[str], list] | None = None
 
@@ -330,9 +359,11 @@ class RoomRegistry:
             await asyncio.wait(list(self.loading.values()), timeout=left)
 
     def close(self) -> None:
-        """Stop the store reader thread (waits for a read in progress)."""
+        """Stop the store reader threads (waits for a read in progress)."""
         if self._reader is not None:
             self._reader.shutdown(wait=True, cancel_futures=True)
+        if self.history is not None:
+            self.history.close()
 
     def persist(self) -> None:
         """Hand every room's unsaved changes to the store (which may write them later)."""

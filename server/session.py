@@ -24,6 +24,11 @@ class Peer(Protocol):
     peer: str  # the client's address, after trusted-proxy processing
 
     @property
+    def username(self) -> str | None:
+        """The name its session's client gave, if any (unauthenticated): how the core names
+        the author of a write, e.g. in the history."""
+
+    @property
     def is_open(self) -> bool:
         """True while frames can be sent."""
 

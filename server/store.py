@@ -1,15 +1,19 @@
 """Persistence of room variables behind one small seam.
 
 A store loads a room's variables when the room is created in memory and receives batches of
-changes (write-behind) from the rooms. Two implementations: `MemoryStore` (nothing survives a
-restart) and `SQLiteStore` (stdlib sqlite3 in WAL mode, one row per variable, written by a
-background thread in one transaction per batch, so the event loop never waits on the disk).
+changes (write-behind) from the rooms, and, with [history] enabled, batches of history entries
+(who changed which variable, when), of which it keeps the newest `keep` per room. Two
+implementations: `MemoryStore` (nothing survives a restart) and `SQLiteStore` (stdlib sqlite3
+in WAL mode, one row per variable and per history entry, written by a background thread in one
+transaction per batch, so the event loop never waits on the disk).
 
 `save` returns a ticket; `committed` is the highest ticket known to be on disk. A room is only
 dropped from memory once its last ticket is committed, so a re-created room never reads stale
 values. A batch that cannot be written (disk full, read-only file, I/O error) is kept, merged
 with later changes (the newest value of each variable wins, so memory stays bounded by the
 number of distinct variables) and retried with backoff; `fault` says why while it fails.
+History entries that cannot be written are kept and retried the same way, at most `keep` per
+room (older ones would be trimmed once written anyway).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
+from itertools import count
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .config import StoreSection
@@ -32,6 +39,29 @@ log = logging.getLogger("stratus.store")
 
 # (namespace, room id, upserts as (key, position, value), deleted keys)
 Change = tuple[str, str, list[tuple[str, int, Any]], list[str]]
+
+
+
+class HistoryEntry(NamedTuple):
+    """One change in a room's history.
+
+    `seq` orders entries (higher is newer) and is unique in the store, so a reader can merge
+    entries not written yet with stored ones without counting any twice; `time` is in
+    milliseconds since the epoch; `verb` is "set", "delete" or "rename" (`key` is then the new
+    key); `user` names who wrote it; `value` is the variable's value after the change (its last
+    value for a delete).
+    """
+
+    seq: int
+    time: int
+    user: str
+    verb: str
+    key: str
+    value: Any
+
+
+# (namespace, room id, entries oldest first)
+HistoryBatch = tuple[str, str, list[HistoryEntry]]
 
 # One variable's newest unwritten state: (position, value as JSON text), or None if deleted.
 _Row = tuple[int, str] | None
@@ -71,6 +101,18 @@ class Store(Protocol):
     def save(self, changes: list[Change]) -> int:
         """Queue changes for writing; returns their ticket."""
 
+    def history_sequence(self) -> Iterator[int]:
+        """The one counter new history entries take their `seq` from (continues after the
+        highest stored one)."""
+
+    def append_history(self, batch: list[HistoryBatch], keep: int) -> int:
+        """Queue history entries for writing, keeping the newest `keep` of each room; returns
+        their ticket (committed like `save`'s)."""
+
+    def read_history(self, namespace: str, room_id: str, limit: int) -> list[HistoryEntry]:
+        """The newest `limit` history entries of a room, newest first, queued ones included
+        (blocks on I/O when `loads_block`: call it off the event loop)."""
+
     def close(self) -> None:
         """Write everything queued, then release resources; StoreError if values are lost."""
 
@@ -83,7 +125,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.rooms: dict[tuple[str, str], dict[str, tuple[int, Any]]] = {}
+        self.history: dict[tuple[str, str], deque[HistoryEntry]] = {}
         self.committed = 0
+        self._history_seq = count(1)
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         stored = self.rooms.get((namespace, room_id), {})
@@ -99,6 +143,27 @@ class MemoryStore:
         self.committed += 1
         return self.committed
 
+    def history_sequence(self) -> Iterator[int]:
+        return self._history_seq
+
+    def append_history(self, batch: list[HistoryBatch], keep: int) -> int:
+        for namespace, room_id, entries in batch:
+            kept = self.history.get((namespace, room_id))
+            if kept is None or kept.maxlen != keep:
+                kept = self.history[namespace, room_id] = deque(kept or (), maxlen=keep)
+            kept.extend(entries)
+        self.committed += 1
+        return self.committed
+
+    def read_history(self, namespace: str, room_id: str, limit: int) -> list[HistoryEntry]:
+        kept = self.history.get((namespace, room_id), ())
+        newest = []
+        for entry in reversed(kept):
+            if len(newest) >= limit:
+                break
+            newest.append(entry)
+        return newest
+
     def close(self) -> None:
         pass
 
@@ -112,7 +177,20 @@ CREATE TABLE IF NOT EXISTS variables (
     value TEXT NOT NULL,
     PRIMARY KEY (namespace, room, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    room TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    verb TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_room ON history (namespace, room, seq);
 """
+# A history entry as the writer stores it: the entry with its value as JSON text.
+_HistoryRow = tuple[int, int, str, str, str, str]
 
 
 def _column(text: str) -> str | bytes:
@@ -159,6 +237,10 @@ class SQLiteStore:
         # writer is writing now (kept until it is on disk).
         self._pending: dict[tuple[str, str, str], _Row] = {}
         self._writing: dict[tuple[str, str, str], _Row] = {}
+        # The same for history entries by (namespace, room): each deque holds at most the
+        # room's `keep` newest, so a failing disk cannot make them grow without bound.
+        self._pending_history: dict[tuple[str, str], deque[_HistoryRow]] = {}
+        self._writing_history: dict[tuple[str, str], deque[_HistoryRow]] = {}
         self._failure: str | None = None
         self._read_failure: str | None = None
         self._closing = False
@@ -166,6 +248,8 @@ class SQLiteStore:
         self._changed = threading.Condition()
         self._read_lock = threading.Lock()
         self._reader = open_checked(path, check_timeout)
+        highest = self._reader.execute("SELECT max(seq) FROM history").fetchone()[0]
+        self._history_seq = count((highest or 0) + 1)
         self._writer = threading.Thread(target=self._write_loop, name="stratus-store", daemon=True)
         self._writer.start()
 
@@ -175,9 +259,8 @@ class SQLiteStore:
         failure = self._failure
         if failure is not None:
             with self._changed:
-                waiting = self._unwritten()
-            return (f"store cannot be written ({failure}); {waiting} values kept in memory, "
-                    "retrying")
+                waiting = self._unwritten_text()
+            return f"store cannot be written ({failure}); {waiting} kept in memory, retrying"
         failure = self._read_failure
         if failure is not None:
             return f"store cannot be read ({failure})"
@@ -211,6 +294,51 @@ class SQLiteStore:
             self._changed.notify_all()
             return self._issued
 
+    def history_sequence(self) -> Iterator[int]:
+        return self._history_seq
+
+    def append_history(self, batch: list[HistoryBatch], keep: int) -> int:
+        # Serialised here, in the caller's thread, as `save` does.
+        rows = [(namespace, room_id,
+                 [(entry.seq, entry.time, entry.user, entry.verb, entry.key,
+                   json.dumps(entry.value)) for entry in entries])
+                for namespace, room_id, entries in batch]
+        with self._changed:
+            pending = self._pending_history
+            for namespace, room_id, entries in rows:
+                queued = pending.get((namespace, room_id))
+                if queued is None or queued.maxlen != keep:
+                    queued = pending[namespace, room_id] = deque(queued or (), maxlen=keep)
+                queued.extend(entries)
+            self._issued += 1
+            self._changed.notify_all()
+            return self._issued
+
+    def read_history(self, namespace: str, room_id: str, limit: int) -> list[HistoryEntry]:
+        """The newest `limit` entries of a room (blocks on the disk: call it off the loop)."""
+        # Queued entries are copied before the disk is read: one the writer commits meanwhile
+        # is then seen twice (and counted once, by `seq`) rather than not at all.
+        with self._changed:
+            where = (namespace, room_id)
+            queued = [*self._writing_history.get(where, ()), *self._pending_history.get(where, ())]
+        try:
+            with self._read_lock:
+                rows = self._reader.execute(
+                    "SELECT seq, time, user, verb, key, value FROM history "
+                    "WHERE namespace=? AND room=? ORDER BY seq DESC LIMIT ?",
+                    (namespace, _column(room_id), limit),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            self._read_failure = _one_line(exc)
+            raise
+        self._read_failure = None
+        entries = {row[0]: row for row in rows}
+        for row in queued:
+            entries[row[0]] = row
+        newest = sorted(entries.values(), reverse=True)[:limit]
+        return [HistoryEntry(seq, stamp, _text(user), verb, _text(key), json.loads(value))
+                for seq, stamp, user, verb, key, value in newest]
+
     def _write_loop(self) -> None:
         writer: sqlite3.Connection | None = None
         failures = 0
@@ -218,7 +346,7 @@ class SQLiteStore:
         while True:
             with self._changed:
                 while not self._stopped:
-                    if self._pending:
+                    if self._pending or self._pending_history:
                         wait = failed_at + self._retry_delay(failures) - time.monotonic()
                         if not failures or wait <= 0:
                             break
@@ -228,12 +356,14 @@ class SQLiteStore:
                 if self._stopped:
                     break
                 batch, self._pending = self._pending, {}
+                history, self._pending_history = self._pending_history, {}
                 self._writing = batch
+                self._writing_history = history
                 ticket = self._issued
             try:
                 if writer is None:
                     writer = _connect(self.path)
-                self._write(writer, batch)
+                self._write(writer, batch, history)
             except Exception as exc:  # whatever it is, the values stay and the writer lives
                 # After an I/O error the connection may be unusable: the retry opens a new one.
                 _close_quietly(writer)
@@ -243,22 +373,31 @@ class SQLiteStore:
                 with self._changed:
                     for key, row in batch.items():
                         self._pending.setdefault(key, row)  # a newer change wins
+                    for where, rows in history.items():
+                        newer = self._pending_history.get(where)
+                        if newer is not None:
+                            rows.extend(newer)  # after the older ones; the oldest fall off
+                        self._pending_history[where] = rows
                     self._writing = {}
+                    self._writing_history = {}
                     self._failure = _one_line(exc) or type(exc).__name__
                     self._changed.notify_all()
                 if failures == 1:
                     first_failure = failed_at
-                    log.error("cannot write %d values to store %s (%s); keeping them in memory "
-                              "and retrying", len(batch), self.path, self._failure)
+                    log.error("cannot write %s to store %s (%s); keeping them in memory and "
+                              "retrying", _count_text(len(batch), _entries(history)), self.path,
+                              self._failure)
                 continue
             with self._changed:
                 self.committed = ticket
                 self._writing = {}
+                self._writing_history = {}
                 self._failure = None
                 self._changed.notify_all()
             if failures:
-                log.warning("store %s can be written again: %d values written after %d failed "
-                            "attempts over %.0f s", self.path, len(batch), failures,
+                log.warning("store %s can be written again: %s written after %d failed "
+                            "attempts over %.0f s", self.path,
+                            _count_text(len(batch), _entries(history)), failures,
                             time.monotonic() - first_failure)
                 failures = 0
         _close_quietly(writer)
@@ -268,12 +407,18 @@ class SQLiteStore:
         pending = self._pending
         return len(pending) + sum(1 for key in self._writing if key not in pending)
 
+    def _unwritten_text(self) -> str:
+        """"N values" (and history entries) not on disk yet (call with `_changed` held)."""
+        return _count_text(self._unwritten(),
+                           _entries(self._pending_history) + _entries(self._writing_history))
+
     def _retry_delay(self, failures: int) -> float:
         delay = min(self.retry_max_interval, FIRST_RETRY_DELAY * 2 ** min(failures - 1, 30))
         return min(delay, RETRY_DELAY_WHILE_CLOSING) if self._closing else delay
 
     @staticmethod
-    def _write(writer: sqlite3.Connection, batch: dict[tuple[str, str, str], _Row]) -> None:
+    def _write(writer: sqlite3.Connection, batch: dict[tuple[str, str, str], _Row],
+               history: dict[tuple[str, str], deque[_HistoryRow]]) -> None:
         upserts = []
         deletes = []
         for (namespace, room_id, key), row in batch.items():
@@ -295,6 +440,8 @@ class SQLiteStore:
                 writer.executemany(
                     "DELETE FROM variables WHERE namespace=? AND room=? AND key=?", deletes
                 )
+            if history:
+                _write_history(writer, history)
             writer.execute("COMMIT")
         except BaseException:
             if writer.in_transaction:
@@ -315,7 +462,9 @@ class SQLiteStore:
             self._closing = True
             self._changed.notify_all()
             self._changed.wait_for(lambda: self.committed >= self._issued, self.shutdown_timeout)
-            lost = self._unwritten()
+            lost = self._unwritten() + _entries(self._pending_history) + _entries(
+                self._writing_history)
+            lost_text = self._unwritten_text()
             failure = self._failure
             self._stopped = True
             self._changed.notify_all()
@@ -324,8 +473,36 @@ class SQLiteStore:
         if self.lock is not None:
             self.lock.release()
         if lost:
-            raise StoreError(f"{lost} values could not be written to store {self.path} and are "
+            raise StoreError(f"{lost_text} could not be written to store {self.path} and are "
                              f"lost ({failure or 'still writing'})")
+
+
+def _write_history(writer: sqlite3.Connection,
+                   history: dict[tuple[str, str], deque[_HistoryRow]]) -> None:
+    """Insert the entries, then trim each room to its newest `keep` (the deque's maxlen)."""
+    rows = []
+    trims = []
+    for (namespace, room_id), entries in history.items():
+        room = _column(room_id)
+        rows.extend((seq, namespace, room, time_ms, _column(user), verb, _column(key), value)
+                    for seq, time_ms, user, verb, key, value in entries)
+        trims.append((namespace, room, namespace, room, entries.maxlen))
+    writer.executemany(
+        "INSERT OR REPLACE INTO history (seq, namespace, room, time, user, verb, key, value) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    # Everything at or below the (keep+1)-th newest seq of the room goes.
+    writer.executemany(
+        "DELETE FROM history WHERE namespace=? AND room=? AND seq <= (SELECT seq FROM history "
+        "WHERE namespace=? AND room=? ORDER BY seq DESC LIMIT 1 OFFSET ?)", trims)
+
+
+def _entries(history: dict[Any, deque]) -> int:
+    return sum(len(entries) for entries in history.values())
+
+
+def _count_text(values: int, entries: int) -> str:
+    """"N values", or "N values and M history entries" when there are entries."""
+    return f"{values} values and {entries} history entries" if entries else f"{values} values"
 
 
 def _connect(path: Path) -> sqlite3.Connection:

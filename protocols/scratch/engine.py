@@ -311,7 +311,7 @@ class ScratchSession:
             raise ProtocolViolation(GENERIC_ERROR, f"{method} before handshake")
         key = variable_key(message.get("name", MISSING))
         if method == "delete":
-            if not room.delete(key):
+            if not room.delete(key, self.peer):
                 raise ProtocolViolation(GENERIC_ERROR, "delete of a missing variable")
             return
         new_name = message.get("new_name", MISSING)
@@ -333,7 +333,7 @@ class ScratchSession:
         new_key = variable_key(new_name)
         if key not in room.values:
             raise ProtocolViolation(GENERIC_ERROR, "rename of a missing variable")
-        if not room.rename(key, new_key):
+        if not room.rename(key, new_key, self.peer):
             raise ProtocolViolation(GENERIC_ERROR, "rename onto an existing variable")
 
     def send_variable(self, name: Any, value: Any) -> None:

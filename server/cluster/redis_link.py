@@ -250,6 +250,8 @@ class RedisCluster:
         if data_lost:
             log.warning("Redis came back without the cluster's data (a new epoch): writing "
                         "this node's rooms back from memory")
+        if self._epoch is None:
+            await self._forget_earlier_counts()
         self._epoch = epoch
         await redis.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
         await self._load_scripts()
@@ -276,8 +278,18 @@ class RedisCluster:
         self._wake.set()
         self.bus.relinked()
 
+    async def _forget_earlier_counts(self) -> None:
+        """At start: drop member counts an earlier process with this node id left behind (a
+        node_id set in config, restarted within node_timeout, would otherwise keep them)."""
+        pipe = self.redis.pipeline(transaction=False)
+        async for key in self.redis.scan_iter(match=b"stratus:n:*", count=1000):
+            pipe.hdel(key, self.node)
+        if pipe.command_stack:
+            await pipe.execute()
+
     def _queued(self) -> bool:
         return bool(self._subscribe or self._unsubscribe or self.bus.queue
+                    or (self.store is not None and self.store.rows)
                     or any(backplane.dirty for backplane in self.backplanes))
 
     async def _write_loop(self) -> None:
@@ -311,7 +323,10 @@ class RedisCluster:
     async def _send_pipeline(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         finishers: list[tuple[Callable[[list | None], None], int, int]] = []
-        for source in [*self.backplanes, self.bus]:
+        sources: list[Any] = [*self.backplanes, self.bus]
+        if self.store is not None:
+            sources.append(self.store)
+        for source in sources:
             start = len(pipe.command_stack)
             finish = source.drain(pipe)
             if finish is not None:

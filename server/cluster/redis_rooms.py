@@ -41,8 +41,8 @@ log = logging.getLogger("stratus.cluster")
 
 LINK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
-# ARGV: key, JSON value, max variables (0 = none), node id, "s" (broadcast) or "q" (quiet: a
-# rename's new key), channel. Returns the new version, or -1 if the room is full.
+# ARGV: key, JSON value, max variables (0 = none), node id, the kind of write (`WRITE`,
+# `QUIET` or `RESTORE`), channel. Returns the new version, or -1 if the room is full.
 SET_SCRIPT = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local position
@@ -84,6 +84,11 @@ for i = 1, #counts, 2 do
 end
 return {redis.call('HGET', KEYS[2], 'version') or '0', redis.call('HGETALL', KEYS[1]), live}
 """
+
+# Kinds of write. A client's write is delivered to every member of every node (Scratch relays
+# repeated values too); a rename's new key to nobody; a value written again because it may not
+# have reached Redis (the link failed, Redis lost its data) only where it changes something.
+WRITE, QUIET, RESTORE = b"s", b"q", b"r"
 
 SCRIPTS = {name: (text, hashlib.sha1(text.encode()).hexdigest())
            for name, text in (("set", SET_SCRIPT), ("delete", DELETE_SCRIPT),
@@ -127,21 +132,27 @@ class RoomLink:
     """One room's state towards Redis (`room.cluster`)."""
 
     __slots__ = ("values_key", "meta_key", "counts_key", "channel", "outbox", "inflight",
-                 "versions", "last_version", "remote_counts", "members_dirty", "resyncing")
+                 "versions", "last_version", "unsynced", "remote_counts", "counted",
+                 "members_dirty", "resyncing", "resync_again")
 
     def __init__(self, namespace: str, room_id: str) -> None:
         self.values_key, self.meta_key, self.counts_key, self.channel = room_keys(namespace,
                                                                                   room_id)
-        # Variables accepted here and not sent yet (key -> quiet), newest value only.
-        self.outbox: dict[str, bool] = {}
+        # Variables accepted here and not sent yet (key -> kind of write), newest value only.
+        self.outbox: dict[str, bytes] = {}
         # Variables sent and not echoed back yet: how many of their writes are on the way.
         self.inflight: dict[str, int] = {}
         # The version each variable was last written at (as far as this node knows).
         self.versions: dict[str, int] = {}
         self.last_version = -1  # the room's version last seen in order (-1: not read yet)
+        # (lowest, highest) version received while last_version was unknown.
+        self.unsynced: tuple[int, int] | None = None
         self.remote_counts: dict[bytes, int] = {}  # members on other nodes, by node
+        # Nodes whose count arrived while the room was being re-read: newer than the re-read.
+        self.counted: set[bytes] = set()
         self.members_dirty = True
         self.resyncing = False
+        self.resync_again = False  # a gap was seen while a re-read was on its way
 
     def pending(self, key: str) -> bool:
         """True while a write of `key` accepted here has not come back from Redis."""
@@ -176,14 +187,14 @@ class RedisBackplane:
     def publish(self, room: Room, key: str, author: Any) -> None:
         """Deliver to this node's members now; queue the change for Redis."""
         self.deliver(room, key, author)
-        room.cluster.outbox[key] = False
+        room.cluster.outbox[key] = WRITE
         if room not in self.dirty:
             self.dirty[room] = None
             self.cluster.wake()
 
     def stored(self, room: Room, key: str) -> None:
         """A rename's new key: stored in Redis, not broadcast."""
-        room.cluster.outbox[key] = True
+        room.cluster.outbox[key] = QUIET
         if room not in self.dirty:
             self.dirty[room] = None
             self.cluster.wake()
@@ -192,6 +203,11 @@ class RedisBackplane:
         """Follow the room's channel; once the subscription is live, re-read the room."""
         link = room.cluster = RoomLink(self.namespace, room.id)
         self.rooms[room] = None
+        store = self.cluster.store
+        counts = store.loaded_counts.pop((self.namespace, room.id), None) if store else None
+        if counts:
+            # Other nodes' members as the load found them, so the first joins here count them.
+            self._set_counts(room, counts)
         self.cluster.subscribe_channel(link.channel, lambda data: self._received(room, data),
                                        lambda: self.resync(room))
 
@@ -231,21 +247,21 @@ class RedisBackplane:
         rooms, self.dirty = self.dirty, {}
         node = self.node
         set_sha, delete_sha = SCRIPTS["set"][1], SCRIPTS["delete"][1]
-        sent: list[tuple[Room, str | None, bool]] = []  # (room, key or None = count, quiet)
+        sent: list[tuple[Room, str | None, bytes]] = []  # (room, key or None = count, kind)
         for room in rooms:
             link = room.cluster
             max_variables = room.registry.limits.max_variables
-            for key, quiet in link.outbox.items():
+            for key, kind in link.outbox.items():
                 field = encode(key)
                 if key in room.values:
                     pipe.evalsha(set_sha, 2, link.values_key, link.meta_key, field,
                                  dump_value(room.values[key]), max_variables, node,
-                                 b"q" if quiet else b"s", link.channel)
+                                 kind, link.channel)
                 else:
                     pipe.evalsha(delete_sha, 2, link.values_key, link.meta_key, field, node,
                                  link.channel)
                 link.inflight[key] = link.inflight.get(key, 0) + 1
-                sent.append((room, key, quiet))
+                sent.append((room, key, kind))
             link.outbox = {}
             if link.members_dirty:
                 link.members_dirty = False
@@ -255,17 +271,17 @@ class RedisBackplane:
                 else:
                     pipe.hdel(link.counts_key, node)
                 pipe.publish(link.channel, b"n %d " % count + node)
-                sent.append((room, None, False))
+                sent.append((room, None, WRITE))
 
         def finish(replies: list | None) -> None:
             self._finish(sent, replies)
 
         return finish
 
-    def _finish(self, sent: list[tuple[Room, str | None, bool]], replies: list | None) -> None:
+    def _finish(self, sent: list[tuple[Room, str | None, bytes]], replies: list | None) -> None:
         index = 0
         failures: list[str] = []
-        for room, key, quiet in sent:
+        for room, key, kind in sent:
             link = room.cluster
             width = 1 if key is not None else 2
             answers = replies[index:index + width] if replies is not None else None
@@ -278,7 +294,9 @@ class RedisBackplane:
                 continue
             if failed:
                 link.sent_back(key)
-                link.outbox.setdefault(key, quiet)
+                # Redis may have stored it (only the reply was lost): others get it again
+                # only if it changes something for them.
+                link.outbox.setdefault(key, kind if answers is not None else RESTORE)
                 self._requeue(room)
                 if answers is not None:
                     failures.append(one_line(answers[0]))
@@ -312,6 +330,8 @@ class RedisBackplane:
             if node != self.node:
                 link.remote_counts[node] = int(count)
                 room.remote_members = sum(link.remote_counts.values())
+                if link.resyncing:
+                    link.counted.add(node)
             return
         version, node, length, rest = data[2:].split(b" ", 3)
         version = int(version)
@@ -327,6 +347,10 @@ class RedisBackplane:
                 self.resync(room)
             if version > last:
                 link.last_version = version
+        else:
+            # Not read yet: the re-read on its way checks these follow what it finds.
+            low, high = link.unsynced or (version, version)
+            link.unsynced = (min(low, version), max(high, version))
         if link.pending(key) or version <= link.versions.get(key, 0):
             return
         link.versions[key] = version
@@ -334,22 +358,27 @@ class RedisBackplane:
             room.discard(key)
             return
         value = json.loads(rest[length:])
-        if node == self.node:
+        if node == self.node or op == RESTORE:
             # This node's own write, back from Redis: its members had it at once, unless the
-            # room was re-read meanwhile and holds something older.
+            # room was re-read meanwhile and holds something older. A value written again
+            # after a failure: only news if it differs.
             old = room.values.get(key, _MISSING)
             if type(old) is type(value) and old == value:
                 return
         # Another node's write is delivered even if the value is unchanged: Scratch relays
         # every set, repeated values included.
-        room.apply(key, value, quiet=op == b"q")
+        room.apply(key, value, quiet=op == QUIET)
 
     def resync(self, room: Room) -> None:
         """Re-read the room from Redis and apply what this node missed."""
         link = room.cluster
-        if link.resyncing or not self.cluster.up:
+        if not self.cluster.up:
+            return
+        if link.resyncing:
+            link.resync_again = True
             return
         link.resyncing = True
+        link.resync_again = False
         task = asyncio.get_running_loop().create_task(self._resync(room, link))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -371,6 +400,8 @@ class RedisBackplane:
         if room.cluster is not link:
             return
         self.apply_snapshot(room, int(version), values, counts)
+        if link.resync_again:
+            self.resync(room)
 
     def apply_snapshot(self, room: Room, version: int, values: list, counts: list) -> None:
         """Bring the room in line with what Redis holds at `version`."""
@@ -391,9 +422,28 @@ class RedisBackplane:
         for key in [key for key in room.values if key not in present]:
             if not link.pending(key) and link.versions.get(key, 0) <= version:
                 room.discard(key)
+        unsynced, link.unsynced = link.unsynced, None
+        if unsynced is not None and link.last_version < 0:
+            low, high = unsynced
+            if low > version + 1:
+                log.info("room %s missed %d changes from Redis while it was read: re-reading it",
+                         printable(room.id), low - version - 1)
+                link.resync_again = True
+            version = max(version, high)
         link.last_version = max(link.last_version, version)
+        # A count published while the read was on its way may have arrived first: it is newer.
+        newer = {node: link.remote_counts[node] for node in link.counted
+                 if node in link.remote_counts}
+        link.counted = set()
+        self._set_counts(room, counts, newer)
+
+    def _set_counts(self, room: Room, counts: list, newer: dict | None = None) -> None:
+        """Members of other nodes from a flat [node, count, ...] list (this node left out)."""
+        link = room.cluster
         link.remote_counts = {counts[i]: int(counts[i + 1]) for i in range(0, len(counts), 2)
                               if counts[i] != self.node}
+        if newer:
+            link.remote_counts.update(newer)
         room.remote_members = sum(link.remote_counts.values())
 
     # From the cluster
@@ -404,15 +454,16 @@ class RedisBackplane:
         for room in self.rooms:
             link = room.cluster
             for key in link.inflight:
-                link.outbox.setdefault(key, False)
+                link.outbox.setdefault(key, RESTORE)
             link.inflight.clear()
+            link.unsynced = None
             # Redis may have come back from an older state (its last second of writes lost):
             # versions start over from what the room re-read finds.
             link.last_version = -1
             link.versions.clear()
             if data_lost:
                 for key in room.values:
-                    link.outbox.setdefault(key, False)
+                    link.outbox.setdefault(key, RESTORE)
             link.members_dirty = True
             self.dirty[room] = None
 
@@ -439,6 +490,11 @@ class RedisRoomStore:
         self.cluster = cluster
         self.committed = 0
         self._client: redis.Redis | None = None
+        # Members of live nodes per room just loaded ((namespace, room id) -> flat list), for
+        # the backplane to pick up when the room opens (`RedisBackplane.room_opened`).
+        self.loaded_counts: dict[tuple[str, str], list] = {}
+        # Changes of namespaces that are not room namespaces, waiting for the writer.
+        self.rows: list = []
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         """The room's variables as Redis holds them; empty while Redis is unreachable (the
@@ -448,22 +504,52 @@ class RedisRoomStore:
         if self._client is None:
             self._client = redis.Redis.from_url(self.cluster.url, socket_timeout=2.0,
                                                 socket_connect_timeout=2.0)
+        values_key, meta_key, counts_key, _channel = room_keys(namespace, room_id)
         try:
-            stored = self._client.hgetall(room_keys(namespace, room_id)[0])
+            _version, values, counts = self._client.eval(
+                READ_SCRIPT, 3, values_key, meta_key, counts_key, b"stratus:node:")
         except (RedisError, OSError) as exc:
             log.warning("cannot read room %s from Redis (%s): it starts empty on this node "
                         "and is re-read when Redis answers", printable(room_id), one_line(exc))
             return []
         rows = []
-        for field, raw in stored.items():
-            _version, position, value = parse_stored(raw)
-            rows.append((decode(field), position, value))
+        for index in range(0, len(values), 2):
+            _written, position, value = parse_stored(values[index + 1])
+            rows.append((decode(values[index]), position, value))
+        if any(backplane.namespace == namespace for backplane in self.cluster.backplanes):
+            self.loaded_counts[namespace, room_id] = counts
         return rows
 
     def save(self, changes: list) -> int:
-        """Nothing to write: the backplane wrote every change through."""
+        """Room changes: nothing to do, the backplane wrote them through. Rows of other
+        namespaces (e.g. the facade's persisted block list) are queued for Redis."""
+        rooms = {backplane.namespace for backplane in self.cluster.backplanes}
+        for change in changes:
+            if change[0] not in rooms:
+                self.rows.append(change)
+        if self.rows:
+            self.cluster.wake()
         self.committed += 1
         return self.committed
+
+    def drain(self, pipe: Any) -> Callable[[list | None], None] | None:
+        """Put queued rows in `pipe` (the cluster's writer calls this)."""
+        if not self.rows:
+            return None
+        rows, self.rows = self.rows, []
+        for namespace, room_id, upserts, deletes in rows:
+            values_key = room_keys(namespace, room_id)[0]
+            for key, position, value in upserts:
+                pipe.hset(values_key, encode(key), stored_value(0, position, value))
+            for key in deletes:
+                pipe.hdel(values_key, encode(key))
+
+        def finish(replies: list | None) -> None:
+            if replies is None or any(isinstance(reply, Exception) for reply in replies):
+                self.rows[:0] = rows  # kept, in order, and sent again
+                log.warning("%d stored rows could not be written to Redis; retrying", len(rows))
+
+        return finish
 
     def close(self) -> None:
         """Nothing queued here."""

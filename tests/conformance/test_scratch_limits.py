@@ -141,6 +141,18 @@ async def test_case_29_message_over_1_mib_closes_1009(server, room):
     await close_all(fits, too_big, fragmented)
 
 
+async def test_case_29_client_still_sending_reads_its_1009(server, room):
+    """A client still sending an oversized message after the server refused it reads the 1009
+    close frame: the server discards the rest instead of resetting the connection under it."""
+    client = await raw_connect(server.url)
+    await client.send_raw(bytes((0x81, 0x80 | 127)) + (8 << 20).to_bytes(8, "big") + b"\0" * 4)
+    await asyncio.sleep(0.2)  # refused by now: the rest arrives after the server's close
+    for _ in range(64):
+        await client.send_raw(b"x" * 65536)
+    await asyncio.sleep(0.2)
+    await expect_close(client, 1009)
+
+
 async def test_case_29_message_over_1_mib_from_websockets_client(server, room):
     """A real client sending 1 MiB + 1 byte of text sees close code 1009."""
     ws = await ws_connect(server.url)

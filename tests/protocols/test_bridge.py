@@ -16,13 +16,14 @@ from tests.conformance.helpers import (
     set_line,
     set_text,
 )
-from tests.conftest import ServerProcess
+from tests.conftest import BACKENDS, ServerProcess
 
 
-@pytest.fixture
-def bridged(make_server):
-    """A server with the bridge on for every room."""
-    return make_server(bridge={"enabled": True})
+@pytest.fixture(params=BACKENDS)
+def bridged(request, make_backend):
+    """A server with the bridge on for every room: one process, or two Redis nodes behind a
+    round-robin proxy (a test's Scratch and CL4 clients on different nodes)."""
+    return make_backend(request.param, bridge={"enabled": True})
 
 
 async def cl4_in(url: str, room: str, name: str = "alice") -> Cl4:

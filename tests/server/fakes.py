@@ -119,6 +119,7 @@ class FakeMember:
         self.backlog: Any = None
         self.catch_up: Any = None
         self.session: Any = None
+        self.username: str | None = None  # `Peer.username`: what the history names it by
         self.close_code: int | None = None
         self.closes: list[int] = []
 
@@ -188,6 +189,7 @@ class FakeStore:
     def __init__(self, rows: dict[str, list] | None = None) -> None:
         self.rows = rows or {}
         self.saved: list[list] = []
+        self.appended: list[tuple[list, int]] = []  # (history batch, keep)
         self.issued = 0
         self.committed = 0
 
@@ -196,6 +198,11 @@ class FakeStore:
 
     def save(self, changes: list) -> int:
         self.saved.append(changes)
+        self.issued += 1
+        return self.issued
+
+    def append_history(self, batch: list, keep: int) -> int:
+        self.appended.append((batch, keep))
         self.issued += 1
         return self.issued
 

@@ -133,6 +133,10 @@ MORE_BAD_SETTINGS = [
     ("cluster", "node_id", "two words"),
     ("cluster", "node_timeout", 0),
     ("cluster", "require_redis_at_start", "yes"),
+    ("history", "enabled", "on"),
+    ("history", "keep", 0),
+    ("history", "max_limit", 100_001),
+    ("history", "days", 7),
 ]
 
 SHARED_BACKEND = "tests.server.unshared_cluster:UnsharedCluster"
@@ -226,6 +230,13 @@ def test_redis_url_from_environment_selects_the_redis_backend():
     assert config.cluster.backend == "redis"
     assert config.cluster.redis_url == "redis://cache:6380/2"
     assert load_config(None, env={}).cluster.backend == "local"
+
+
+def test_history_with_the_redis_backend_is_refused_naming_both_keys():
+    """[history] is kept in the SQLite store: with the Redis backend start-up says so."""
+    with pytest.raises(ConfigError, match=r"\[history\] enabled.*\[cluster\] backend"):
+        load_config(None, env={"STRATUS_REDIS_URL": "redis://cache:6379/0"},
+                    overrides={"history": {"enabled": True}})
 
 
 def test_redis_flag_runs_a_node_on_that_redis(launch, tmp_path, redis_server):

@@ -13,6 +13,7 @@ import pytest
 
 from server.budget import ReadLimits
 from server.codes import State
+from server.config import HttpSection
 from server.connection import Connection
 from server.events import EventBus
 from server.http import plain_response
@@ -67,6 +68,10 @@ class FakeHost:
         self.events = EventBus()
         self.read_limits = read_limits or ReadLimits()
         self.settings = Settings(**settings)
+        self.http_settings = HttpSection(request_timeout=0.2)
+        self.page = lambda request: plain_response(200, "OK", b"page\n",
+                                                   "text/plain; charset=utf-8")
+        self.body_wanted = False
         self.calls: list[tuple[str, Connection]] = []
         self.first_texts: list[str] = []
         self.session = FakeSession()
@@ -98,7 +103,10 @@ class FakeHost:
         return None
 
     def http_response(self, request):
-        return plain_response(200, "OK", b"page\n", "text/plain; charset=utf-8")
+        return self.page(request)
+
+    def http_wants_body(self, method, path):
+        return self.body_wanted
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
@@ -173,6 +181,82 @@ async def test_plain_http_request_gets_the_hosts_page_and_closes():
     assert host.names() == ["opened", "dropped"]
 
 
+async def test_plain_request_carries_its_body_and_address():
+    """The host's handler gets the body, the method and the client's address."""
+    host = FakeHost()
+    seen = []
+    host.page = lambda request: seen.append(request) or plain_response(201, "Created", b"", "x")
+    connection, transport = connect(host)
+    connection.data_received(b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
+    assert transport.writes().startswith(b"HTTP/1.1 201 Created\r\n")
+    assert (seen[0].method, seen[0].body, seen[0].address) == ("PUT", b"body", "127.0.0.1")
+
+
+async def test_awaitable_answer_is_sent_when_ready():
+    """A handler that returns an awaitable is answered once it completes, not before."""
+    host = FakeHost()
+    ready = asyncio.get_running_loop().create_future()
+
+    async def later():
+        await ready
+        return plain_response(200, "OK", b"later\n", "text/plain")
+
+    host.page = lambda request: later()
+    connection, transport = connect(host)
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.01)
+    assert transport.writes() == b"" and not transport.closed
+    ready.set_result(None)
+    await asyncio.sleep(0.01)
+    assert transport.writes().endswith(b"later\n") and transport.closed
+
+
+async def test_request_still_arriving_after_the_timeout_gets_408():
+    """A request that has not arrived within [http] request_timeout is answered 408."""
+    host = FakeHost()
+    connection, transport = connect(host)
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    await asyncio.sleep(0.3)
+    assert transport.writes().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+
+
+async def test_answer_not_ready_within_the_timeout_gets_503():
+    """A handler still working at request_timeout is cancelled and the client told 503."""
+    host = FakeHost()
+    cancelled = []
+
+    async def never():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    host.page = lambda request: never()
+    connection, transport = connect(host)
+    connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.3)
+    assert transport.writes().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert cancelled == [True] and transport.closed
+
+
+async def test_100_continue_is_sent_only_when_the_body_is_wanted():
+    """A client expecting 100 Continue gets it when a handler reads bodies, else the answer."""
+    head = b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    host = FakeHost()
+    connection, transport = connect(host)
+    connection.data_received(head)
+    assert transport.writes().startswith(b"HTTP/1.1 200 OK\r\n")
+    host.body_wanted = True
+    seen = []
+    host.page = lambda request: seen.append(request.body) or plain_response(200, "OK", b"", "x")
+    connection, transport = connect(host)
+    connection.data_received(head)
+    assert transport.writes() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    connection.data_received(b"ok")
+    assert seen == [b"ok"] and b"HTTP/1.1 200 OK\r\n" in transport.writes()
+
+
 async def test_first_text_goes_to_the_host_then_to_the_session():
     """The first text message picks the session through the host; later ones go to it."""
     host = FakeHost()
@@ -234,13 +318,20 @@ async def test_keepalive_ping_waits_for_pong():
 
 
 async def test_unmasked_frame_fails_with_1002():
-    """An unmasked client frame fails the connection with 1002 and ends TCP."""
+    """An unmasked client frame fails the connection with 1002 and ends our side of TCP; what
+    the client still sends is discarded until it closes its side."""
     host = FakeHost()
     connection, transport = upgraded(host, text("first"))
     connection.data_received(build_frame(OP_TEXT, "x", mask=False))
     assert close_code_of(sent(transport)) == 1002
-    assert transport.closed and connection.close_code == 1002
+    assert transport.eof_written and connection.close_code == 1002
     assert host.session.closed_calls == 1
+    # A close here would make the kernel reset the connection over the unread data, and the
+    # reset can destroy the close frame before the client reads it.
+    assert not transport.closed
+    connection.data_received(build_frame(OP_PING, "p") + build_frame(OP_TEXT, "more"))
+    assert transport.writes() == b"" and host.session.received == ["first"]
+    assert connection.eof_received() is False  # the client closed: the transport closes
 
 
 @pytest.mark.parametrize("frame", [

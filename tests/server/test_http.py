@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from server.config import HttpSection
 from server.request import MAX_REQUEST_BYTES
 from server.upgrade import MAX_HEADERS, MAX_LINE
 from tests.conftest import ServerProcess
@@ -26,6 +27,7 @@ UPGRADE_HEADERS = (f"Host: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 UPGRADE = f"GET / HTTP/1.1\r\n{UPGRADE_HEADERS}\r\n".encode()
 STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [^\r\n]*\r\n")
 PING = bytes([0x89, 0x82, 1, 2, 3, 4, ord("h") ^ 1, ord("i") ^ 2])  # masked ping "hi"
+MAX_BODY_BYTES = HttpSection().max_body_bytes  # the [http] max_body_bytes default
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +99,23 @@ def test_post_with_a_body_gets_405_with_allow(http_server):
     reply = exchange(http_server.port,
                      b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n", b"hello=world")
     assert reply.status_line == "HTTP/1.1 405 Method Not Allowed"
-    assert reply.header("Allow") == "GET, HEAD"
+    assert reply.header("Allow") == "GET, HEAD, OPTIONS"
     assert reply.body == b"Method not allowed.\n"
     assert_page_headers(reply)
 
 
 def test_chunked_post_gets_405(http_server):
-    """A chunked POST body is read to its end, then answered 405."""
-    reply = exchange(http_server.port, b"POST /x HTTP/1.1\r\nHost: a\r\n"
+    """A chunked POST body to a GET-only page is read to its end, then answered 405."""
+    reply = exchange(http_server.port, b"POST /healthz HTTP/1.1\r\nHost: a\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     assert reply.status == 405
+
+
+def test_post_to_an_unknown_path_gets_404(http_server):
+    """A POST with a body to a path nobody serves is read, then answered 404."""
+    reply = exchange(http_server.port, b"POST /x HTTP/1.1\r\nHost: a\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert reply.status == 404
 
 
 def test_post_expecting_100_continue_is_answered_before_its_body(http_server):
@@ -126,7 +135,7 @@ def test_get_with_a_small_body_is_served(http_server):
 def test_body_announced_over_the_limit_gets_413_at_once(http_server):
     """A Content-Length over the limit is answered 413 before any of the body is sent."""
     reply = exchange(http_server.port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: "
-                     + str(MAX_REQUEST_BYTES + 1).encode() + b"\r\n\r\n")
+                     + str(MAX_BODY_BYTES + 1).encode() + b"\r\n\r\n")
     assert reply.status == 413
     assert_page_headers(reply)
 
@@ -134,7 +143,7 @@ def test_body_announced_over_the_limit_gets_413_at_once(http_server):
 def test_chunked_body_over_the_limit_gets_413(http_server):
     """A chunked body that grows past the limit is answered 413."""
     chunk = b"%x\r\n" % 4096 + b"x" * 4096 + b"\r\n"
-    count = MAX_REQUEST_BYTES // 4096 + 1
+    count = MAX_BODY_BYTES // 4096 + 1
     reply = exchange(http_server.port,
                      b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
                      chunk * count)
@@ -365,7 +374,7 @@ def test_head_has_headers_and_no_body(http_server):
 def test_head_of_an_oversized_request_has_no_body(http_server):
     """An error answer to a HEAD request carries no body either."""
     reply = exchange(http_server.port, b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: "
-                     + str(MAX_REQUEST_BYTES + 1).encode() + b"\r\n\r\n")
+                     + str(MAX_BODY_BYTES + 1).encode() + b"\r\n\r\n")
     assert reply.status == 413 and reply.body == b""
 
 
@@ -426,3 +435,47 @@ def test_any_bytes_get_a_status_line(http_server, data, pieces):
                      half_close=True, pause=0.002)
     assert reply.status is not None, (data, reply.data[:200])
     assert "Traceback" not in http_server.log()
+
+
+# Routes, methods and timeouts
+
+def test_unknown_path_gets_404_and_options_gets_allow(http_server):
+    """An unknown path is 404 whatever the method; OPTIONS on a page is 204 with Allow."""
+    assert exchange(http_server.port, b"DELETE /nope HTTP/1.1\r\nHost: a\r\n\r\n").status == 404
+    reply = exchange(http_server.port, b"OPTIONS /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reply.status_line == "HTTP/1.1 204 No Content"
+    assert reply.header("Allow") == "GET, HEAD, OPTIONS"
+    assert reply.header("Content-Length") is None and reply.body == b""
+
+
+@pytest.mark.parametrize("path", [b"/%2e%2E", b"/healthz/..", b"/./healthz", b"/%ff"])
+def test_dot_segments_and_bad_encodings_get_400(http_server, path):
+    """A path with a dot segment (encoded or not) or invalid UTF-8 is 400, never resolved."""
+    reply = exchange(http_server.port, b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reply.status == 400 and reply.body.endswith(b".\n")
+    assert_page_headers(reply)
+
+
+def test_slow_request_gets_408_after_request_timeout(make_server):
+    """A request still arriving after [http] request_timeout is answered 408 and closed."""
+    srv = make_server(http={"request_timeout": 0.3}, store={"backend": "memory"})
+    started = time.monotonic()
+    reply = exchange(srv.port, b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+                     b"12345", timeout=5)
+    assert reply.status_line == "HTTP/1.1 408 Request Timeout"
+    assert 0.25 < time.monotonic() - started < 3
+
+
+def test_body_limit_is_configurable(make_server):
+    """[http] max_body_bytes sets the largest body: one byte more is 413."""
+    srv = make_server(http={"max_body_bytes": 10}, store={"backend": "memory"})
+    head = b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+    assert exchange(srv.port, head % 10 + b"x" * 10).status == 200
+    assert exchange(srv.port, head % 11 + b"x" * 11).status == 413
+
+
+def test_unknown_http_key_stops_startup(tmp_path):
+    """A key the [http] table does not know stops start-up, naming it."""
+    server = ServerProcess(tmp_path, {"http": {"max_body": 1}})
+    with pytest.raises(RuntimeError, match=r"\[http\] max_body"):
+        server.start(timeout=10)

@@ -1,8 +1,10 @@
-"""Persistence on its own (server.persistence.Persister): batches, deletes and store tickets."""
+"""Persistence on its own (server.persistence.Persister): batches, deletes, history entries
+and store tickets."""
 
 from __future__ import annotations
 
 from server.persistence import Persister
+from server.store import HistoryEntry
 from tests.server.fakes import FakeStore
 
 
@@ -93,3 +95,35 @@ def test_forget_drops_the_rooms_ticket():
     persister.persist()
     persister.forget(room)
     assert persister.is_stored(room, 0)
+
+
+def entry(seq: int, value: str = "1") -> HistoryEntry:
+    return HistoryEntry(seq, 1_700_000_000_000 + seq, "alice", "set", "x", value)
+
+
+def test_history_goes_to_the_store_with_the_batch_newest_keep_per_room():
+    """Recorded entries are handed over at the next persist, at most history_keep per room."""
+    store = FakeStore()
+    persister = Persister("ns", store, history_keep=2)
+    room = fake_room(x=1)
+    for seq in (1, 2, 3):
+        persister.changed(room, "x")
+        persister.recorded(room, entry(seq))
+    assert persister.unsaved_history(room) == [entry(2), entry(3)]
+    persister.persist()
+    assert store.appended == [([("ns", "R", [entry(2), entry(3)])], 2)]
+    assert persister.unsaved_history(room) == []
+    assert not persister.pending
+
+
+def test_is_stored_waits_for_history_entries():
+    """A room whose history entries are not committed yet may not leave memory."""
+    store = FakeStore()
+    persister = Persister("ns", store, history_keep=5)
+    room = fake_room(x=1)
+    persister.recorded(room, entry(1))
+    assert persister.pending and not persister.is_stored(room, store.committed)
+    persister.persist()
+    assert not persister.is_stored(room, store.committed)
+    store.commit()
+    assert persister.is_stored(room, store.committed)

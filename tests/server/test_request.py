@@ -8,14 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.request import MAX_REQUEST_BYTES, RequestError, RequestReader
+from server.request import MAX_BODY_BYTES, MAX_REQUEST_BYTES, RequestError, RequestReader
 
 GET = b"GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: caf\xe9\r\n\r\n"
 
 
-def read(data: bytes, pieces: int = 1, max_bytes: int = MAX_REQUEST_BYTES):
+def read(data: bytes, pieces: int = 1, max_bytes: int = MAX_REQUEST_BYTES,
+         max_body_bytes: int = MAX_BODY_BYTES):
     """Feed `data` in `pieces` reads; the reader and what it returned last."""
-    reader = RequestReader(max_bytes)
+    reader = RequestReader(max_bytes, max_body_bytes)
     step = max(1, -(-len(data) // pieces))
     result = None
     for start in range(0, len(data), step):
@@ -25,9 +26,10 @@ def read(data: bytes, pieces: int = 1, max_bytes: int = MAX_REQUEST_BYTES):
     return reader, result
 
 
-def status_of(data: bytes, pieces: int = 1, max_bytes: int = MAX_REQUEST_BYTES):
+def status_of(data: bytes, pieces: int = 1, max_bytes: int = MAX_REQUEST_BYTES,
+              max_body_bytes: int = MAX_BODY_BYTES):
     with pytest.raises(RequestError) as caught:
-        read(data, pieces, max_bytes)
+        read(data, pieces, max_bytes, max_body_bytes)
     return caught.value.status
 
 
@@ -51,15 +53,34 @@ def test_bytes_after_the_request_are_left_over():
     assert request is not None and reader.leftover == b"\x81\x80rest"
 
 
-def test_body_is_read_and_discarded():
-    """A body is counted, not kept, and the request is returned after it."""
+def test_body_is_read_and_kept():
+    """A body is kept for the handler, and the request is returned after it."""
     head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
     reader = RequestReader()
     assert reader.receive_data(head) is None
     assert reader.receive_data(b"hel") is None
     request = reader.receive_data(b"lo" + b"after")
     assert request.method == "POST" and reader.has_body and reader.body_bytes == 5
-    assert reader.leftover == b"after"
+    assert reader.body == b"hello" and reader.leftover == b"after"
+
+
+def test_chunked_body_is_joined():
+    """A chunked body reaches the handler as one byte string, however it was chunked."""
+    reader, request = read(b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n", 3)
+    assert request.method == "PUT" and reader.body == b'{"a":1}'
+
+
+def test_body_sent_after_100_continue_is_read():
+    """After the head of a request waiting for 100 Continue, the body is read when it comes."""
+    reader = RequestReader()
+    head = (b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+    assert reader.receive_data(head) is not None and not reader.complete
+    reader.continued = True
+    assert reader.receive_data(b"bo") is None
+    assert reader.receive_data(b"dy") is not None
+    assert reader.complete and reader.body == b"body"
 
 
 def test_waiting_for_100_continue_returns_at_the_head():
@@ -100,11 +121,20 @@ def test_body_limit_is_exact():
     """A body of exactly the limit is read; a longer one is 413, announced or chunked."""
     limit = 1000
     head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
-    assert read(head % limit + b"b" * limit, 3, limit)[1] is not None
-    assert status_of(head % (limit + 1), 1, limit) == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert read(head % limit + b"b" * limit, 3, max_body_bytes=limit)[1] is not None
+    assert status_of(head % (limit + 1), 1, max_body_bytes=limit) == (
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     chunked = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                + (b"64\r\n" + b"c" * 100 + b"\r\n") * 11 + b"0\r\n\r\n")
-    assert status_of(chunked, 4, limit) == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert status_of(chunked, 4, max_body_bytes=limit) == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+def test_body_limit_is_its_own():
+    """The body limit does not depend on the head limit: a small head may carry a large body."""
+    body = b"b" * 5000
+    request = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + body
+    reader, result = read(request, 2, max_bytes=1000, max_body_bytes=5000)
+    assert result is not None and reader.body == body
 
 
 @pytest.mark.parametrize("data, status", [
@@ -128,4 +158,4 @@ def test_any_bytes_give_a_request_an_error_or_a_wait(data, pieces):
         assert 400 <= error.status < 600
     else:
         if request is not None:
-            assert reader.body_bytes <= MAX_REQUEST_BYTES
+            assert reader.body_bytes <= MAX_BODY_BYTES

@@ -183,14 +183,16 @@ async def test_load_restores_stored_order_and_next_position():
 
 
 async def test_write_observers_see_every_stored_write():
-    """Write observers are called with (room, key, value) after each stored write."""
+    """Write observers are called with (room, key, value, author) after each stored write."""
     registry = make_registry()
     seen = []
-    registry.write_observers.append(lambda room, key, value: seen.append((room.id, key, value)))
+    registry.write_observers.append(
+        lambda room, key, value, author: seen.append((room.id, key, value, author)))
     room = registry.open("R")
+    member = FakeMember()
     room.set("a", 1, None)
-    room.set("a", 2, FakeMember())
-    assert seen == [("R", "a", 1), ("R", "a", 2)]
+    room.set("a", 2, member)
+    assert seen == [("R", "a", 1, None), ("R", "a", 2, member)]
 
 
 async def test_max_rooms_refuses_new_rooms_but_not_existing_ones():
@@ -306,7 +308,7 @@ async def test_a_change_applied_from_another_node_reaches_members_but_not_observ
     without running write observers (they ran on the node that accepted it)."""
     registry = make_registry()
     observed = []
-    registry.write_observers.append(lambda room, key, value: observed.append(key))
+    registry.write_observers.append(lambda room, key, value, author: observed.append(key))
     room = registry.open("R")
     member = FakeMember()
     room.join(member)

@@ -1,5 +1,6 @@
-"""The SQLite store on real files: write-behind, retries while the disk fails, key encoding and
-the start-up checks (damaged, empty, read-only, full or shared data dirs)."""
+"""The SQLite store on real files: write-behind, retries while the disk fails, key encoding,
+history entries (and the memory store's) and the start-up checks (damaged, empty, read-only,
+full or shared data dirs)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.config import StoreSection
-from server.store import SQLiteStore, StoreError, open_store
+from server.store import HistoryEntry, MemoryStore, SQLiteStore, StoreError, open_store
 from tests.server.disks import fill, free, remount, small_tmpfs
 
 NS = "scratch"
@@ -165,6 +166,99 @@ def test_rows_written_by_earlier_versions_load_and_update_in_place(tmp_path):
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT count(*) FROM variables").fetchone() == (2,)
     check.close()
+
+
+# History
+
+
+def entries(store, count: int, start: int = 0, user: str = "alice") -> list[HistoryEntry]:
+    """`count` set entries with values "start".."start+count-1", seqs from `store`."""
+    seq = store.history_sequence()
+    return [HistoryEntry(next(seq), 1_700_000_000_000 + number, user, "set", '"☁ n"',
+                         str(number)) for number in range(start, start + count)]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def any_store(request, tmp_path):
+    """Each store backend, closed after the test."""
+    store = MemoryStore() if request.param == "memory" else open_sqlite(tmp_path)
+    yield store
+    store.close()
+
+
+def test_history_reads_newest_first_within_keep(any_store):
+    """Entries come back newest first, at most `limit`, and only the newest `keep` are kept."""
+    store = any_store
+    store.append_history([(NS, "r", entries(store, 3))], keep=5)
+    store.append_history([(NS, "r", entries(store, 4, start=3))], keep=5)
+    store.append_history([(NS, "other", entries(store, 2, user="bob"))], keep=5)
+    if isinstance(store, SQLiteStore):
+        store.wait_committed(store.save([]), 5)
+    assert [entry.value for entry in store.read_history(NS, "r", 100)] == ["6", "5", "4", "3", "2"]
+    assert [entry.value for entry in store.read_history(NS, "r", 2)] == ["6", "5"]
+    assert {entry.user for entry in store.read_history(NS, "other", 100)} == {"bob"}
+    assert store.read_history(NS, "nobody", 100) == []
+
+
+def test_history_survives_reopen_and_numbering_continues(tmp_path):
+    """Written entries are read back by a new store, whose new entries sort after them."""
+    store = open_sqlite(tmp_path)
+    first = entries(store, 3)
+    store.append_history([(NS, "r", first)], keep=10)
+    store.close()
+    store = open_sqlite(tmp_path)
+    assert store.read_history(NS, "r", 10) == first[::-1]
+    later = entries(store, 1, start=3)
+    assert later[0].seq > first[-1].seq
+    store.append_history([(NS, "r", later)], keep=10)
+    store.close()
+    store = open_sqlite(tmp_path)
+    assert [entry.value for entry in store.read_history(NS, "r", 10)] == ["3", "2", "1", "0"]
+    store.close()
+
+
+def test_history_on_disk_is_trimmed_to_keep(tmp_path):
+    """Each batch leaves at most `keep` rows of a room in the file, the newest ones."""
+    store = open_sqlite(tmp_path)
+    for batch in range(5):
+        store.append_history([(NS, "r", entries(store, 4, start=batch * 4))], keep=6)
+    store.close()
+    with sqlite3.connect(tmp_path / "stratus.sqlite3") as check:
+        values = [row[0] for row in check.execute("SELECT value FROM history ORDER BY seq")]
+    check.close()
+    assert values == ['"14"', '"15"', '"16"', '"17"', '"18"', '"19"']
+
+
+def test_queued_history_is_read_and_kept_bounded_while_writes_fail(disk):
+    """While the disk is full, entries wait (newest `keep` per room), are readable, are counted
+    in the fault, and are written once space is back."""
+    store = open_sqlite(disk)
+    store.wait_committed(store.append_history([(NS, "r", entries(store, 2))], keep=50), 5)
+    fill(disk)
+    for batch in range(20):
+        store.append_history([(NS, "r", entries(store, 10, start=2 + batch * 10))], keep=50)
+    wait_until(lambda: store.fault is not None)
+    assert "50 history entries kept in memory" in store.fault
+    newest = store.read_history(NS, "r", 3)
+    assert [entry.value for entry in newest] == ["201", "200", "199"]
+    free(disk)
+    store.close()
+    store = open_sqlite(disk)
+    kept = store.read_history(NS, "r", 100)
+    store.close()
+    assert [entry.value for entry in kept] == [str(n) for n in range(201, 151, -1)]
+
+
+def test_close_counts_history_entries_that_could_not_be_written(disk):
+    """Closing while the disk stays full names the lost history entries with the values."""
+    store = open_sqlite(disk, shutdown_write_timeout=0.3)
+    fill(disk)
+    store.save([(NS, "r", [('"a"', 0, "1" * 3000)], [])])
+    store.append_history([(NS, "r", entries(store, 7))], keep=100)
+    with pytest.raises(StoreError) as refused:
+        store.close()
+    assert str(refused.value).startswith(
+        "1 values and 7 history entries could not be written to store ")
 
 
 # Start-up checks

@@ -13,6 +13,8 @@ import pytest
 from tests.conformance.helpers import (
     close_all,
     expect_close,
+    expect_nothing,
+    http_get,
     joined,
     latest_values,
     recv,
@@ -289,14 +291,88 @@ async def test_lost_publishes_are_recovered(redis_server, make_redis_node, room)
     a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
     a = await joined(a_node.url, room, "alice")
     b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
     await a.send(set_text("☁ x", 1))
     assert await recv(b) == set_line("☁ x", 1)
-    # A write whose publish was lost: stored and versioned in Redis, never announced.
-    client = redis_server.client()
-    version = client.hincrby(f"stratus:m:scratch:{room}", "version", 1)
-    client.hset(f"stratus:v:scratch:{room}", '"☁ lost"', f"{version} 5 7")
+    # A write whose publish was lost: stored and versioned in Redis (atomically, as the nodes'
+    # script does), never announced.
+    redis_server.client().eval(
+        "redis.call('HSET', KEYS[1], ARGV[1], redis.call('HINCRBY', KEYS[2], 'version', 1)"
+        " .. ' 5 7')", 2, f"stratus:v:scratch:{room}", f"stratus:m:scratch:{room}", '"☁ lost"')
     await a.send(set_text("☁ x", 2))
     got = await recv_until(b, lambda lines: "☁ lost" in latest_values(lines), 5)
     assert latest_values(got) == {"☁ x": 2, "☁ lost": 7}
     assert "missed 1 changes" in b_node.log()
     await close_all(a, b)
+
+
+async def test_failing_replies_are_logged_and_converge_once_redis_accepts(redis_server,
+                                                                         make_redis_node, room):
+    """Redis refusing writes (out of memory) is logged, each node keeps serving its clients,
+    and the writes reach the other node once Redis accepts them again."""
+    a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)
+    a = await joined(a_node.url, room, "alice")
+    a2 = await joined(a_node.url, room, "alice2")
+    b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    client = redis_server.client()
+    client.config_set("maxmemory", "1")
+    try:
+        await a.send(set_text("☁ x", 1))
+        assert await recv(a2) == set_line("☁ x", 1)
+        await asyncio.sleep(1.5)
+        assert "Redis refused 1 room writes" in a_node.log() and "maxmemory" in a_node.log()
+    finally:
+        client.config_set("maxmemory", "0")
+    got = await recv_until(b, lambda lines: "☁ x" in latest_values(lines), 10)
+    assert latest_values(got) == {"☁ x": 1}
+    assert "Traceback" not in a_node.log() + b_node.log()
+    await close_all(a, a2, b)
+
+
+async def test_a_node_restarted_under_its_id_leaves_no_phantom_members(redis_server,
+                                                                      make_redis_node, room):
+    """A node with a fixed node_id, killed and restarted at once, does not keep counting the
+    members it had: another node can fill the room."""
+    settings = {"scratch": {"max_clients_per_room": 1}, "cluster": {"node_id": "fixed"}}
+    first = make_redis_node(redis_server, **settings)
+    gone = await joined(first.url, room, "alice")
+    await asyncio.sleep(SETTLE)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    make_redis_node(redis_server, **settings)  # the same id, within node_timeout
+    other = make_redis_node(redis_server, scratch={"max_clients_per_room": 1})
+    b = await joined(other.url, room, "bob")
+    await expect_nothing(b)  # admitted: not closed with 4000 for a full room
+    c = await joined(other.url, room, "carol")
+    await expect_close(c, 4000)  # and bob fills it
+    await close_all(gone, b)
+
+
+async def test_the_first_join_on_a_node_counts_the_other_nodes_members(redis_server,
+                                                                      make_redis_node, room):
+    """A node that has never had the room refuses a join into a room full on another node."""
+    settings = {"scratch": {"max_clients_per_room": 1}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    alice = await joined(a_node.url, room, "alice")
+    await asyncio.sleep(SETTLE)
+    bob = await joined(b_node.url, room, "bob")
+    await expect_close(bob, 4000)
+    await close_all(alice)
+
+
+async def test_a_persisted_block_is_kept_in_redis_for_every_node(redis_server, make_redis_node,
+                                                                 room):
+    """A project blocked through the admin API on one node is blocked on a node started later
+    (the block list lives in Redis, not in a node's data dir)."""
+    token = {"admin": {"token": "secret-token-for-tests"}}
+    first = make_redis_node(redis_server, **token)
+    status, _headers, _body = http_get(
+        first.http_url, f"/api/v1/blocked-projects/{room}", method="PUT",
+        headers={"Authorization": "Bearer secret-token-for-tests"})
+    assert status == 200
+    await asyncio.sleep(SETTLE)
+    later = make_redis_node(redis_server, **token)
+    client = await joined(later.url, room, "alice")
+    await expect_close(client, 4004)
