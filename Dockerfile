@@ -62,8 +62,10 @@ EXPOSE 9080
 # SIGTERM closes every client with 1001, flushes the store and exits 0 within a few seconds, well
 # inside the 10 s that `docker stop` waits. python is PID 1 and handles the signal itself.
 STOPSIGNAL SIGTERM
+# The check reads the same config and environment as the server (port, and https:// when
+# [server] tls_cert is set) and asks it for /healthz.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '9080') + '/healthz', timeout=4)"]
+    CMD ["python", "-m", "server", "healthcheck", "--config", "/app/config.toml"]
 
 # /app/config.toml holds the documented defaults; mount your own over it (read-only is fine).
 CMD ["python", "-m", "server", "--config", "/app/config.toml"]

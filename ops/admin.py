@@ -169,14 +169,13 @@ def page_bounds(query: Mapping[str, list[str]], max_size: int) -> tuple[int, int
 
 
 class Counters:
-    """Traffic totals since start, counted from the event bus while the admin API or the
-    dashboard is on. Both share one instance (the composition root hands it to each), and
-    `attach` subscribes it once however many ask, so nothing is counted twice."""
+    """Per-room update totals since start (for "busiest rooms"), counted from the event bus
+    once per flush while the admin API or the dashboard is on. Both share one instance (the
+    composition root hands it to each), and `attach` subscribes it once however many ask, so
+    nothing is counted twice. Server-wide totals (messages read, lines and frames sent) are the
+    core's own counters, read from `Facade.stats`: nothing here runs per message."""
 
     def __init__(self) -> None:
-        self.messages = 0
-        self.updates = 0
-        self.frames = 0
         self.room_updates: dict[tuple[str, str], int] = {}
         self._attached_to: Any = None
 
@@ -185,15 +184,9 @@ class Counters:
         if self._attached_to is events:
             return
         self._attached_to = events
-        events.subscribe("message_received", self.message_received)
         events.subscribe("room_flushed", self.room_flushed)
 
-    def message_received(self, connection: Any, text: str) -> None:
-        self.messages += 1
-
     def room_flushed(self, namespace: str, room_id: str, lines: int, frames: int) -> None:
-        self.updates += lines
-        self.frames += frames
         key = (namespace, room_id)
         room_updates = self.room_updates
         room_updates[key] = room_updates.get(key, 0) + lines
@@ -243,11 +236,11 @@ def stats_document(facade: Facade, counters: Counters) -> dict[str, Any]:
     return {
         "version": figures["version"],
         "uptime_seconds": round(figures["uptime"], 3),
-        "connections": {"total": figures["connections"], **figures["connections_by_protocol"]},
+        "connections": {"total": figures["connections"], **figures["protocols"]},
         "rooms": by_protocol,
-        "messages_received": counters.messages,
-        "updates_delivered": counters.updates,
-        "frames_sent": counters.frames,
+        "messages_received": sum(figures["messages_received"].values()),
+        "updates_delivered": figures["sent"]["updates"],
+        "frames_sent": figures["sent"]["frames"],
         "busiest_rooms": busiest,
     }
 

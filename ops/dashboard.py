@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import logging
 import math
 import secrets
@@ -37,7 +36,7 @@ from server.app import status_line
 from server.config import HttpSection
 from server.facade import Facade
 from server.http import plain_response
-from server.routes import JSON, HttpRequest
+from server.routes import JSON, HttpRequest, json_bytes
 
 from .admin import Counters, stats_document
 
@@ -176,8 +175,7 @@ class Dashboard:
             "updates_per_second": update_rate,
             "history": history_columns(self.samples),
         })
-        self._stats_body = json.dumps(document, ensure_ascii=False,
-                                      separators=(",", ":")).encode() + b"\n"
+        self._stats_body = json_bytes(document)
 
     def serve_page(self, request: HttpRequest) -> Response:
         """GET /: the page, with the current status line for readers without JavaScript."""

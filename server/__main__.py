@@ -4,6 +4,8 @@
 [--workers N]` runs the server (with N > 1, as N supervised worker processes on one port: see
 server/supervisor.py);
 `python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key;
+`python -m server healthcheck [--config FILE]` asks the server that config describes for
+/healthz (plain or TLS) and exits 0 if it is healthy (the container's HEALTHCHECK).
 `python -m server migrate-store --to redis://...` copies the SQLite store into Redis.
 
 This is the one module that wires concrete protocols, the bridge, the operator surfaces
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +30,7 @@ from pathlib import Path
 from ops.admin import AdminApi, AdminSection, Counters
 from ops.dashboard import Dashboard
 from ops.history import HistoryApi
+from ops.metrics import Metrics
 from ops.public import PublicVariables
 from plugins.sprites import keygen
 from protocols.bridge import Bridge, BridgeSection
@@ -39,6 +44,7 @@ from .backplane import Cluster
 from .cluster import migrate
 from .config import Config, ConfigError, new_config
 from .config import load_config as load_core_config
+from .logformat import configure_logging
 from .plugins import import_object
 from .store import StoreError
 from .supervisor import Supervisor, WorkerLink
@@ -83,7 +89,8 @@ def build_server(config: Config) -> Server:
     """A server with both protocols (CL4 is offered the first message first; Scratch takes
     the rest), the bridge between them when [bridge] enabled, the admin API (with an [admin]
     token), the live dashboard at "/" ([http] dashboard), the public read API ([http]
-    public_variables), Scratch's GET /logs when [history] enabled, and the [cluster] engine."""
+    public_variables), Scratch's GET /logs when [history] enabled, Prometheus metrics at
+    /metrics when [http] metrics, and the [cluster] engine."""
     cl4 = Cl4Protocol(config.cl4)
     scratch = ScratchProtocol(config.scratch)
     components: list = [cl4, scratch]
@@ -95,6 +102,8 @@ def build_server(config: Config) -> Server:
     components.append(Dashboard(config.http, config.server.status_page, counters))
     components.append(PublicVariables(config.http.public_variables))
     components.append(HistoryApi(config.history, scratch))
+    if config.http.metrics:
+        components.append(Metrics())
     cluster = cluster_engine(config.cluster.backend)(config.cluster)
     return Server(config, components, cluster)
 
@@ -103,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="Stratus cloud-variable server for Scratch/TurboWarp projects.",
-        epilog="Sprite handshake keys: python -m server keygen --help",
+        epilog="Sprite handshake keys: python -m server keygen --help. Health check: "
+               "python -m server healthcheck --help",
     )
     parser.add_argument("--config", help="TOML config file (see config.toml for every key); "
                         "default: config.toml in the working directory, if there is one")
@@ -165,11 +175,56 @@ def config_file(explicit: str | None) -> tuple[Path | None, str]:
     return None, "built-in defaults (no --config, no config.toml in the working directory)"
 
 
+# Where a health check connects when the server listens on every interface.
+LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def healthcheck(argv: list[str]) -> int:
+    """`python -m server healthcheck`: 0 if GET /healthz answers 200, else 1 (the reason on
+    stderr). The port, address and TLS come from the same config, environment and defaults
+    the server reads; the certificate is not verified (the check is about this process)."""
+    parser = argparse.ArgumentParser(prog="python -m server healthcheck",
+                                     description="Exit 0 if the configured server is healthy.")
+    parser.add_argument("--config", help="the server's TOML config file (as for the server)")
+    parser.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    args = parser.parse_args(argv)
+    path, _ = config_file(args.config)
+    try:
+        section = load_config(path).server
+    except ConfigError as exc:
+        print(f"stratus healthcheck: configuration error: {exc}", file=sys.stderr)
+        return 1
+    host = LOOPBACK.get(section.host, section.host)
+    if section.tls_cert:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, section.port, timeout=args.timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, section.port, timeout=args.timeout)
+    try:
+        connection.request("GET", "/healthz")
+        reply = connection.getresponse()
+        body = reply.read(1000).decode(errors="replace").strip()
+    except (OSError, http.client.HTTPException) as exc:
+        print(f"stratus healthcheck: {host} port {section.port}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    if reply.status != 200:
+        print(f"stratus healthcheck: {reply.status} {body}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["keygen"]:  # `python -m server keygen ...` (see plugins/sprites/keygen.py)
         return keygen.main(argv[1:])
+    if argv[:1] == ["healthcheck"]:
+        return healthcheck(argv[1:])
     if argv[:1] == ["migrate-store"]:  # `python -m server migrate-store --to redis://...`
         return migrate.main(argv[1:], load_config)
     args = build_parser().parse_args(argv)
@@ -191,38 +246,40 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.server.log_level)
+    configure_logging(config.server.log_level, config.server.log_format)
     logging.getLogger("stratus").info("Configuration: %s", config_origin)
     raise_open_file_limit()  # before any worker starts: they inherit the limit
     if config.server.workers > 1:
-        # By module name: see server/supervisor.py for why not the function itself.
+        # By module name: see server/supervisor.py for why not the function itself. With TLS,
+        # SIGHUP reloads the certificate: every worker gets it.
+        forward = (signal.SIGHUP,) if config.server.tls_cert else ()
         return Supervisor(config.server.workers, "server.__main__:run_worker", config,
-                          worker_stop_timeout(config)).run()
+                          worker_stop_timeout(config), forward).run()
     return run(config, loop_factory)
 
 
-def configure_logging(level: str, label: str = "") -> None:
-    """Log lines to stderr; `label` (e.g. "worker-2[4242]") says which process wrote them."""
-    prefix = f"{label} " if label else ""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-    )
+def fatal(config: Config, message: str) -> None:
+    """Report why the server cannot run: a log record with JSON logs (they stay parseable to
+    the last line), else the plain "stratus: ..." line on stderr."""
+    if config.server.log_format == "json":
+        logging.getLogger("stratus").critical(message)
+    else:
+        print(f"stratus: {message}", file=sys.stderr)
 
 
 def run(config: Config, loop_factory, link: WorkerLink | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; the exit code (a refusal to start is printed, not raised)."""
+    """Serve until SIGTERM/SIGINT; the exit code (a refusal to start is reported, not raised)."""
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(_serve(config, link))
     except StoreError as exc:
-        print(f"stratus: {exc}", file=sys.stderr)
+        fatal(config, str(exc))
         return exc.exit_code
     except ValueError as exc:  # settings that are only checked while loading (files, lists)
-        print(f"stratus: configuration error: {exc}", file=sys.stderr)
+        fatal(config, f"configuration error: {exc}")
         return 2
     except OSError as exc:
-        print(f"stratus: cannot start: {exc}", file=sys.stderr)
+        fatal(config, f"cannot start: {exc}")
         return 1
     return 0
 
@@ -244,7 +301,8 @@ def run_worker(index: int, config: Config, link: WorkerLink) -> None:
     # handlers are installed it must not end a starting worker with a traceback (the
     # supervisor sends SIGTERM to every worker in any case).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(config.server.log_level, f"worker-{index}[{os.getpid()}]")
+    configure_logging(config.server.log_level, config.server.log_format,
+                      f"worker-{index}[{os.getpid()}]")
     if config.cluster.node_id:
         # Every worker is a node of the cluster: one node id set for the host would make the
         # workers take each other's messages for their own.

@@ -38,11 +38,14 @@ from .rooms import RoomLimits, RoomRegistry
 from .routes import TEXT, HttpRequest, RouteTable
 from .session import ProtocolRegistry
 from .store import Store
+from .tls import TlsCertificate
+from .traffic import Traffic
 
 log = logging.getLogger("stratus")
 
 ROBOTS_TXT = b"User-agent: *\nDisallow: /\n"
 JANITOR_INTERVAL = 60.0
+PENDING = "pending"  # the protocol of a connection whose first message has not come yet
 OPEN, CONNECTING = State.OPEN, State.CONNECTING
 
 
@@ -74,6 +77,10 @@ class Server:
         self.started = time.time()
         self.store: Store | None = None
         self.events = EventBus()
+        self.traffic = Traffic()
+        # Text messages read by connections that have ended, by protocol (live ones count
+        # their own, see `stats`).
+        self._received_by_ended: dict[str, int] = {}
         self.routes = RouteTable()
         self.protocols = ProtocolRegistry()
         # Checks every upgraded connection passes before its first message: each returns
@@ -101,6 +108,8 @@ class Server:
         self._refusing = False  # a "server full" episode is under way (logged once)
         self._per_address: dict[str, int] = {}  # upgraded connections per client address
         self._listener: asyncio.Server | None = None
+        self.tls: TlsCertificate | None = None  # with [server] tls_cert: wss:// and https://
+        self._tls_reload: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._committed = 0
@@ -119,6 +128,11 @@ class Server:
         cfg = self.config
         self.connection_limit = connection_limit(cfg.server.max_connections,
                                                  cfg.server.reserved_fds)
+        tls: dict[str, Any] = {}
+        if cfg.server.tls_cert:  # checked before the store opens: a bad file fails fast
+            self.tls = TlsCertificate(cfg.server.tls_cert, cfg.server.tls_key)
+            tls = {"ssl": self.tls.listening,
+                   "ssl_handshake_timeout": cfg.server.handshake_timeout}
         await self.cluster.start()
         self.store = self.cluster.open_store(cfg)
         for component in self.components:
@@ -130,7 +144,7 @@ class Server:
         # spreads new connections over them.
         self._listener = await self.loop.create_server(
             lambda: Connection(self), host, cfg.server.port, reuse_address=True,
-            reuse_port=cfg.server.workers > 1, backlog=4096
+            reuse_port=cfg.server.workers > 1, backlog=4096, **tls
         )
         self._every(cfg.server.ping_interval, self._sweep)
         self._every(cfg.store.flush_interval, self._persist)
@@ -140,6 +154,9 @@ class Server:
         )
         log.info("Stratus %s listening on %s (%s, config: %s)", __version__, addresses,
                  self.cluster.describe(cfg), cfg.source)
+        if self.tls is not None:
+            log.info("TLS on: wss:// and https:// with %s (%s); SIGHUP reloads it",
+                     self.tls.cert_path, self.tls.described)
 
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:
@@ -148,7 +165,7 @@ class Server:
         if namespace in self.rooms:
             raise ValueError(f"room namespace {namespace!r} is opened twice")
         backplane = self.cluster.backplane(namespace)
-        spreader = Fanout(namespace, fanout, codec, self.loop, self.events)
+        spreader = Fanout(namespace, fanout, codec, self.loop, self.events, self.traffic)
         backplane.attach(spreader.deliver)
         self._backplanes.append(backplane)
         registry = RoomRegistry(namespace, limits, self.store, spreader, backplane,
@@ -176,6 +193,13 @@ class Server:
             self._timers[name] = self.loop.call_later(interval, tick)
 
         self._timers[name] = self.loop.call_later(interval, tick)
+
+    def reload_tls(self) -> None:
+        """Read the TLS certificate files again for new handshakes (SIGHUP calls this)."""
+        if self.tls is None:
+            log.info("SIGHUP: no TLS certificate configured, nothing to reload")
+            return
+        self._tls_reload = self.loop.create_task(self.tls.reload())
 
     def request_shutdown(self) -> None:
         """Ask `run` to shut down gracefully (signal handlers call this)."""
@@ -295,6 +319,11 @@ class Server:
             self.events.connection_closed(connection, None)
 
     def _connection_gone(self, connection: Connection) -> None:
+        received = connection.received
+        if received:
+            name = protocol_of(connection)
+            ended = self._received_by_ended
+            ended[name] = ended.get(name, 0) + received
         address = connection.counted_address
         if address is not None:
             connection.counted_address = None
@@ -431,17 +460,31 @@ class Server:
             }
             for namespace, registry in self.rooms.items()
         }
-        protocols: dict[str, int] = {"pending": 0}
+        by_protocol = dict.fromkeys([*self.protocols.names(), PENDING], 0)
+        received = dict.fromkeys(by_protocol, 0)
+        received.update(self._received_by_ended)
         for connection in self.connections:
-            session = connection.session
-            name = session.protocol_name if session is not None else "pending"
-            protocols[name] = protocols.get(name, 0) + 1
+            name = protocol_of(connection)
+            by_protocol[name] = by_protocol.get(name, 0) + 1
+            received[name] = received.get(name, 0) + connection.received
+        store = self.store
+        traffic = self.traffic
         return {
             "version": __version__,
             "uptime": time.time() - self.started,
             "connections": len(self.connections),
-            "connections_by_protocol": protocols,
             "rooms": rooms,
+            # Connections by protocol ("pending": no protocol chosen yet, HTTP requests too).
+            "protocols": by_protocol,
+            # Text messages read since start, by the protocol of the connection.
+            "messages_received": received,
+            "sent": {"frames": traffic.frames_sent, "bytes": traffic.bytes_sent,
+                     "updates": traffic.updates_sent},
+            "store": {
+                "writes": store.writes if store is not None else 0,
+                "write_errors": store.write_errors if store is not None else 0,
+                "fault": store.fault if store is not None else None,
+            },
         }
 
     def _status_page(self, request: Request) -> Response:
@@ -468,6 +511,10 @@ def status_line(stats: dict[str, Any]) -> str:
     in_memory = sum(counts["in_memory"] for counts in stats["rooms"].values())
     return (f"{stats['connections']} connections, {active} active rooms, "
             f"{in_memory} rooms in memory.")
+def protocol_of(connection: Connection) -> str:
+    """The name of the protocol a connection speaks, or PENDING before its first message."""
+    session = connection.session
+    return session.protocol_name if session is not None else PENDING
 
 
 def connection_limit(max_connections: int, reserved_fds: int) -> int:
@@ -484,11 +531,15 @@ def connection_limit(max_connections: int, reserved_fds: int) -> int:
 
 
 def install_signal_handlers(server: Server) -> None:
-    """SIGTERM and SIGINT shut the server down gracefully."""
+    """SIGTERM and SIGINT shut the server down gracefully; with TLS, SIGHUP reloads the
+    certificate (without TLS, SIGHUP keeps its default action and ends the process)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers = {signal.SIGTERM: server.request_shutdown, signal.SIGINT: server.request_shutdown}
+    if server.settings.tls_cert:
+        handlers[signal.SIGHUP] = server.reload_tls
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, server.request_shutdown)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
 

@@ -54,6 +54,10 @@ class ServerSection:
     event_loop: str = field(default="auto", metadata=choice("auto", "asyncio", "uvloop"))
     # Server processes sharing the port (SO_REUSEPORT), supervised by the first one.
     workers: int = field(default=1, metadata={"min": 1, "max": 256})
+    # PEM files: with both set, the port serves wss:// and https:// (SIGHUP reloads them).
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_format: str = field(default="text", metadata=choice("text", "json"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class HttpSection:
     # Seconds between the dashboard's samples, and how many seconds of them it keeps.
     dashboard_interval: float = field(default=2.0, metadata=at_least(0.25))
     dashboard_window: float = field(default=900.0, metadata={"min": 60.0, "max": 86_400.0})
+    # Serve Prometheus metrics at GET /metrics (ops/metrics.py).
+    metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,13 @@ def _validate(config: Config, origin: str) -> None:
     # Not prefixed with `origin`: the keys may come from the file, the environment or flags.
     _validate_workers(config.server.workers, config.server.port, config.store.backend,
                       config.cluster.backend)
+    if bool(config.server.tls_cert) != bool(config.server.tls_key):
+        given, missing = (("tls_cert", "tls_key") if config.server.tls_cert
+                          else ("tls_key", "tls_cert"))
+        raise ConfigError(
+            f"{origin}: [server] {given} is set but {missing} is not: set both (PEM files of "
+            "the certificate chain and its private key) to serve wss://, or neither"
+        )
     if config.history.enabled and config.cluster.backend == "redis":
         raise ConfigError(f"{origin}: [history] enabled = true is not available with [cluster] "
                           "backend = \"redis\" yet (history is kept in the SQLite store); turn "

@@ -142,6 +142,7 @@ class Connection(asyncio.Protocol):
         "backlog",
         "catch_up",
         "counted_address",
+        "received",
         "read_limits",
         "_frame_credit",
         "_frame_tokens",
@@ -179,6 +180,7 @@ class Connection(asyncio.Protocol):
         self.catch_up: Any = None
         # The resolved address counted against [server] max_connections_per_ip, if any.
         self.counted_address: str | None = None
+        self.received = 0  # text messages read (metrics sum them per protocol)
         limits = self.read_limits = server.read_limits
         # Frames and bytes that may be read before the budget is consulted again (a full burst
         # to begin with); the budget keeps the fractions and when it was last refilled.
@@ -535,6 +537,9 @@ class Connection(asyncio.Protocol):
             timer.cancel()
         else:
             self.transport.pause_reading()
+            events = self.server.events
+            if events.rate_limited:
+                events.rate_limited(self)
         self._resume_timer = self.server.loop.call_later(delay, self._resume_reading)
 
     def _resume_reading(self) -> None:
@@ -594,6 +599,7 @@ class Connection(asyncio.Protocol):
         self._text_received(text)
 
     def _text_received(self, text: str) -> None:
+        self.received += 1
         events = self.server.events
         if events.message_received:
             events.message_received(self, text)

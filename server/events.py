@@ -16,6 +16,10 @@ connection_closed      (connection, code) - it ended; code is the close code we 
 protocol_selected      (connection, protocol_name) - its first message picked a protocol
 message_received       (connection, text) - one text message arrived
 room_flushed           (namespace, room_id, lines, frames) - a room sent one batch
+flush_delay            (namespace, seconds) - that batch left `seconds` after the first write
+                       it carries arrived (the wait batching added)
+rate_limited           (connection) - a client went over a rate limit: the core stopped reading
+                       it for a while (read budget), or its protocol refused a message (CL4)
 backlog_dropped        (connection, code) - a client too far behind was closed
 store_committed        (ticket) - the store committed every batch up to `ticket`
 store_failed           (reason) - the store stopped writing (it retries; see /healthz)
@@ -64,6 +68,8 @@ class EventBus:
         "protocol_selected",
         "message_received",
         "room_flushed",
+        "flush_delay",
+        "rate_limited",
         "backlog_dropped",
         "store_committed",
         "store_failed",
@@ -76,6 +82,8 @@ class EventBus:
     protocol_selected: Event
     message_received: Event
     room_flushed: Event
+    flush_delay: Event
+    rate_limited: Event
     backlog_dropped: Event
     store_committed: Event
     store_failed: Event

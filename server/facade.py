@@ -58,7 +58,8 @@ class Facade:
         return self._server.routes
 
     def stats(self) -> dict[str, Any]:
-        """Counts for a status page: connections, rooms, uptime."""
+        """Counts for a status page and metrics: connections (in all and by protocol), rooms,
+        uptime, messages received by protocol, frames/bytes/updates sent, store writes."""
         return self._server.stats()
 
     # Services that protocols register

@@ -35,6 +35,7 @@ from .codes import CloseCode
 from .events import EventBus
 from .framing import encode_text
 from .logsafe import printable
+from .traffic import Traffic
 
 log = logging.getLogger("stratus.fanout")
 
@@ -106,7 +107,8 @@ class RoomOutbound:
     It reads the room's `id`, `members` and `updates` (a `server.rooms.Room`).
     """
 
-    __slots__ = ("room", "fanout", "dirty", "flush_handle", "last_flush", "flush_due")
+    __slots__ = ("room", "fanout", "dirty", "flush_handle", "last_flush", "flush_due",
+                 "pending_since")
 
     def __init__(self, room: Any, fanout: Fanout) -> None:
         self.room = room
@@ -115,6 +117,7 @@ class RoomOutbound:
         self.flush_handle: asyncio.Handle | _OnTick | None = None
         self.last_flush = -1e9
         self.flush_due = 0.0  # when the pending flush was meant to start (loop clock)
+        self.pending_since = 0.0  # loop time of the first write the next flush carries
 
     def schedule(self) -> None:
         # Called for the first pending write after a flush. Each message costs every member a
@@ -124,7 +127,7 @@ class RoomOutbound:
         # quiet room only waits `burst_window`, so a burst of writes still leaves as one.
         fanout = self.fanout
         loop = fanout.loop
-        now = loop.time()
+        now = self.pending_since = loop.time()
         if fanout.flush_interval and now - self.last_flush < fanout.quiet_after:
             self.flush_handle = ON_TICK
             self.flush_due = fanout.flush_on_tick(self, now)
@@ -139,7 +142,7 @@ class RoomOutbound:
         """Send every pending update to every member that has not seen it."""
         self.flush_handle = None
         fanout = self.fanout
-        self.last_flush = fanout.loop.time()
+        self.last_flush = now = fanout.loop.time()
         dirty = self.dirty
         if not dirty:
             return
@@ -152,6 +155,8 @@ class RoomOutbound:
         events = fanout.events
         if events.room_flushed:
             events.room_flushed(fanout.namespace, self.room.id, len(dirty), frames)
+        if events.flush_delay:
+            events.flush_delay(fanout.namespace, now - self.pending_since)
 
     def cancel(self) -> None:
         """Forget the pending flush (the room leaves memory)."""
@@ -168,7 +173,7 @@ class RoomOutbound:
                 authored[author] = authored.get(author, 0) + 1
         common: bytes | None = None
         count = len(dirty)
-        frames = 0
+        shared = frames = own_lines = own_bytes = 0  # shared: members sent `common`
         for member in self.room.members:
             if member.paused:
                 backlog = member.backlog
@@ -186,12 +191,19 @@ class RoomOutbound:
                 if common is None:
                     common = codec.batch([updates[key] for key in dirty])
                 member.transport.write(common)
-                frames += 1
+                shared += 1
             elif own < count:
                 lines = [updates[key] for key, author in dirty.items() if author is not member]
-                member.transport.write(codec.batch(lines))
+                frame = codec.batch(lines)
+                member.transport.write(frame)
                 frames += 1
-        return frames
+                own_lines += len(lines)
+                own_bytes += len(frame)
+        if shared or frames:
+            shared_bytes = shared * len(common) if shared else 0
+            self.fanout.traffic.sent(shared + frames, shared_bytes + own_bytes,
+                                     shared * count + own_lines)
+        return shared + frames
 
     def _flush_all(self, dirty: list[tuple[str, str, Any]]) -> int:
         fanout = self.fanout
@@ -199,7 +211,7 @@ class RoomOutbound:
         authors = {author for _, _, author in dirty}
         limit = fanout.settings.max_pending_lines
         common: bytes | None = None
-        frames = 0
+        shared = frames = own_lines = own_bytes = 0  # shared: members sent `common`
         for member in list(self.room.members):
             lines = (
                 [update for _, update, _ in dirty]
@@ -222,10 +234,18 @@ class RoomOutbound:
                 if common is None:
                     common = codec.batch(lines)
                 member.send_frame(common)
+                shared += 1
             else:
-                member.send_frame(codec.batch(lines))
-            frames += 1
-        return frames
+                frame = codec.batch(lines)
+                member.send_frame(frame)
+                frames += 1
+                own_lines += len(lines)
+                own_bytes += len(frame)
+        if shared or frames:
+            shared_bytes = shared * len(common) if shared else 0
+            fanout.traffic.sent(shared + frames, shared_bytes + own_bytes,
+                                shared * len(dirty) + own_lines)
+        return shared + frames
 
     def catch_up(self, member: Any) -> None:
         """Send a member that stopped reading what it missed, once its buffer drained."""
@@ -239,19 +259,23 @@ class RoomOutbound:
         else:
             lines = backlog
         if lines:
-            member.send_frame(self.fanout.codec.batch(lines))
+            frame = self.fanout.codec.batch(lines)
+            member.send_frame(frame)
+            self.fanout.traffic.sent(1, len(frame), len(lines))
 
 
 class Fanout:
     """The fan-out of one namespace's rooms: policy, codec and the loop its timers run on."""
 
     def __init__(self, namespace: str, settings: FanoutSettings, codec: Codec,
-                 loop: asyncio.AbstractEventLoop, events: EventBus) -> None:
+                 loop: asyncio.AbstractEventLoop, events: EventBus,
+                 traffic: Traffic | None = None) -> None:
         self.namespace = namespace
         self.settings = settings
         self.codec = codec
         self.loop = loop
         self.events = events
+        self.traffic = Traffic() if traffic is None else traffic  # totals of what was sent
         self.keep_latest = settings.coalesce == "latest"
         self.flush_interval = 1.0 / settings.batch_hz if settings.batch_hz > 0 else 0.0
         self.quiet_after = QUIET_AFTER_FLUSHES * self.flush_interval
@@ -310,8 +334,11 @@ class Fanout:
 
     def dump(self, room: Any, member: Any) -> None:
         """Send a joining member every variable of `room` at once."""
-        if room.updates:
-            member.send_frame(self.codec.batch(list(room.updates.values())))
+        updates = room.updates
+        if updates:
+            frame = self.codec.batch(list(updates.values()))
+            member.send_frame(frame)
+            self.traffic.sent(1, len(frame), len(updates))
 
     def flush_all(self, rooms: list[Any]) -> None:
         """Flush every room's pending fan-out now (used at shutdown)."""

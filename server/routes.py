@@ -71,11 +71,18 @@ class HttpRequest(Request):
             raise ValueError(f"the body is not JSON: {exc.msg} at character {exc.pos}") from None
 
 
+def json_bytes(document: Any) -> bytes:
+    """`document` as compact UTF-8 JSON and a newline. Client-supplied text may hold lone
+    surrogates (a JSON "\\ud800" decodes to one), which UTF-8 cannot encode: they are written
+    as the JSON escape they came as, so the answer stays valid UTF-8 and valid JSON."""
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "backslashreplace") + b"\n"
+
+
 def json_response(status: int, reason: str, document: Any,
                   extra: dict[str, str] | None = None) -> Response:
     """A JSON response (UTF-8, not ASCII-escaped) with the page headers."""
-    body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-    return plain_response(status, reason, body, JSON, extra)
+    return plain_response(status, reason, json_bytes(document), JSON, extra)
 
 
 def error_response(status: int, reason: str, message: str,

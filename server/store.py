@@ -88,6 +88,9 @@ class Store(Protocol):
     """What rooms need from persistence."""
 
     committed: int
+    # Write transactions committed, and attempts that failed (each is retried), for metrics.
+    writes: int
+    write_errors: int
     # True when `load` waits on I/O, so rooms are loaded off the event loop.
     loads_block: bool
 
@@ -128,6 +131,8 @@ class MemoryStore:
         self.history: dict[tuple[str, str], deque[HistoryEntry]] = {}
         self.committed = 0
         self._history_seq = count(1)
+        self.writes = 0
+        self.write_errors = 0
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         stored = self.rooms.get((namespace, room_id), {})
@@ -141,6 +146,7 @@ class MemoryStore:
             for key in deletes:
                 stored.pop(key, None)
         self.committed += 1
+        self.writes += 1
         return self.committed
 
     def history_sequence(self) -> Iterator[int]:
@@ -232,6 +238,8 @@ class SQLiteStore:
         self.retry_max_interval = retry_max_interval
         self.shutdown_timeout = shutdown_timeout
         self.committed = 0
+        self.writes = 0  # written by the writer thread, read by metrics
+        self.write_errors = 0
         self._issued = 0
         # Unwritten changes by (namespace, room, key), newest state only, and the batch the
         # writer is writing now (kept until it is on disk).
@@ -370,6 +378,7 @@ class SQLiteStore:
                 writer = None
                 failed_at = time.monotonic()
                 failures += 1
+                self.write_errors += 1
                 with self._changed:
                     for key, row in batch.items():
                         self._pending.setdefault(key, row)  # a newer change wins
@@ -390,6 +399,7 @@ class SQLiteStore:
                 continue
             with self._changed:
                 self.committed = ticket
+                self.writes += 1
                 self._writing = {}
                 self._writing_history = {}
                 self._failure = None

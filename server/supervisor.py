@@ -13,6 +13,8 @@ port with SO_REUSEPORT, so the kernel spreads new connections over the workers.
   the same configuration would fail in every restart (a bad setting, a port in use).
 - SIGTERM or SIGINT: every worker gets SIGTERM and runs its own graceful shutdown; the
   supervisor waits for them (SIGKILL past `stop_timeout`) and exits.
+- Signals in `forward` (SIGHUP with TLS: reload the certificate) are passed on to every worker
+  that listens (one still starting reads the files anyway).
 - A worker watches its pipe to the supervisor: if the supervisor disappears (SIGKILL, OOM
   killer), the worker shuts down gracefully instead of holding the port as an orphan.
 
@@ -133,15 +135,17 @@ class Supervisor:
     index (1..count), `payload` (pickled) and its `WorkerLink`, and ends with `sys.exit(code)`.
     """
 
-    def __init__(self, count: int, target: str, payload: Any,
-                 stop_timeout: float) -> None:
+    def __init__(self, count: int, target: str, payload: Any, stop_timeout: float,
+                 forward: tuple[int, ...] = ()) -> None:
         self.count = count
+        self.forward = forward
         self.target = target
         self.payload = payload
         self.stop_timeout = stop_timeout
         self.slots = [Slot(index) for index in range(1, count + 1)]
         self._context = multiprocessing.get_context("spawn")
-        self._signals: list[int] = []
+        self._signals: list[int] = []  # stop signals received
+        self._to_forward: list[int] = []
         self._all_ready_logged = False
 
     # Running
@@ -179,8 +183,13 @@ class Supervisor:
         def record(signum: int, frame: Any) -> None:
             self._signals.append(signum)
 
+        def record_forward(signum: int, frame: Any) -> None:
+            self._to_forward.append(signum)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, record)
+        for sig in self.forward:
+            previous[sig] = signal.signal(sig, record_forward)
         previous[-1] = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         return previous
 
@@ -211,6 +220,8 @@ class Supervisor:
                 pass
         if self._signals:
             return None
+        while self._to_forward:
+            self._pass_on(self._to_forward.pop(0))
         for slot in self.slots:
             if slot.channel is not None and slot.channel in ready:
                 self._message(slot)
@@ -226,6 +237,15 @@ class Supervisor:
                 if not self._start(slot):  # try again later, like a worker that died young
                     slot.restart_at = now + slot.delay.after_death(0.0)
         return None
+
+    def _pass_on(self, sig: int) -> None:
+        listening = [slot for slot in self.slots if slot.process is not None and slot.ready]
+        for slot in listening:
+            try:
+                os.kill(slot.process.pid, sig)
+            except ProcessLookupError:
+                pass
+        log.info("%s passed on to %d workers", signal.Signals(sig).name, len(listening))
 
     def _start(self, slot: Slot) -> bool:
         """Start the slot's worker; False (logged) if the system refused a new process."""

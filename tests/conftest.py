@@ -15,6 +15,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -65,13 +66,19 @@ def write_toml(path: Path, settings: dict) -> None:
 
 
 class ServerProcess:
-    """A `python -m server` subprocess with its own config file and data directory."""
+    """A `python -m server` subprocess with its own config file and data directory.
+
+    With `client_tls` (a client context trusting the server's certificate) the server is
+    reached over wss:// and https://.
+    """
 
     def __init__(self, workdir: Path, settings: dict | None = None, port: int | None = None,
-                 open_files: int | None = None, args: list[str] | None = None):
+                 open_files: int | None = None, client_tls: ssl.SSLContext | None = None,
+                 args: list[str] | None = None):
         self.workdir = workdir
         self.args = list(args or [])  # extra command-line arguments, e.g. ["--workers", "2"]
         self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the server process
+        self.client_tls = client_tls
         self.port = port or free_port()
         self.data_dir = workdir / "data"
         self.config_path = workdir / "config.toml"
@@ -86,11 +93,11 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.client_tls else 'ws'}://127.0.0.1:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.client_tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it while it runs
@@ -108,7 +115,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.http_url + "/healthz", timeout=1) as reply:
+                with urllib.request.urlopen(self.http_url + "/healthz", timeout=1,
+                                            context=self.client_tls) as reply:
                     if reply.status == 200:
                         return self
             except OSError:

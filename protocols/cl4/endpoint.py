@@ -39,6 +39,7 @@ class Cl4Protocol:
         self.engine = Cl4Engine(self._send, self._close, options)
         self.server: Server | None = None
         self._events: Any = None
+        self._traffic: Any = None
         # The last message encoded, kept alive so its id cannot be reused while cached.
         self._last_message: Any = None
         self._last_frame = b""
@@ -49,6 +50,8 @@ class Cl4Protocol:
         """Register the protocol, its plugin hooks and its facade service."""
         self.server = server
         self._events = server.events
+        self._traffic = server.traffic
+        self.engine.rate_limited_observers.append(self._rate_limited)
         if self.options.enabled:
             server.protocols.add(ProtocolEntry(self.name, detect_cl4, self.open))
         Cl4PluginAdapter(server.plugins, self.engine).attach()
@@ -82,6 +85,12 @@ class Cl4Protocol:
             frame = encode_text(encode_message(message))
             self._last_message, self._last_frame = message, frame
         write_queued(connection, frame, self.options.max_queue_bytes, self._events)
+        self._traffic.sent(1, len(frame))
+
+    def _rate_limited(self, state: Any) -> None:
+        events = self._events
+        if events.rate_limited:
+            events.rate_limited(state.connection)
 
     def _send_clustered(self, connection: Any, message: dict | str) -> None:
         if connection.__class__ is RemotePeer:

@@ -61,6 +61,8 @@ Send = Callable[[Hashable, "dict | str"], None]
 Close = Callable[[Hashable, int, str], None]
 # (sender, room, name, val) of a gvar delivered in a CL4 room.
 GvarObserver = Callable[[Cl4ClientState, str, str, Any], None]
+# A client whose message was refused for going over its rate (E:116 or the close after it).
+RateLimitedObserver = Callable[[Cl4ClientState], None]
 PreDispatchHook = Callable[[Cl4ClientState, dict], "dict | Reject | None"]
 # (event, client, room) when a local client's presence changes: "joined" / "left" (room),
 # "named" (room None; the username is on the client), "gone" (it disconnected).
@@ -101,6 +103,7 @@ class Cl4Engine:
         self.disabled_commands: set[str] = set(self.options.disabled_commands)
         self.pre_dispatch_hooks: list[PreDispatchHook] = []
         self.gvar_observers: list[GvarObserver] = []
+        self.rate_limited_observers: list[RateLimitedObserver] = []
         # Told about every presence change of a client, e.g. to mirror it on other nodes.
         self.presence_observers: list[PresenceObserver] = []
         self._commands: dict[str, Cl4Command] = {}
@@ -482,6 +485,8 @@ class Cl4Engine:
         return None
 
     def _reply_rate_limited(self, session: Cl4ClientState, listener: Any) -> None:
+        for observer in self.rate_limited_observers:
+            observer(session)
         if not self._take(session.rate_limited_bucket):
             logger.info("closing CL4 client %s with %d: it kept sending past the rate limit",
                         printable(session.ip), CLOSE_POLICY_VIOLATION)

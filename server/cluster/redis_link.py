@@ -333,17 +333,25 @@ class RedisCluster:
                 finishers.append((finish, start, len(pipe.command_stack)))
         if not finishers:
             return
+        store = self.store  # counts what metrics report as store writes and errors
         try:
             results = await pipe.execute(raise_on_error=False)
         except LINK_ERRORS:
             for finish, _, _ in finishers:
                 finish(None)  # put back: written through once the link is back
+            if store is not None:
+                store.write_errors += 1
             raise
         failed = False
         for finish, start, end in finishers:
             replies = results[start:end]
             failed = failed or any(isinstance(reply, Exception) for reply in replies)
             finish(replies)
+        if store is not None:
+            if failed:
+                store.write_errors += 1
+            else:
+                store.writes += 1
         if failed and self._retry_handle is None:
             self._retry_handle = asyncio.get_running_loop().call_later(
                 FAILED_REPLY_RETRY, self._retry_failed)

@@ -489,6 +489,8 @@ class RedisRoomStore:
     def __init__(self, cluster: RedisCluster) -> None:
         self.cluster = cluster
         self.committed = 0
+        self.writes = 0  # pipelines of changes Redis accepted (metrics: store writes)
+        self.write_errors = 0  # pipelines that failed or had a refused change
         self._client: redis.Redis | None = None
         # Members of live nodes per room just loaded ((namespace, room id) -> flat list), for
         # the backplane to pick up when the room opens (`RedisBackplane.room_opened`).

@@ -185,6 +185,7 @@ class FakeStore:
 
     loads_block = False
     fault = None
+    write_errors = 0
 
     def __init__(self, rows: dict[str, list] | None = None) -> None:
         self.rows = rows or {}
@@ -192,6 +193,7 @@ class FakeStore:
         self.appended: list[tuple[list, int]] = []  # (history batch, keep)
         self.issued = 0
         self.committed = 0
+        self.writes = 0
 
     def load(self, namespace: str, room_id: str) -> list:
         return list(self.rows.get(room_id, []))
@@ -207,6 +209,8 @@ class FakeStore:
         return self.issued
 
     def commit(self) -> None:
+        if self.committed != self.issued:
+            self.writes += 1
         self.committed = self.issued
 
     def close(self) -> None:

@@ -137,6 +137,10 @@ MORE_BAD_SETTINGS = [
     ("history", "keep", 0),
     ("history", "max_limit", 100_001),
     ("history", "days", 7),
+    ("server", "log_format", "xml"),
+    ("server", "tls_cert", "cert.pem"),  # without tls_key
+    ("server", "tls_key", "key.pem"),  # without tls_cert
+    ("http", "metrics", "on"),
 ]
 
 SHARED_BACKEND = "tests.server.unshared_cluster:UnsharedCluster"

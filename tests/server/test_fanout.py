@@ -175,6 +175,54 @@ async def test_room_flushed_reports_lines_and_frames():
     assert flushed == [("test", "R", 2, 2)]
 
 
+async def test_traffic_counts_every_frame_byte_and_line_written():
+    """The fan-out's totals match what members received: shared frames, author copies, dumps."""
+    room, (author, other, third) = room_with(3)
+    traffic = room.outbound.fanout.traffic
+    room.set("a", 1, author)
+    room.set("b", 22, other)
+    await asyncio.sleep(FLUSH)
+    written = [frame for member in (author, other, third) for frame in member.frames()]
+    assert sorted(written) == ["a=1", "a=1\nb=22", "b=22"]
+    lines = sum(len(frame.split("\n")) for frame in written)
+    sizes = sum(len(frame) + 2 for frame in written)  # a short frame has a 2-byte header
+    assert (traffic.frames_sent, traffic.updates_sent, traffic.bytes_sent) == (3, 4, sizes)
+    assert lines == 4
+
+    late = FakeMember("late")
+    room.join(late)  # the join's dump: one frame with both variables
+    assert late.frames() == ["a=1\nb=22"]
+    assert (traffic.frames_sent, traffic.updates_sent) == (4, 6)
+    assert traffic.bytes_sent == sizes + len("a=1\nb=22") + 2
+
+
+async def test_coalesce_all_counts_traffic_too():
+    """With coalesce = "all" the totals also count each frame and every line it carried."""
+    room, (author, other) = room_with(2, FanoutSettings(coalesce="all"))
+    traffic = room.outbound.fanout.traffic
+    room.set("a", 1, author)
+    room.set("a", 2, author)
+    await asyncio.sleep(FLUSH)
+    assert other.frames() == ["a=1\na=2"]
+    assert (traffic.frames_sent, traffic.updates_sent, traffic.bytes_sent) == (1, 2, 9)
+
+
+async def test_flush_delay_reports_the_wait_since_the_first_write():
+    """flush_delay says how long the first write of a batch waited: about the burst window."""
+    events = EventBus()
+    delays = []
+    events.subscribe("flush_delay", lambda namespace, seconds: delays.append((namespace, seconds)))
+    settings = FanoutSettings(batch_hz=2.0, burst_window=0.02)
+    room, (author, _other) = room_with(2, settings, events=events)
+    room.set("a", 1, author)
+    room.set("b", 1, author)
+    await asyncio.sleep(0.1)
+    assert len(delays) == 1
+    namespace, seconds = delays[0]
+    assert namespace == "test"
+    assert 0.019 <= seconds < 0.08
+
+
 async def test_quiet_room_flushes_after_the_burst_window():
     """A quiet room's first write leaves after burst_window, not a whole flush interval."""
     settings = FanoutSettings(batch_hz=2.0, burst_window=0.01)

@@ -4,12 +4,13 @@ CORS, path tricks and handlers that answer later."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from websockets.datastructures import Headers
 
 from server.http import plain_response
-from server.routes import TEXT, HttpRequest, RouteTable, json_response, split_path
+from server.routes import TEXT, HttpRequest, RouteTable, json_bytes, json_response, split_path
 
 
 def request(path: str, method: str = "GET", body: bytes = b"") -> HttpRequest:
@@ -185,3 +186,10 @@ def test_templates_are_checked_and_registered_once():
         routes.add("/a/x{id}", ok())
     with pytest.raises(ValueError):
         routes.add("/a", ok(), ("OPTIONS",))
+
+
+def test_json_answers_keep_lone_surrogates_as_escapes():
+    """Client text with a lone surrogate (JSON "\\ud800" from a client) is answered as valid
+    UTF-8 JSON that decodes back to the same text."""
+    body = json_bytes({"room": "a\ud800b", "name": "☁ x"})
+    assert json.loads(body.decode("utf-8")) == {"room": "a\ud800b", "name": "☁ x"}

@@ -93,6 +93,21 @@ def test_failed_batch_is_kept_and_written_once_space_is_freed(disk, caplog):
     assert len([line for line in lines if "can be written again" in line]) == 1
 
 
+def test_writes_and_failed_attempts_are_counted(disk):
+    """`writes` counts committed transactions and `write_errors` each failed attempt (metrics)."""
+    store = open_sqlite(disk)
+    assert store.wait_committed(store.save([(NS, "r", [('"x"', 0, "1")], [])]), 5)
+    assert (store.writes, store.write_errors) == (1, 0)
+    fill(disk)
+    last = store.save([(NS, "r", [('"y"', 1, "9" * 5000)], [])])
+    wait_until(lambda: store.write_errors >= 2)  # the first attempt and a retry
+    assert store.writes == 1
+    free(disk)
+    assert store.wait_committed(last, 10)
+    assert store.writes == 2
+    store.close()
+
+
 def test_pending_changes_keep_one_entry_per_variable(disk):
     """While writes fail, many writes of one variable wait as one value, and a delete wins."""
     store = open_sqlite(disk)
