@@ -25,9 +25,11 @@ from tests.conformance.helpers import (
     recv,
     set_line,
     set_text,
+    ws_connect,
 )
 from tests.conftest import ROOT, ServerProcess, free_port, redis_settings
 from tests.server.test_config import clean_env, run_server
+from tests.server.test_tls import Authority, served_serial
 from tests.server.unshared_cluster import BACKEND as TEST_ONLY_BACKEND
 
 # Supervision does not need shared rooms: the test-only cluster engine lets workers start without
@@ -289,6 +291,47 @@ async def test_ctrl_c_in_a_terminal_stops_every_process_cleanly(tmp_path):
             proc.kill()
             proc.wait()
         kill_leftovers(int(pid) for pid in re.findall(r"started \(pid (\d+)\)", server.log()))
+
+
+@pytest.fixture
+def started_servers():
+    """Servers a test started itself; stopped after it, leftover workers killed."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        pids = re.findall(r"worker \d+ started \(pid (\d+)\)", server.log())
+        server.stop()
+        kill_leftovers(int(pid) for pid in pids)
+
+
+async def test_sighup_reloads_the_certificate_in_every_worker(started_servers, tmp_path):
+    """With TLS, SIGHUP to the supervisor reloads the certificate in both workers; it lives on."""
+    authority = Authority(tmp_path)
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    authority.install("first.stratus.test", cert_file, key_file)
+    settings = {table: dict(keys) for table, keys in WORKER_SETTINGS.items()}
+    settings["server"] = {"tls_cert": str(cert_file), "tls_key": str(key_file)}
+    (tmp_path / "server").mkdir()
+    server = ServerProcess(tmp_path / "server", settings, args=["--workers", "2"],
+                           client_tls=authority.client_context())
+    started_servers.append(server.start())
+    pids = list(worker_pids(server).values())
+    second = authority.install("second.stratus.test", cert_file, key_file)
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while server.log().count("TLS certificate reloaded") < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert server.log().count("TLS certificate reloaded") == 2, server.log()
+    assert server.proc.poll() is None
+    context = authority.client_context()
+    clients = [await ws_connect(f"wss://127.0.0.1:{server.port}", ssl=context)
+               for _ in range(16)]
+    try:
+        served = {worker_serving(client, server.port, pids) for client in clients}
+        assert served == set(pids)  # both workers answered, each with the new certificate
+        assert {served_serial(client) for client in clients} == {second.serial_number}
+    finally:
+        await close_all(*clients)
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(workers):
