@@ -18,6 +18,12 @@ Each client publishes its own variables ("☁ v<member>_<k>"): a single writer p
 last, §7). A value is the per-variable sequence number ("0", "1", ...); the generator remembers
 the send time of every (room, variable, seq), so freshness is measured at each receiver as the
 time from a send to the receipt of that value or a newer one of the same variable.
+
+Several nodes: `--url` given N times spreads every room over N servers (member m connects to
+the (m mod N)-th URL), and the freshness of pairs whose writer and receiver are on different
+nodes is also reported on its own (cross_node_p50_ms, cross_node_p99_ms). `--server-pid` takes
+a comma list (CPU and RSS summed over them and their children); `--redis-pid` is measured apart
+(redis_cpu_pct, redis_cpu_us_per_line) and left out of other_cpu_pct.
 """
 
 from __future__ import annotations
@@ -69,6 +75,11 @@ def proc_cpu(pid: int) -> float:
         except OSError:
             pass
     return total
+
+
+def pids_cpu(pids: list[int]) -> float:
+    """utime+stime (s) of several processes and their children."""
+    return sum(proc_cpu(pid) for pid in pids)
 
 
 def proc_rss(pid: int) -> int:
@@ -167,6 +178,8 @@ class Gen:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.hist = [0] * (HMAX + 1)
+        self.nodes = len(a.url)
+        self.hist_cross = [0] * (HMAX + 1)  # pairs whose writer is on another node
         self.lag = [0] * (HMAX + 1)
         self.w0 = float("inf")  # sends at or after w0 give freshness samples
         self.lines = 0  # delivered lines (receiver != writer)
@@ -190,6 +203,8 @@ class Gen:
         own = c.own
         hist = self.hist
         w0 = self.w0
+        nodes = self.nodes
+        node = c.member % nodes
         m = FIND(data)
         if len(m) != data.count(b"\n") + 1:
             m = self.slow_parse(data)
@@ -210,11 +225,14 @@ class Gen:
                 continue
             last[vi] = seq
             st = room.send_t[vi]
+            cross = nodes > 1 and room.owner[vi] % nodes != node
             for s in range(prev + 1, seq + 1):
                 t = st[s]
                 if t >= w0:
                     d = int((now - t) * RES)
                     hist[d if d < HMAX else HMAX] += 1
+                    if cross:
+                        self.hist_cross[d if d < HMAX else HMAX] += 1
         self.lines += n
 
     def slow_parse(self, data: bytes) -> list[tuple[bytes, bytes]]:
@@ -328,7 +346,7 @@ class Gen:
 
         t, _ = await ws_connect(
             L,
-            self.a.url,
+            self.url_of(c),
             extra_headers={"User-Agent": "stratus-bench/1.0"},
             websocket_handshake_timeout=30,
             max_frame_size=16 * 1024 * 1024,
@@ -351,7 +369,7 @@ class Gen:
         from websockets.exceptions import ConnectionClosed
 
         ws = await connect(
-            self.a.url,
+            self.url_of(c),
             compression=None,
             max_size=None,
             ping_interval=None,
@@ -380,6 +398,10 @@ class Gen:
 
         c.tx = tx
         c.closer = closer
+
+    def url_of(self, c: Client) -> str:
+        """The node a client connects to: member m of every room to the (m mod N)-th URL."""
+        return self.a.url[c.member % self.nodes]
 
     async def barrier(self, timeout: float) -> float:
         t0 = perf()
@@ -475,6 +497,8 @@ class Gen:
     async def run(self) -> dict:
         a = self.a
         spid = a.server_pid
+        spids = a.server_pids
+        rpid = a.redis_pid
         self.setup()
         gc.collect()
         gc.disable()
@@ -482,13 +506,14 @@ class Gen:
             k: getattr(a, k) for k in ("rooms", "clients", "senders", "rate", "burst",
                                        "warmup", "duration")}}
         res["n_clients"] = len(self.clients)
-        rss0 = proc_rss(spid) if spid else None
-        cpu_j0 = proc_cpu(spid) if spid else None
+        rss0 = sum(proc_rss(p) for p in spids) if spid else None
+        cpu_j0 = pids_cpu(spids)
+        rcpu_j0 = proc_cpu(rpid) if rpid else 0.0
         t_j0, m_j0, g_j0 = perf(), machine_cpu()[0], self_cpu()
         join_t = await self.connect_all()
         connected = sum(1 for c in self.clients if c.tx is not None)
         bar_t = await self.barrier(a.barrier_timeout)
-        cpu_j1 = proc_cpu(spid) if spid else None
+        cpu_j1 = pids_cpu(spids)
         res["connected"] = connected
         res["join_s"] = round(join_t, 3)
         res["barrier_s"] = round(bar_t, 3)
@@ -497,14 +522,15 @@ class Gen:
             res["server_cpu_us_per_join"] = round((cpu_j1 - cpu_j0) / max(1, connected) * 1e6, 1)
         if a.senders == 0 or a.rate <= 0:
             await asyncio.sleep(a.settle)
-            rss1 = proc_rss(spid) if spid else None
+            rss1 = sum(proc_rss(p) for p in spids) if spid else None
             if spid:
                 res["server_rss_before_mb"] = round(rss0 / 2**20, 1)
                 res["server_rss_after_mb"] = round(rss1 / 2**20, 1)
                 res["rss_per_conn_kb"] = round((rss1 - rss0) / max(1, connected) / 1024, 2)
             el = perf() - t_j0
             gcpu = self_cpu() - g_j0
-            other = machine_cpu()[0] - m_j0 - gcpu - ((proc_cpu(spid) - cpu_j0) if spid else 0)
+            other = (machine_cpu()[0] - m_j0 - gcpu - (pids_cpu(spids) - cpu_j0)
+                     - ((proc_cpu(rpid) - rcpu_j0) if rpid else 0.0))
             res["gen_cpu_pct"] = round(100 * gcpu / el, 1)
             res["other_cpu_pct"] = round(100 * max(0.0, other) / el, 1)
             res["closes"] = dict(self.closes)
@@ -521,15 +547,15 @@ class Gen:
         def mark0() -> None:
             self.w0 = perf()
             snap.update(t=self.w0, lines=self.lines, sends=self.sends, frames=self.frames,
-                        gcpu=self_cpu(), gsys=self_stime(), scpu=proc_cpu(spid) if spid else 0.0,
-                        mcpu=machine_cpu())
+                        gcpu=self_cpu(), gsys=self_stime(), scpu=pids_cpu(spids),
+                        rcpu=proc_cpu(rpid) if rpid else 0.0, mcpu=machine_cpu())
             self.lag[:] = [0] * len(self.lag)
 
         def mark1() -> None:
             t = perf()
             snap.update(t1=t, lines1=self.lines, sends1=self.sends, frames1=self.frames,
-                        gcpu1=self_cpu(), gsys1=self_stime(), scpu1=proc_cpu(spid) if spid else 0.0,
-                        mcpu1=machine_cpu())
+                        gcpu1=self_cpu(), gsys1=self_stime(), scpu1=pids_cpu(spids),
+                        rcpu1=proc_cpu(rpid) if rpid else 0.0, mcpu1=machine_cpu())
 
         loop.call_at(loop.time() + (t_w0 - perf()), mark0)
         loop.call_at(loop.time() + (t_w1 - perf()), mark1)
@@ -549,6 +575,7 @@ class Gen:
         sends = snap["sends1"] - snap["sends"]
         scpu = snap["scpu1"] - snap["scpu"]
         gcpu = snap["gcpu1"] - snap["gcpu"]
+        rcpu = snap["rcpu1"] - snap["rcpu"]
         nrecv = a.clients - 1
         busy = snap["mcpu1"][0] - snap["mcpu"][0]
         irq = snap["mcpu1"][1] - snap["mcpu"][1]
@@ -563,6 +590,9 @@ class Gen:
             p99_ms=pct(self.hist, 0.99),
             p999_ms=pct(self.hist, 0.999),
             max_ms=_hmax(self.hist),
+            **({"nodes": self.nodes, "cross_node_p50_ms": pct(self.hist_cross, 0.50),
+                "cross_node_p99_ms": pct(self.hist_cross, 0.99),
+                "cross_node_samples": sum(self.hist_cross)} if self.nodes > 1 else {}),
             fresh_samples=sum(self.hist),
             incomplete=bad,
             checked_pairs=total,
@@ -572,7 +602,7 @@ class Gen:
             gen_sys_pct=round(100 * (snap["gsys1"] - snap["gsys"]) / win, 1),
             gen_cpu_us_per_line=round(gcpu / max(1, lines) * 1e6, 2),
             # CPU used by anything but server and generator (other people's work on this box)
-            other_cpu_pct=round(100 * max(0.0, busy - gcpu - (scpu if spid else 0.0)) / win, 1),
+            other_cpu_pct=round(100 * max(0.0, busy - gcpu - scpu - rcpu) / win, 1),
             softirq_cpu_pct=round(100 * irq / win, 1),
             echo_lines=self.echo,
             stale_lines=self.stale,
@@ -584,8 +614,11 @@ class Gen:
             res.update(
                 server_cpu_pct=round(100 * scpu / win, 1),
                 server_cpu_us_per_line=round(scpu / max(1, lines) * 1e6, 2),
-                server_rss_mb=round(proc_rss(spid) / 2**20, 1),
+                server_rss_mb=round(sum(proc_rss(p) for p in spids) / 2**20, 1),
             )
+        if rpid:
+            res.update(redis_cpu_pct=round(100 * rcpu / win, 1),
+                       redis_cpu_us_per_line=round(rcpu / max(1, lines) * 1e6, 2))
         await self.close_all()
         return res
 
@@ -608,9 +641,12 @@ def _hmax(hist: list[int]) -> float | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--url", required=True)
+    ap.add_argument("--url", required=True, action="append",
+                    help="a server; give it N times to spread every room over N nodes")
     ap.add_argument("--scenario", default="classroom", choices=sorted(PRESETS))
-    ap.add_argument("--server-pid", type=int, default=0, help="for CPU and RSS (from /proc)")
+    ap.add_argument("--server-pid", default="0",
+                    help="for CPU and RSS (from /proc): a pid or a comma list, summed")
+    ap.add_argument("--redis-pid", type=int, default=0, help="Redis's CPU, reported apart")
     ap.add_argument("--client", default="picows", choices=["picows", "websockets"])
     for k in ("rooms", "clients", "senders", "burst"):
         ap.add_argument(f"--{k}", type=int)
@@ -627,6 +663,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=64, help="connects in flight")
     ap.add_argument("--run-id", default=None)
     a = ap.parse_args(argv)
+    a.server_pids = [int(p) for p in a.server_pid.split(",") if int(p)]
+    a.server_pid = a.server_pids[0] if a.server_pids else 0
     for k, v in PRESETS[a.scenario].items():
         if getattr(a, k) is None:
             setattr(a, k, v)

@@ -9,7 +9,9 @@ Targets: stratus (python -m server, in-memory store), stratus-sqlite (default st
 stratus-base (the same from another checkout, `--base DIR`: before/after comparisons),
 stratus-exp (the same from `--exp DIR`, for experiments), relay (bench/relay.py, asyncio),
 relay-uvloop, cloudlink (CloudLink 0.2.0.1, own venv), turbowarp (TurboWarp's Node
-cloud-server, bench/.turbowarp, started by bench/turbowarp_server.js).
+cloud-server, bench/.turbowarp, started by bench/turbowarp_server.js), stratus-redis (one
+node on the Redis backend, with a redis-server of its own) and stratus-2node (two nodes on two
+ports sharing one redis-server; the generator spreads every room over both, see CLUSTERS).
 A target may carry variants after `+`: `TABLE.KEY=VALUE` is a stratus config override for that
 target only, `NAME=VALUE` with an upper-case NAME an environment variable of its server, e.g.
 `--target stratus-base+scratch.batch_hz=60,stratus-base+scratch.batch_hz=120,turbowarp`.
@@ -18,7 +20,8 @@ ramp-bigroom (see RAMPS), flood-scratch and flood-cl4 (classroom plus one floode
 
 The server runs under `taskset -c 0`, the generator (bench/loadgen.py, bench/.venv; with
 `--client c` bench/.bin/loadgen, built from bench/cgen/loadgen.c by bench/setup.sh) under
-`taskset -c 1`. Every repetition starts a fresh server on a fresh port. Repetitions interleave
+`taskset -c 1` (`--server-cpus`, `--gen-cpus`; redis-server under `--redis-cpus`, by default the
+server's). Every repetition starts a fresh server on a fresh port. Repetitions interleave
 targets (rep 1 of every target, then rep 2, ...) so that background load hits them alike.
 Raw results: bench/out/*.json; server logs: bench/out/logs/.
 Only stdlib here: run it with the project's python.
@@ -50,7 +53,11 @@ CL_PY = BENCH / ".venv-cloudlink" / "bin" / "python"
 TW_DIR = BENCH / ".turbowarp"  # TurboWarp's cloud-server at a pinned commit, bench/setup.sh
 
 TARGETS = ["stratus", "stratus-sqlite", "stratus-base", "stratus-exp", "relay", "relay-uvloop",
-           "cloudlink", "turbowarp"]
+           "cloudlink", "turbowarp", "stratus-redis", "stratus-2node"]
+# Targets that run several Stratus nodes on the Redis backend: name -> nodes. Each node is a
+# `python -m server` on a port of its own (as two machines behind a load balancer would be);
+# every run starts a fresh redis-server they share, stopped with them.
+CLUSTERS = {"stratus-redis": 1, "stratus-2node": 2}
 SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp",
              "ramp-bigroom", "flood-scratch", "flood-cl4"]
 # name: (generator scenario, flooder protocol). bench/flood.py runs beside the generator on
@@ -65,8 +72,10 @@ ALL_SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", 
 RAMP_ROOMS = [1, 2, 5, 10, 25, 50, 75, 100, 150, 200, 250, 300, 400, 600, 800, 1000]
 # at most 127 senders: a room holds 128 variables (one per sender, plus the barrier's)
 RAMP_SENDERS = [10, 20, 30, 40, 60, 80, 100, 120]
+# CPU lists for taskset (set from --server-cpus, --gen-cpus, --redis-cpus in main)
 SERVER_CORE = "0"
 GEN_CORE = "1"
+REDIS_CORE = "0"
 
 
 # --------------------------------------------------------------------------- machine state
@@ -161,6 +170,7 @@ class Server:
         target, own_sets, env = parse_target(spec)
         self.target = target
         self.port = free_port()
+        self.workers = workers_of(sets + own_sets)
         self.tmp = Path(tempfile.mkdtemp(prefix="stratus-bench-"))
         (OUT / "logs").mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in spec)
@@ -218,6 +228,11 @@ class Server:
         else:
             self.stop()
             raise RuntimeError(f"{self.target} not ready in {timeout}s; see {self.log_path}")
+        # `server.workers=N`: every worker binds the port itself; wait until all listen
+        while listeners(self.port) < self.workers and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.target} exited early; see {self.log_path}")
+            time.sleep(0.1)
         time.sleep(0.3)
 
     @property
@@ -234,6 +249,120 @@ class Server:
                 self.proc.wait(5)
         self.log.close()
         subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
+
+
+def workers_of(sets: list[str]) -> int:
+    """[server] workers from the config overrides (the last one wins)."""
+    workers = 1
+    for item in sets:
+        key, _, raw = item.partition("=")
+        if key == "server.workers":
+            workers = int(raw)
+    return workers
+
+
+def listeners(port: int) -> int:
+    """Listening TCP sockets on `port` (several with SO_REUSEPORT: one per worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.readlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+class Redis:
+    """A redis-server for one run: fresh port and directory, pinned to --redis-cpus."""
+
+    def __init__(self, tag: str, extra: list[str]) -> None:
+        self.port = free_port()
+        self.tmp = Path(tempfile.mkdtemp(prefix="stratus-bench-redis-"))
+        self.log_path = OUT / "logs" / f"{tag}-redis.log"
+        cmd = ["taskset", "-c", REDIS_CORE, "redis-server", "--port", str(self.port),
+               "--bind", "127.0.0.1", "--dir", str(self.tmp), "--logfile", str(self.log_path),
+               "--daemonize", "no", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid  # taskset execs redis-server: same pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited early; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server not ready in 10 s; see {self.log_path}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
+
+
+class Deployment:
+    """What one run of a target starts: its server, or for CLUSTERS targets a redis-server and
+    one Stratus node per port on the Redis backend."""
+
+    def __init__(self, spec: str, args: argparse.Namespace, tag: str) -> None:
+        name = parse_target(spec)[0]
+        self.redis: Redis | None = None
+        self.servers: list[Server] = []
+        try:
+            if name in CLUSTERS:
+                (OUT / "logs").mkdir(parents=True, exist_ok=True)
+                self.redis = Redis(tag, args.redis_arg)
+                sets = [*args.set, "cluster.backend=redis", f"cluster.redis_url={self.redis.url}"]
+                for node in range(CLUSTERS[name]):
+                    self.servers.append(Server(spec, sets, f"{tag}-node{node}", args.base,
+                                               args.exp, args.stratus))
+            else:
+                self.servers.append(Server(spec, args.set, tag, args.base, args.exp,
+                                           args.stratus))
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    @property
+    def pids(self) -> list[int]:
+        return [server.pid for server in self.servers]
+
+    def exited(self) -> dict[str, int]:
+        """Processes that ended during the run, with their exit codes."""
+        ended = {f"server {i}": server.proc.returncode for i, server in enumerate(self.servers)
+                 if server.proc.poll() is not None}
+        if self.redis is not None and self.redis.proc.poll() is not None:
+            ended["redis-server"] = self.redis.proc.returncode
+        return ended
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 # --------------------------------------------------------------------------- one run
@@ -263,22 +392,25 @@ def run_loadgen(target: str, scenario: str, args: argparse.Namespace, extra: lis
 
 def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[str],
              tag: str) -> dict:
-    srv = Server(target, args.set, tag, args.base, args.exp, args.stratus)
+    srv = Deployment(target, args, tag)
     flooder: subprocess.Popen | None = None
     try:
         gen = [str(GEN_C)] if args.client == "c" else [str(GEN_PY), str(BENCH / "loadgen.py")]
         gen_scenario, flood_protocol = FLOODS.get(scenario, (scenario, None))
-        cmd = ["taskset", "-c", GEN_CORE, *gen,
-               "--url", srv.url, "--scenario", gen_scenario, "--server-pid", str(srv.pid),
+        urls = [arg for url in srv.urls for arg in ("--url", url)]
+        cmd = ["taskset", "-c", GEN_CORE, *gen, *urls, "--scenario", gen_scenario,
+               "--server-pid", ",".join(map(str, srv.pids)),
                "--client", args.client, "--warmup", str(args.warmup),
                "--duration", str(args.duration), *extra]
+        if srv.redis is not None:
+            cmd += ["--redis-pid", str(srv.redis.pid)]
         if parse_target(target)[0] in ("cloudlink", "turbowarp") and scenario.startswith("idle"):
             cmd += ["--barrier-timeout", "120"]
         limit = args.warmup + args.duration + 400
         if flood_protocol is not None:
             flooder = subprocess.Popen(
                 ["taskset", "-c", GEN_CORE, "nice", "-n", "19", sys.executable,
-                 str(BENCH / "flood.py"), "--url", srv.url, "--protocol", flood_protocol,
+                 str(BENCH / "flood.py"), "--url", srv.urls[0], "--protocol", flood_protocol,
                  "--reconnect", "--start-after", str(FLOOD_START), "--seconds", str(limit)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
@@ -288,8 +420,12 @@ def run_once(target: str, scenario: str, args: argparse.Namespace, extra: list[s
             res = {"error": f"loadgen failed rc={p.returncode}: {p.stderr[-2000:]}"}
         if flooder is not None:
             res.update(stop_flooder(flooder))
-        if srv.proc.poll() is not None:
-            res.setdefault("errors", {})["server exited"] = srv.proc.returncode
+        for process, code in srv.exited().items():
+            res.setdefault("errors", {})[f"{process} exited"] = code
+        if isinstance(res.get("redis_cpu_us_per_line"), int | float) and isinstance(
+                res.get("server_cpu_us_per_line"), int | float):
+            res["total_cpu_us_per_line"] = round(
+                res["server_cpu_us_per_line"] + res["redis_cpu_us_per_line"], 2)
     finally:
         if flooder is not None and flooder.poll() is None:
             flooder.kill()
@@ -348,6 +484,16 @@ def median_of(runs: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+# Shown when a run has them: Redis's own CPU (CLUSTERS targets) and, with clients spread over
+# several nodes, the freshness of the pairs whose writer is on another node than the receiver.
+COLS_CLUSTER = [
+    ("redis_cpu_pct", "redis CPU %", "{:.0f}"),
+    ("redis_cpu_us_per_line", "redis µs/line", "{:.2f}"),
+    ("total_cpu_us_per_line", "srv+redis µs/line", "{:.2f}"),
+    ("cross_node_p50_ms", "cross-node p50 ms", "{:.2f}"),
+    ("cross_node_p99_ms", "cross-node p99 ms", "{:.1f}"),
+]
+
 COLS_FLOOD = [
     ("flood_sent_per_s", "flooder sent/s", "{:.0f}"),
     ("flood_rate_limited", "flooder E:116", "{:.0f}"),
@@ -359,6 +505,8 @@ def table(scenario: str, by_target: dict[str, list[dict]], ref: str | None) -> s
     cols = COLS_IDLE if scenario.startswith("idle") else COLS_TRAFFIC
     if scenario in FLOODS:
         cols = cols + COLS_FLOOD
+    cols = cols + [col for col in COLS_CLUSTER
+                   if any(col[0] in r for runs in by_target.values() for r in runs)]
     ratio_key = "server_cpu_us_per_join" if scenario.startswith("idle") else \
         "server_cpu_us_per_line"
     head = ["target", "runs"] + [c[1] for c in cols]
@@ -407,8 +555,8 @@ def ramp(name: str, targets: list[str], args: argparse.Namespace,
     gives out; report the largest delivered/s with p99 < 50 ms."""
     base, flag, steps_attr, title = RAMPS[name]
     rows = [f"| target | {title} | offered sets/s | delivered/s | p50 ms | p99 ms | srv CPU % | "
-            "srv µs/line | lines/frame | gen CPU % | incomplete | other CPU % |",
-            "|" + "---|" * 12]
+            "srv µs/line | lines/frame | gen CPU % | incomplete | other CPU % | redis CPU % |",
+            "|" + "---|" * 13]
     summary: dict[str, dict] = {}
     for target in targets:
         best = None
@@ -430,7 +578,8 @@ def ramp(name: str, targets: list[str], args: argparse.Namespace,
                     (median_of(runs, "server_cpu_pct"), "{:.0f}"),
                     (median_of(runs, "server_cpu_us_per_line"), "{:.2f}"),
                     (median_of(runs, "lines_per_frame"), "{:.1f}"), (g, "{:.0f}"),
-                    (inc, "{:.0f}"), (median_of(runs, "other_cpu_pct"), "{:.0f}")]
+                    (inc, "{:.0f}"), (median_of(runs, "other_cpu_pct"), "{:.0f}"),
+                    (median_of(runs, "redis_cpu_pct"), "{:.0f}")]
             rows.append("| " + target + " | " + " | ".join(
                 "—" if v is None else f.format(v) for v, f in vals) + " |")
             print(rows[-1], flush=True)
@@ -441,7 +590,7 @@ def ramp(name: str, targets: list[str], args: argparse.Namespace,
             if not ok or d < prev * 1.03 or g > 95:
                 if g > 95:
                     rows.append(f"| {target} | stop: generator saturated ({g:.0f}% CPU) |"
-                                + " |" * 10)
+                                + " |" * 11)
                 break
             prev = d
         summary[target] = best or {}
@@ -514,7 +663,19 @@ def main() -> None:
     ap.add_argument("--retries", type=int, default=2, help="how often to measure again")
     ap.add_argument("--loadgen-arg", action="append", default=[],
                     help="extra argument passed to the generator (repeatable, use =)")
+    ap.add_argument("--server-cpus", default="0",
+                    help="taskset CPU list of the servers (default 0; e.g. 0,1 for "
+                    "server.workers=2, shared with the generator)")
+    ap.add_argument("--gen-cpus", default="1", help="taskset CPU list of the generator")
+    ap.add_argument("--redis-cpus", default=None,
+                    help="taskset CPU list of redis-server (default: --server-cpus)")
+    ap.add_argument("--redis-arg", action="append", default=[],
+                    help="extra redis-server argument for CLUSTERS targets (repeatable, use =), "
+                    "e.g. --redis-arg=--appendonly --redis-arg=yes")
     args = ap.parse_args()
+    global SERVER_CORE, GEN_CORE, REDIS_CORE
+    SERVER_CORE, GEN_CORE = args.server_cpus, args.gen_cpus
+    REDIS_CORE = args.redis_cpus or args.server_cpus
     args.ramp_rooms = [int(x) for x in args.ramp_rooms.split(",")]
     args.ramp_senders = [int(x) for x in args.ramp_senders.split(",")]
     targets = ALL_TARGETS if args.all else args.target.split(",")
@@ -533,6 +694,9 @@ def main() -> None:
     names = {parse_target(t)[0] for t in targets}
     if "cloudlink" in names and not CL_PY.exists():
         raise SystemExit("bench/.venv-cloudlink missing: run bench/setup.sh")
+    if names & CLUSTERS.keys() and subprocess.run(["sh", "-c", "command -v redis-server"],
+                                                  capture_output=True).returncode:
+        raise SystemExit("redis-server missing: apt-get install redis-server")
     if "turbowarp" in names and not (TW_DIR / "node_modules").exists():
         raise SystemExit("bench/.turbowarp missing: run bench/setup.sh (needs node and npm)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

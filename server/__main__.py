@@ -1,6 +1,8 @@
 """The composition root and command line.
 
-`python -m server [--config FILE] [--host H] [--port P] [--log-level L]` runs the server;
+`python -m server [--config FILE] [--host H] [--port P] [--log-level L] [--redis URL]
+[--workers N]` runs the server (with N > 1, as N supervised worker processes on one port: see
+server/supervisor.py);
 `python -m server keygen --scheme ec|rsa --out PATH [--force]` creates a sprite-handshake key;
 `python -m server healthcheck [--config FILE]` asks the server that config describes for
 /healthz (plain or TLS) and exits 0 if it is healthy (the container's HEALTHCHECK).
@@ -18,6 +20,8 @@ import argparse
 import asyncio
 import http.client
 import logging
+import os
+import signal
 import ssl
 import sys
 from collections.abc import Callable
@@ -43,6 +47,7 @@ from .config import load_config as load_core_config
 from .logformat import configure_logging
 from .plugins import import_object
 from .store import StoreError
+from .supervisor import Supervisor, WorkerLink
 
 # The protocols' and operator surfaces' tables of config.toml.
 CONFIG_TABLES: dict[str, type] = {
@@ -120,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "STRATUS_REDIS_URL)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (overrides config)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="server processes sharing the port, supervised by this one "
+                        "(overrides [server] workers; more than 1 needs a [cluster] backend "
+                        "that shares rooms, e.g. --redis URL)")
     parser.add_argument("--version", action="version", version=f"Stratus {__version__}")
     return parser
 
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return migrate.main(argv[1:], load_config)
     args = build_parser().parse_args(argv)
     overrides: dict[str, dict] = {"server": {}}
-    for key in ("host", "port", "log_level"):
+    for key in ("host", "port", "log_level", "workers"):
         value = getattr(args, key)
         if value is not None:
             overrides["server"][key] = value
@@ -238,35 +247,74 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stratus: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.server.log_level, config.server.log_format)
-    log = logging.getLogger("stratus")
-    log.info("Configuration: %s", config_origin)
-    raise_open_file_limit()
+    logging.getLogger("stratus").info("Configuration: %s", config_origin)
+    raise_open_file_limit()  # before any worker starts: they inherit the limit
+    if config.server.workers > 1:
+        # By module name: see server/supervisor.py for why not the function itself. With TLS,
+        # SIGHUP reloads the certificate: every worker gets it.
+        forward = (signal.SIGHUP,) if config.server.tls_cert else ()
+        return Supervisor(config.server.workers, "server.__main__:run_worker", config,
+                          worker_stop_timeout(config), forward).run()
+    return run(config, loop_factory)
 
-    def fatal(message: str) -> None:
-        # JSON logs stay parseable to the last line; text keeps the plain "stratus: ..." line.
-        if config.server.log_format == "json":
-            log.critical(message)
-        else:
-            print(f"stratus: {message}", file=sys.stderr)
 
+def fatal(config: Config, message: str) -> None:
+    """Report why the server cannot run: a log record with JSON logs (they stay parseable to
+    the last line), else the plain "stratus: ..." line on stderr."""
+    if config.server.log_format == "json":
+        logging.getLogger("stratus").critical(message)
+    else:
+        print(f"stratus: {message}", file=sys.stderr)
+
+
+def run(config: Config, loop_factory, link: WorkerLink | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the exit code (a refusal to start is reported, not raised)."""
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(_serve(config))
+            runner.run(_serve(config, link))
     except StoreError as exc:
-        fatal(str(exc))
+        fatal(config, str(exc))
         return exc.exit_code
     except ValueError as exc:  # settings that are only checked while loading (files, lists)
-        fatal(f"configuration error: {exc}")
+        fatal(config, f"configuration error: {exc}")
         return 2
     except OSError as exc:
-        fatal(f"cannot start: {exc}")
+        fatal(config, f"cannot start: {exc}")
         return 1
     return 0
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, link: WorkerLink | None) -> None:
     # Built inside the loop: the server's shutdown event belongs to it.
-    await serve(build_server(config))
+    server = build_server(config)
+    if link is None:
+        await serve(server)
+        return
+    link.watch(asyncio.get_running_loop(), server.request_shutdown)
+    await serve(server, started=link.started)
+
+
+def run_worker(index: int, config: Config, link: WorkerLink) -> None:
+    """One worker process of `--workers N` (the `Supervisor`'s target): a whole server of its
+    own on the shared port; its exit code is `run`'s."""
+    # A Ctrl-C in a terminal reaches every process of the group; until the server's own
+    # handlers are installed it must not end a starting worker with a traceback (the
+    # supervisor sends SIGTERM to every worker in any case).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(config.server.log_level, config.server.log_format,
+                      f"worker-{index}[{os.getpid()}]")
+    if config.cluster.node_id:
+        # Every worker is a node of the cluster: one node id set for the host would make the
+        # workers take each other's messages for their own.
+        config.replace_table("cluster", node_id=f"{config.cluster.node_id}-{index}")
+    sys.exit(run(config, event_loop_factory(config.server.event_loop), link))
+
+
+def worker_stop_timeout(config: Config) -> float:
+    """How long the supervisor waits for a stopping worker before killing it: the graceful
+    shutdown's own bounds (`Server.shutdown`: clients, rooms still loading, the store's last
+    write) plus a margin."""
+    return min(config.server.close_timeout, 3.0) + 2 * config.store.shutdown_write_timeout + 5.0
 
 
 if __name__ == "__main__":

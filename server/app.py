@@ -140,9 +140,11 @@ class Server:
         await self.facade.restore_blocked_rooms()
         await self.plugins.start()
         host: Any = cfg.server.host or None
+        # With several workers each binds the port itself (SO_REUSEPORT) and the kernel
+        # spreads new connections over them.
         self._listener = await self.loop.create_server(
-            lambda: Connection(self), host, cfg.server.port, reuse_address=True, backlog=4096,
-            **tls
+            lambda: Connection(self), host, cfg.server.port, reuse_address=True,
+            reuse_port=cfg.server.workers > 1, backlog=4096, **tls
         )
         self._every(cfg.server.ping_interval, self._sweep)
         self._every(cfg.store.flush_interval, self._persist)
@@ -203,9 +205,12 @@ class Server:
         """Ask `run` to shut down gracefully (signal handlers call this)."""
         self._stopping.set()
 
-    async def run(self) -> None:
-        """Serve until a shutdown is requested, then shut down."""
+    async def run(self, started: Callable[[], None] | None = None) -> None:
+        """Serve until a shutdown is requested, then shut down; `started` is called once the
+        server listens."""
         await self.start()
+        if started is not None:
+            started()
         await self._stopping.wait()
         await self.shutdown()
 
@@ -545,7 +550,7 @@ def install_signal_handlers(server: Server) -> None:
             pass
 
 
-async def serve(server: Server) -> None:
-    """Run `server` until SIGTERM/SIGINT."""
+async def serve(server: Server, started: Callable[[], None] | None = None) -> None:
+    """Run `server` until SIGTERM/SIGINT (`started` is called once it listens)."""
     install_signal_handlers(server)
-    await server.run()
+    await server.run(started)

@@ -52,6 +52,8 @@ class ServerSection:
     forwarded_for: str = field(default="first", metadata=choice("first", "last"))
     status_page: bool = True
     event_loop: str = field(default="auto", metadata=choice("auto", "asyncio", "uvloop"))
+    # Server processes sharing the port (SO_REUSEPORT), supervised by the first one.
+    workers: int = field(default=1, metadata={"min": 1, "max": 256})
     # PEM files: with both set, the port serves wss:// and https:// (SIGHUP reloads them).
     tls_cert: str = ""
     tls_key: str = ""
@@ -224,6 +226,9 @@ def _apply(config: Config, table: str, values: dict[str, Any], origin: str) -> N
 
 
 def _validate(config: Config, origin: str) -> None:
+    # Not prefixed with `origin`: the keys may come from the file, the environment or flags.
+    _validate_workers(config.server.workers, config.server.port, config.store.backend,
+                      config.cluster.backend)
     if bool(config.server.tls_cert) != bool(config.server.tls_key):
         given, missing = (("tls_cert", "tls_key") if config.server.tls_cert
                           else ("tls_key", "tls_cert"))
@@ -243,6 +248,34 @@ def _validate(config: Config, origin: str) -> None:
                 f"{origin}: [server] trusted_proxies has {network!r}, which is not an IP address "
                 "or CIDR block"
             ) from None
+
+
+def _validate_workers(workers: int, port: int, store: str, cluster: str) -> None:
+    """Several worker processes need rooms shared between them and a port they can all bind."""
+    if workers == 1:
+        return
+    if cluster == "local":
+        raise ConfigError(
+            f"[server] workers = {workers} needs a [cluster] backend that shares rooms "
+            "between processes, but [cluster] backend = \"local\" keeps each room in one "
+            "process (clients of one project would not see each other): set [cluster] "
+            "backend = \"redis\" (or --redis URL), or [server] workers = 1"
+        )
+    if port == 0:
+        raise ConfigError(
+            f"[server] port = 0 (any free port) cannot be shared by [server] workers "
+            f"= {workers}: each worker would get a port of its own; give a port number"
+        )
+    # The Redis engine keeps room values in Redis and opens no [store]; another engine named
+    # "module:Attr" may open it (LocalCluster's subclasses do), and every worker would then
+    # open the same SQLite file.
+    if store == "sqlite" and cluster != "redis":
+        raise ConfigError(
+            f"[server] workers = {workers} with [store] backend = \"sqlite\" and [cluster] "
+            f"backend = {cluster!r}: one SQLite file cannot be opened by several processes; "
+            "set [cluster] backend = \"redis\" (values live in Redis), [store] backend = "
+            "\"memory\" or [server] workers = 1"
+        )
 
 
 def load_config(

@@ -2,9 +2,10 @@
 
 `[server] log_format = "json"` writes each record as an object with `time` (ISO 8601, UTC,
 milliseconds), `level`, `logger` and `message`, plus `exception` (the formatted traceback)
-when the record carries one and `stack` when it carries a stack. JSON escapes every control
-character, so a record is always exactly one line; client-supplied text is escaped by the code
-that logs it (`logsafe.printable`) in both formats.
+when the record carries one and `stack` when it carries a stack, and `worker` (e.g.
+"worker-2[4242]") in a worker process of `--workers N`, whose text lines carry it too. JSON
+escapes every control character, so a record is always exactly one line; client-supplied text
+is escaped by the code that logs it (`logsafe.printable`) in both formats.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class JsonFormatter(logging.Formatter):
     """One JSON object per record (see the module docstring for the fields)."""
 
+    def __init__(self, worker: str = "") -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC)
@@ -27,6 +32,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -37,9 +44,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    """Send every logger's records at `level` and above to stderr in `log_format`."""
+def configure_logging(level: str, log_format: str, worker: str = "") -> None:
+    """Send every logger's records at `level` and above to stderr in `log_format`; `worker`
+    names the worker process that writes them (`--workers N`)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json"
-                         else logging.Formatter(TEXT_FORMAT))
+    text = TEXT_FORMAT.replace("%(name)s", f"{worker} %(name)s") if worker else TEXT_FORMAT
+    handler.setFormatter(JsonFormatter(worker) if log_format == "json"
+                         else logging.Formatter(text))
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -73,8 +73,10 @@ class ServerProcess:
     """
 
     def __init__(self, workdir: Path, settings: dict | None = None, port: int | None = None,
-                 open_files: int | None = None, client_tls: ssl.SSLContext | None = None):
+                 open_files: int | None = None, client_tls: ssl.SSLContext | None = None,
+                 args: list[str] | None = None):
         self.workdir = workdir
+        self.args = list(args or [])  # extra command-line arguments, e.g. ["--workers", "2"]
         self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) of the server process
         self.client_tls = client_tls
         self.port = port or free_port()
@@ -100,7 +102,7 @@ class ServerProcess:
     def start(self, timeout: float = 15.0) -> ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it while it runs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--config", str(self.config_path)],
+            [sys.executable, "-m", "server", "--config", str(self.config_path), *self.args],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -160,10 +162,12 @@ def make_server(tmp_path):
     started: list[ServerProcess] = []
 
     def factory(port: int | None = None, workdir: Path | None = None,
-                open_files: int | None = None, **settings) -> ServerProcess:
+                open_files: int | None = None, args: list[str] | None = None,
+                **settings) -> ServerProcess:
         directory = workdir or tmp_path / f"server{len(started)}"
         directory.mkdir(parents=True, exist_ok=True)
-        proc = ServerProcess(directory, settings, port=port, open_files=open_files).start()
+        proc = ServerProcess(directory, settings, port=port, open_files=open_files,
+                             args=args).start()
         started.append(proc)
         return proc
 

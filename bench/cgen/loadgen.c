@@ -29,6 +29,12 @@
  * gen_cpu_us_per_join (generator CPU from the first connect to the end of the barrier, per
  * connection), gen_cpu_us_per_frame (window), receive_time ("kernel" or "read").
  * LOADGEN_DEBUG=1 prints internal counters to stderr.
+ *
+ * Several nodes (as loadgen.py): `--url` given N times spreads every room over N servers (member
+ * m connects to the (m mod N)-th URL); freshness of the pairs whose writer and receiver are on
+ * different nodes is also reported on its own (cross_node_p50_ms, ...). `--server-pid` takes a
+ * comma list (CPU and RSS are summed over them and their children); `--redis-pid` is measured
+ * apart (redis_cpu_pct, redis_cpu_us_per_line) and left out of other_cpu_pct.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -60,6 +66,7 @@
 #define ATTEMPTS 3
 #define CONNECT_TIMEOUT 30.0
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define MAXNODES 16          /* --url and --server-pid values */
 
 /* ------------------------------------------------------------------ small helpers */
 static double perf(void) {
@@ -330,25 +337,29 @@ static const Preset PRESETS[] = {
 };
 
 static struct {
-    const char *url, *scenario, *client, *phases;
+    const char *urls[MAXNODES], *scenario, *client, *phases;
+    int nurls, nspids;
+    int server_pids[MAXNODES];
     char run_id[128];
-    int server_pid, rooms, clients, senders, burst, concurrency;
+    int server_pid, redis_pid, rooms, clients, senders, burst, concurrency;
     long long seed;
     double rate, warmup, duration, settle, drain_timeout, barrier_timeout, tick;
     bool has_rooms, has_clients, has_senders, has_burst, has_rate;
 } A;
 
-static const char *OPTS[] = {"url", "scenario", "server-pid", "client", "rooms", "clients",
+static const char *OPTS[] = {"url", "scenario", "server-pid", "redis-pid", "client", "rooms", "clients",
                              "senders", "burst", "rate", "warmup", "duration", "settle",
                              "drain-timeout", "barrier-timeout", "tick", "phases", "seed",
                              "concurrency", "run-id", "help", NULL};
 
 static void usage(FILE *f) {
     fputs("usage: loadgen --url URL [--scenario {bigroom,burst,burst50,classroom,idle,idle10k}]\n"
-          "               [--server-pid PID] [--client NAME] [--rooms N] [--clients N]\n"
+          "               [--server-pid PID[,PID...]] [--redis-pid PID] [--client NAME]\n"
+          "               [--rooms N] [--clients N]\n"
           "               [--senders N] [--burst N] [--rate HZ] [--warmup S] [--duration S]\n"
           "               [--settle S] [--drain-timeout S] [--barrier-timeout S] [--tick S]\n"
           "               [--phases {random,even}] [--seed N] [--concurrency N] [--run-id ID]\n"
+          "--url may be given several times: member m of every room connects to URL m mod N.\n"
           "Same flags, presets, phases and JSON output as bench/loadgen.py.\n", f);
 }
 
@@ -397,9 +408,20 @@ static void parse_args(int argc, char **argv) {
         if (eq) v = eq + 1;
         else if (i + 1 < argc) v = argv[++i];
         else die("argument --%s: expected one argument", opt);
-        if (!strcmp(opt, "url")) A.url = v;
-        else if (!strcmp(opt, "scenario")) A.scenario = v;
-        else if (!strcmp(opt, "server-pid")) A.server_pid = (int)arg_int(opt, v);
+        if (!strcmp(opt, "url")) {
+            if (A.nurls == MAXNODES) die("at most %d --url", MAXNODES);
+            A.urls[A.nurls++] = v;
+        } else if (!strcmp(opt, "scenario")) A.scenario = v;
+        else if (!strcmp(opt, "server-pid")) {
+            char buf[512];
+            snprintf(buf, sizeof buf, "%s", v);
+            A.nspids = 0;
+            for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+                if (A.nspids == MAXNODES) die("at most %d server pids", MAXNODES);
+                A.server_pids[A.nspids++] = (int)arg_int(opt, tok);
+            }
+            A.server_pid = A.nspids ? A.server_pids[0] : 0;
+        } else if (!strcmp(opt, "redis-pid")) A.redis_pid = (int)arg_int(opt, v);
         else if (!strcmp(opt, "client")) A.client = v;
         else if (!strcmp(opt, "rooms")) { A.rooms = (int)arg_int(opt, v); A.has_rooms = true; }
         else if (!strcmp(opt, "clients")) { A.clients = (int)arg_int(opt, v); A.has_clients = true; }
@@ -420,7 +442,7 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(opt, "concurrency")) A.concurrency = (int)arg_int(opt, v);
         else if (!strcmp(opt, "run-id")) snprintf(A.run_id, sizeof A.run_id, "%s", v);
     }
-    if (!A.url) { usage(stderr); die("the following arguments are required: --url"); }
+    if (!A.nurls) { usage(stderr); die("the following arguments are required: --url"); }
     const Preset *p = NULL;
     for (size_t i = 0; i < sizeof PRESETS / sizeof *PRESETS; i++)
         if (!strcmp(PRESETS[i].name, A.scenario)) p = &PRESETS[i];
@@ -523,6 +545,21 @@ static long long proc_rss(int pid) {
     return total;
 }
 
+/* utime+stime (s) of every --server-pid and their children */
+static double server_cpu(void) {
+    double total = 0.0;
+    for (int i = 0; i < A.nspids; i++) total += proc_cpu(A.server_pids[i]);
+    return total;
+}
+
+static long long server_rss(void) {
+    long long total = 0;
+    for (int i = 0; i < A.nspids; i++) total += proc_rss(A.server_pids[i]);
+    return total;
+}
+
+static double redis_cpu(void) { return A.redis_pid ? proc_cpu(A.redis_pid) : 0.0; }
+
 /* (user+nice+system+steal, irq+softirq) core-seconds of the whole machine so far */
 static void machine_cpu(double *busy, double *irq) {
     char buf[512];
@@ -575,6 +612,7 @@ static KV *kv_get(KV *t, int *n, const char *k) {
 static void err_add(const char *k, long long inc) { kv_get(ERRS, &nerrs, k)->v += inc; }
 
 static uint64_t *HIST, *LAG;
+static uint64_t *HIST_CROSS; /* freshness of pairs whose writer is on another node (--url x N) */
 static double W0 = 1e300; /* sends at or after W0 give freshness samples */
 static long long LINES, ECHO, STALE, UNKNOWN, FRAMES, SENDS, SLOW_LINES, NWAIT, NEVT;
 static long long KTS_HIT, KTS_MISS; /* reads with / without a kernel receive timestamp */
@@ -624,10 +662,14 @@ static char **VNAME;   /* per var: '"☁ v0_0","value":"' (JSON name + value ope
 static uint16_t *VNAMELEN;
 
 static int ep;
-static struct sockaddr_storage ADDR;
-static socklen_t ADDRLEN;
-static int ADDRFAM;
-static char HOSTHDR[300], PATH[1024];
+typedef struct {
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    int fam;
+    char hosthdr[300], path[1024];
+} Endpoint;
+
+static Endpoint NODES[MAXNODES]; /* one per --url; member m of a room uses NODES[m % nurls] */
 
 static uint8_t *RBUF;
 static size_t RCAP = 256 * 1024;
@@ -853,7 +895,7 @@ static void try_request(Conn *c) {
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n"
                      "User-Agent: stratus-bench/1.0\r\n\r\n", /* picows's request */
-                     PATH, HOSTHDR, c->key);
+                     NODES[c->member % A.nurls].path, NODES[c->member % A.nurls].hosthdr, c->key);
     ssize_t w = send(c->fd, req, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w == n) { c->state = ST_UPG; return; }
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return; /* not connected yet */
@@ -867,12 +909,13 @@ static void start_attempt(Conn *c) {
     c->attempts++;
     c->pendlen = 0;
     c->fragging = false;
-    int fd = socket(ADDRFAM, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const Endpoint *node = &NODES[c->member % A.nurls];
+    int fd = socket(node->fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) { fail_errno(c, errno); return; }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one); /* kernel receive times */
-    if (connect(fd, (struct sockaddr *)&ADDR, ADDRLEN) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)&node->addr, node->addrlen) < 0 && errno != EINPROGRESS) {
         int e = errno;
         close(fd);
         fail_errno(c, e);
@@ -934,11 +977,14 @@ static int on_pair(Conn *c, const char *name, size_t nlen, long long seq, double
     if (seq >= st->n) { err_add("seq never sent", 1); return 1; }
     c->last[vi] = (int32_t)seq;
     const double *t = st->t, w0 = W0;
+    int writer = vi == 0 ? 0 : (vi - 1) / A.burst;
+    bool cross = A.nurls > 1 && writer % A.nurls != c->member % A.nurls;
     for (long long s = prev + 1; s <= seq; s++) {
         if (t[s] >= w0) {
             double dd = (now - t[s]) * RES;
             long long d = dd > 0 ? (long long)dd : 0;
             HIST[d < HMAX ? d : HMAX]++;
+            if (cross) HIST_CROSS[d < HMAX ? d : HMAX]++;
         }
     }
     return 1;
@@ -1706,7 +1752,7 @@ static void Kdict(const char *k, const KV *t, int n) {
 
 /* ------------------------------------------------------------------ run */
 typedef struct {
-    double t, gcpu, gsys, scpu, mbusy, mirq;
+    double t, gcpu, gsys, scpu, rcpu, mbusy, mirq;
     long long lines, sends, frames;
     bool done;
 } Snap;
@@ -1715,14 +1761,15 @@ static Snap S0, S1;
 
 static double T_W0, T_W1;
 
-static void snap(Snap *s, int spid) {
+static void snap(Snap *s) {
     s->t = perf();
     s->lines = LINES;
     s->sends = SENDS;
     s->frames = FRAMES;
     s->gcpu = self_cpu();
     s->gsys = self_stime();
-    s->scpu = spid ? proc_cpu(spid) : 0.0;
+    s->scpu = server_cpu();
+    s->rcpu = redis_cpu();
     machine_cpu(&s->mbusy, &s->mirq);
     s->done = true;
 }
@@ -1730,12 +1777,12 @@ static void snap(Snap *s, int spid) {
 static void mark_hook(double now) {
     (void)now;
     if (!S0.done) {
-        snap(&S0, A.server_pid);
+        snap(&S0);
         W0 = S0.t;
         memset(LAG, 0, (size_t)(HMAX + 1) * sizeof *LAG);
         MARK_NEXT = T_W1;
     } else if (!S1.done) {
-        snap(&S1, A.server_pid);
+        snap(&S1);
         MARK_NEXT = 1e300;
     }
 }
@@ -1767,14 +1814,14 @@ static void run(void) {
     sb_puts(&OUT, "}");
     KI("n_clients", NCLIENTS);
 
-    long long rss0 = spid ? proc_rss(spid) : 0;
-    double cpu_j0 = spid ? proc_cpu(spid) : 0.0;
+    long long rss0 = spid ? server_rss() : 0;
+    double cpu_j0 = server_cpu(), rcpu_j0 = redis_cpu();
     double t_j0 = perf(), m_j0 = machine_busy(), g_j0 = self_cpu();
     double join_t = connect_all();
     long long connected = 0;
     for (int i = 0; i < NCLIENTS; i++) connected += C[i].tx;
     double bar_t = barrier(A.barrier_timeout);
-    double cpu_j1 = spid ? proc_cpu(spid) : 0.0;
+    double cpu_j1 = server_cpu();
     double g_j1 = self_cpu();
     long long conn1 = connected > 1 ? connected : 1;
     KI("connected", connected);
@@ -1785,7 +1832,7 @@ static void run(void) {
 
     if (A.senders == 0 || A.rate <= 0) {
         poll_until(perf() + A.settle);
-        long long rss1 = spid ? proc_rss(spid) : 0;
+        long long rss1 = spid ? server_rss() : 0;
         if (spid) {
             KR("server_rss_before_mb", (double)rss0 / 1048576.0, 1);
             KR("server_rss_after_mb", (double)rss1 / 1048576.0, 1);
@@ -1793,7 +1840,8 @@ static void run(void) {
         }
         double el = perf() - t_j0;
         double gcpu = self_cpu() - g_j0;
-        double other = machine_busy() - m_j0 - gcpu - (spid ? proc_cpu(spid) - cpu_j0 : 0.0);
+        double other = machine_busy() - m_j0 - gcpu - (server_cpu() - cpu_j0) -
+                       (redis_cpu() - rcpu_j0);
         KR("gen_cpu_pct", 100 * gcpu / el, 1);
         KR("other_cpu_pct", 100 * (other > 0 ? other : 0.0) / el, 1);
         Kdict("closes", CLOSES, ncloses);
@@ -1821,7 +1869,7 @@ static void run(void) {
     incomplete(&bad, &total);
     double win = S1.t - S0.t;
     long long lines = S1.lines - S0.lines, sends = S1.sends - S0.sends, frames = S1.frames - S0.frames;
-    double scpu = S1.scpu - S0.scpu, gcpu = S1.gcpu - S0.gcpu;
+    double scpu = S1.scpu - S0.scpu, gcpu = S1.gcpu - S0.gcpu, rcpu = S1.rcpu - S0.rcpu;
     int nrecv = A.clients - 1;
     double busy = S1.mbusy - S0.mbusy, irq = S1.mirq - S0.mirq;
     unsigned long long fresh = 0;
@@ -1835,6 +1883,14 @@ static void run(void) {
     KP("p50_ms", HIST, 0.50);
     KP("p99_ms", HIST, 0.99);
     KP("p999_ms", HIST, 0.999);
+    if (A.nurls > 1) {
+        unsigned long long cross = 0;
+        for (int i = 0; i <= HMAX; i++) cross += HIST_CROSS[i];
+        KI("nodes", A.nurls);
+        KP("cross_node_p50_ms", HIST_CROSS, 0.50);
+        KP("cross_node_p99_ms", HIST_CROSS, 0.99);
+        KI("cross_node_samples", (long long)cross);
+    }
     K("max_ms");
     {
         int i = HMAX;
@@ -1850,7 +1906,7 @@ static void run(void) {
     KR("gen_cpu_pct", 100 * gcpu / win, 1);
     KR("gen_sys_pct", 100 * (S1.gsys - S0.gsys) / win, 1);
     KR("gen_cpu_us_per_line", gcpu / (double)(lines > 1 ? lines : 1) * 1e6, 2);
-    double oth = busy - gcpu - (spid ? scpu : 0.0);
+    double oth = busy - gcpu - scpu - rcpu;
     KR("other_cpu_pct", 100 * (oth > 0 ? oth : 0.0) / win, 1);
     KR("softirq_cpu_pct", 100 * irq / win, 1);
     KI("echo_lines", ECHO);
@@ -1861,7 +1917,11 @@ static void run(void) {
     if (spid) {
         KR("server_cpu_pct", 100 * scpu / win, 1);
         KR("server_cpu_us_per_line", scpu / (double)(lines > 1 ? lines : 1) * 1e6, 2);
-        KR("server_rss_mb", (double)proc_rss(spid) / 1048576.0, 1);
+        KR("server_rss_mb", (double)server_rss() / 1048576.0, 1);
+    }
+    if (A.redis_pid) {
+        KR("redis_cpu_pct", 100 * rcpu / win, 1);
+        KR("redis_cpu_us_per_line", rcpu / (double)(lines > 1 ? lines : 1) * 1e6, 2);
     }
     KR("gen_cpu_us_per_join", (g_j1 - g_j0) / (double)conn1 * 1e6, 1);
     KR("gen_cpu_us_per_frame", gcpu / (double)(frames > 1 ? frames : 1) * 1e6, 2);
@@ -1871,20 +1931,21 @@ static void run(void) {
     close_all();
 }
 
-static void parse_url(void) {
-    const char *u = A.url;
+static void parse_url(const char *url, Endpoint *node) {
+    const char *u = url;
     if (strncmp(u, "ws://", 5)) die("only ws:// URLs are supported: %s", u);
     u += 5;
     const char *slash = strchr(u, '/');
     size_t hl = slash ? (size_t)(slash - u) : strlen(u);
-    if (hl == 0 || hl >= sizeof HOSTHDR) die("bad URL: %s", A.url);
+    if (hl == 0 || hl >= sizeof node->hosthdr) die("bad URL: %s", url);
+    char *HOSTHDR = node->hosthdr;
     memcpy(HOSTHDR, u, hl);
     HOSTHDR[hl] = 0;
-    snprintf(PATH, sizeof PATH, "%s", slash ? slash : "/");
+    snprintf(node->path, sizeof node->path, "%s", slash ? slash : "/");
     char host[300], port[16] = "80";
     if (HOSTHDR[0] == '[') {
         const char *rb = strchr(HOSTHDR, ']');
-        if (!rb) die("bad URL: %s", A.url);
+        if (!rb) die("bad URL: %s", url);
         snprintf(host, sizeof host, "%.*s", (int)(rb - HOSTHDR - 1), HOSTHDR + 1);
         if (rb[1] == ':') snprintf(port, sizeof port, "%s", rb + 2);
     } else {
@@ -1897,9 +1958,9 @@ static void parse_url(void) {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
     int e = getaddrinfo(host, port, &hints, &res);
     if (e) die("cannot resolve %s: %s", host, gai_strerror(e));
-    memcpy(&ADDR, res->ai_addr, res->ai_addrlen);
-    ADDRLEN = res->ai_addrlen;
-    ADDRFAM = res->ai_family;
+    memcpy(&node->addr, res->ai_addr, res->ai_addrlen);
+    node->addrlen = res->ai_addrlen;
+    node->fam = res->ai_family;
     freeaddrinfo(res);
 }
 
@@ -1907,7 +1968,7 @@ int main(int argc, char **argv) {
     parse_args(argc, argv);
     CLK_TCK = sysconf(_SC_CLK_TCK);
     PAGE = sysconf(_SC_PAGESIZE);
-    parse_url();
+    for (int i = 0; i < A.nurls; i++) parse_url(A.urls[i], &NODES[i]);
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     if (!getrlimit(RLIMIT_NOFILE, &rl)) {
@@ -1922,6 +1983,7 @@ int main(int argc, char **argv) {
     if (ep < 0) die("epoll_create1: %s", strerror(errno));
     RBUF = xmalloc(RCAP);
     HIST = xcalloc((size_t)HMAX + 1, sizeof *HIST);
+    HIST_CROSS = xcalloc((size_t)HMAX + 1, sizeof *HIST_CROSS);
     LAG = xcalloc((size_t)HMAX + 1, sizeof *LAG);
     run();
     if (getenv("LOADGEN_DEBUG"))

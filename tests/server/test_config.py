@@ -100,7 +100,7 @@ async def test_help_describes_options(tmp_path):
     """`python -m server --help` exits 0 and lists the command-line options."""
     code, out = await run_server(["--help"], tmp_path)
     assert code == 0
-    for option in ("--config", "--port", "--host", "--log-level"):
+    for option in ("--config", "--port", "--host", "--log-level", "--workers"):
         assert option in out
 
 
@@ -128,6 +128,7 @@ MORE_BAD_SETTINGS = [
     ("server", "log_level", "loud"),
     ("store", "flush_interval", -1),
     ("cluster", "backend", "redis-without-a-module"),
+    ("server", "workers", 0),
     ("cluster", "redis_url", "http://127.0.0.1:6379"),
     ("cluster", "node_id", "two words"),
     ("cluster", "node_timeout", 0),
@@ -141,6 +142,35 @@ MORE_BAD_SETTINGS = [
     ("server", "tls_key", "key.pem"),  # without tls_cert
     ("http", "metrics", "on"),
 ]
+
+SHARED_BACKEND = "tests.server.unshared_cluster:UnsharedCluster"
+WORKERS_REFUSED = {
+    "local backend": ({}, ("[server] workers", "[cluster] backend")),
+    "any free port": ({"server": {"port": 0}, "store": {"backend": "memory"},
+                       "cluster": {"backend": SHARED_BACKEND}}, ("[server] port", "workers")),
+    "one SQLite file": ({"cluster": {"backend": SHARED_BACKEND}},
+                        ("[server] workers", "[store] backend")),
+}
+
+
+@pytest.mark.parametrize("settings, keys", WORKERS_REFUSED.values(), ids=WORKERS_REFUSED.keys())
+def test_several_workers_refused_where_they_cannot_share(tmp_path, settings, keys):
+    """workers > 1 is refused naming the keys with the local backend, port 0 or a shared SQLite."""
+    path = tmp_path / "workers.toml"
+    write_toml(path, {"server": {"port": 9080, **settings.pop("server", {})}, **settings})
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={}, overrides={"server": {"workers": 2}})
+    for key in keys:
+        assert key in str(refused.value)
+    load_config(path, env={}, overrides={"server": {"workers": 1}})  # one worker is fine
+
+
+def test_several_workers_accepted_on_redis_with_the_default_store_setting(tmp_path):
+    """workers > 1 on the Redis backend is accepted with [store] left at its sqlite default."""
+    path = tmp_path / "workers.toml"
+    write_toml(path, {"server": {"port": 9080, "workers": 2}, "cluster": {"backend": "redis"}})
+    config = load_config(path, env={})
+    assert config.server.workers == 2 and config.store.backend == "sqlite"
 
 
 @pytest.mark.parametrize("table, key, value", MORE_BAD_SETTINGS)

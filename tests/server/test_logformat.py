@@ -34,6 +34,12 @@ def test_json_record_has_the_shipper_fields():
     assert abs(datetime.now(UTC) - when) < timedelta(seconds=5)
 
 
+def test_json_record_of_a_worker_names_it():
+    """In a worker of `--workers N` every JSON record says which worker wrote it."""
+    entry = json.loads(JsonFormatter("worker-2[4242]").format(record("started")))
+    assert entry["worker"] == "worker-2[4242]" and entry["message"] == "started"
+
+
 def test_json_record_carries_the_exception():
     """A record logged with an exception has its traceback in `exception`, on the same line."""
     try:
