@@ -53,11 +53,14 @@ CL_PY = BENCH / ".venv-cloudlink" / "bin" / "python"
 TW_DIR = BENCH / ".turbowarp"  # TurboWarp's cloud-server at a pinned commit, bench/setup.sh
 
 TARGETS = ["stratus", "stratus-sqlite", "stratus-base", "stratus-exp", "relay", "relay-uvloop",
-           "cloudlink", "turbowarp", "stratus-redis", "stratus-2node"]
+           "cloudlink", "turbowarp", "stratus-redis", "stratus-2node", "stratus-base-redis",
+           "stratus-base-2node", "stratus-exp-redis", "stratus-exp-2node"]
 # Targets that run several Stratus nodes on the Redis backend: name -> nodes. Each node is a
 # `python -m server` on a port of its own (as two machines behind a load balancer would be);
 # every run starts a fresh redis-server they share, stopped with them.
-CLUSTERS = {"stratus-redis": 1, "stratus-2node": 2}
+# The -base- and -exp- variants run the --base and --exp checkouts (before/after in one run).
+CLUSTERS = {"stratus-redis": 1, "stratus-2node": 2, "stratus-base-redis": 1,
+            "stratus-base-2node": 2, "stratus-exp-redis": 1, "stratus-exp-2node": 2}
 SCENARIOS = ["classroom", "bigroom", "burst", "burst50", "idle", "idle10k", "ramp",
              "ramp-bigroom", "flood-scratch", "flood-cl4"]
 # name: (generator scenario, flooder protocol). bench/flood.py runs beside the generator on
@@ -180,10 +183,11 @@ class Server:
             cfg = self.tmp / "bench.toml"
             backend = "sqlite" if target == "stratus-sqlite" else "memory"
             cwd = home or ROOT
-            if target in ("stratus-base", "stratus-exp"):
-                cwd = base if target == "stratus-base" else exp
+            flavour = target.split("-")[1] if target.count("-") else ""
+            if flavour in ("base", "exp"):
+                cwd = base if flavour == "base" else exp
                 if cwd is None:
-                    raise SystemExit(f"target {target} needs --{target[8:]} DIR (a checkout)")
+                    raise SystemExit(f"target {target} needs --{flavour} DIR (a checkout)")
             stratus_config(cfg, self.port, self.tmp / "data", backend, sets + own_sets,
                            base=not knows_key(cwd, "max_connections_per_ip"))
             cmd = [py, "-m", "server", "--config", str(cfg)]

@@ -1,10 +1,12 @@
 """The Redis cluster engine: one node's link to Redis and, through it, to the other nodes.
 
-One `RedisCluster` per process. It owns two connections (commands and pub/sub), a heartbeat
-(`stratus:node:<id>` with a TTL, plus a message on `stratus:nodes` that every node hears), and
-one writer task: everything a node sends (room writes, member counts, bus messages) is queued
-by the synchronous callers and sent in pipelines, so no caller ever awaits Redis and a busy
-node sends many writes per round trip.
+One `RedisCluster` per process. It owns a redis-py client for what is rare (connecting,
+scripts, re-reading rooms, the heartbeat: `stratus:node:<id>` with a TTL, plus a message on
+`stratus:nodes` that every node hears) and two lean connections (`resp.RespConnection`) for
+what is per write: the writer and the subscription. Everything a node sends (room writes,
+member counts, bus messages) is queued by the synchronous callers and sent as one batch per
+loop turn, with one batch waiting for replies at a time, so no caller ever awaits Redis and a
+busy node sends many writes per round trip.
 
 Outage: when a command or the subscription fails, the link is marked down (one warning; the
 `fault` note shows on /healthz, which still answers 200), every node keeps serving its own
@@ -31,6 +33,7 @@ from redis.exceptions import RedisError
 from ..logsafe import printable
 from ..store import StoreError
 from .redis_rooms import SCRIPTS, RedisBackplane, RedisRoomStore, decode, encode, one_line
+from .resp import RespConnection, connect
 
 if TYPE_CHECKING:
     from ..config import ClusterSection, Config
@@ -43,6 +46,7 @@ NODE_KEY = b"stratus:node:"
 BUS_PREFIX = b"stratus:b:"
 RETRY_INTERVAL = 0.25  # seconds between attempts to reach Redis while the link is down
 FAILED_REPLY_RETRY = 1.0  # seconds before a write Redis answered with an error is retried
+COMMAND_TIMEOUT = 2.0  # seconds Redis may take to answer before the link counts as down
 LINK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -69,20 +73,22 @@ class RedisCluster:
         self.up = False
         self._reason = "not connected yet"
         self._fault: str | None = "cluster link to Redis down (not connected yet)"
-        self._pubsub: Any = None
+        self._commands: RespConnection | None = None  # the writer's connection
+        self._subscriber: RespConnection | None = None  # the subscription's connection
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._more = False  # something was queued since the last batch was sent
+        self._script_task: asyncio.Task | None = None
         # Channels this node follows: handler(data), and what to do once a subscription is
         # confirmed (e.g. re-read the room, so nothing published before it is missed).
         self._channels: dict[bytes, Callable[[bytes], None]] = {}
         self._confirmed: dict[bytes, Callable[[], None]] = {}
         self._subscribe: dict[bytes, None] = {}
         self._unsubscribe: dict[bytes, None] = {}
-        self._wake = asyncio.Event()
-        self._linked = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._supervisor: asyncio.Task | None = None
         self._epoch: bytes | None = None
         self._last_seen: dict[bytes, float] = {}  # other nodes by id: when last heard
-        self._last_message = 0.0  # when the subscription last delivered anything
         self._retry_handle: asyncio.TimerHandle | None = None
         self._scripts_lost = True
         self._closing = False
@@ -113,8 +119,10 @@ class RedisCluster:
 
     async def start(self) -> None:
         """Connect; without Redis start degraded, or refuse ([cluster] require_redis_at_start)."""
+        self._loop = asyncio.get_running_loop()
         self.redis = aioredis.Redis.from_url(
-            self.url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=0,
+            self.url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT,
+            health_check_interval=0,
         )
         try:
             await self._relink()
@@ -125,23 +133,20 @@ class RedisCluster:
                 raise StoreError(f"cannot reach Redis at {_safe_url(self.url)} ({reason}) and "
                                  "[cluster] require_redis_at_start = true") from None
             self._down(reason, starting=True)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._write_loop(), name="stratus-redis-writer"),
-                       loop.create_task(self._read_loop(), name="stratus-redis-reader"),
-                       loop.create_task(self._beat_loop(), name="stratus-redis-heartbeat")]
+        self._tasks = [self._loop.create_task(self._beat_loop(), name="stratus-redis-heartbeat")]
 
     async def close(self, timeout: float = 3.0) -> None:
         """Send what is queued (for up to `timeout` s), leave the cluster, disconnect."""
         deadline = time.monotonic() + timeout
         while self.up and self._queued() and time.monotonic() < deadline:
-            self._wake.set()
+            self.wake()
             await asyncio.sleep(0.02)
         lost = sum(backplane.unsent() for backplane in self.backplanes)
         if lost:
             log.warning("%d room values accepted by this node did not reach Redis before "
                         "shutdown; the other nodes keep theirs", lost)
         self._closing = True
-        for task in [*self._tasks, self._supervisor]:
+        for task in [*self._tasks, self._supervisor, self._script_task]:
             if task is not None:
                 task.cancel()
         if self.up:
@@ -155,11 +160,7 @@ class RedisCluster:
     async def _close_connections(self) -> None:
         if self.store is not None:
             self.store.close_client()
-        if self._pubsub is not None:
-            try:
-                await self._pubsub.aclose()
-            except LINK_ERRORS:
-                pass
+        self._drop_connections()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -173,7 +174,7 @@ class RedisCluster:
             self._confirmed[channel] = confirmed
         self._unsubscribe.pop(channel, None)
         self._subscribe[channel] = None
-        self._wake.set()
+        self.wake()
 
     def unsubscribe_channel(self, channel: bytes) -> None:
         """Stop following `channel`."""
@@ -181,7 +182,7 @@ class RedisCluster:
         self._confirmed.pop(channel, None)
         self._subscribe.pop(channel, None)
         self._unsubscribe[channel] = None
-        self._wake.set()
+        self.wake()
 
     def link_failed(self, exc: BaseException) -> None:
         """A command failed on the link: mark it down (the supervisor brings it back)."""
@@ -190,7 +191,7 @@ class RedisCluster:
     def scripts_lost(self) -> None:
         """Redis answered NOSCRIPT (it restarted or was flushed): load them before retrying."""
         self._scripts_lost = True
-        self._wake.set()
+        self.wake()
 
     async def _load_scripts(self) -> None:
         for text, sha in SCRIPTS.values():
@@ -201,8 +202,12 @@ class RedisCluster:
         self._scripts_lost = False
 
     def wake(self) -> None:
-        """Something was queued: the writer sends it with the next pipeline."""
-        self._wake.set()
+        """Something was queued: it goes out with the next batch (at the end of this loop
+        turn, or when the batch waiting for replies has them)."""
+        self._more = True
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     # The link
 
@@ -211,7 +216,7 @@ class RedisCluster:
             return
         if self.up or starting:
             self.up = False
-            self._linked.clear()
+            self._drop_connections()
             self._reason = reason
             self._fault = f"cluster link to Redis down ({reason}); serving this node's clients"
             if starting:
@@ -255,28 +260,38 @@ class RedisCluster:
         self._epoch = epoch
         await redis.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
         await self._load_scripts()
-        old = self._pubsub
-        self._pubsub = redis.pubsub()
-        if old is not None:
-            try:
-                await old.aclose()
-            except LINK_ERRORS:
-                pass
-        self._subscribe = dict.fromkeys(self._channels)
+        self._drop_connections()
+        commands = await connect(self.url, COMMAND_TIMEOUT, on_lost=self._connection_lost)
+        try:
+            subscriber = await connect(self.url, COMMAND_TIMEOUT, on_push=self._pushed,
+                                       on_lost=self._connection_lost)
+        except BaseException:
+            commands.close()
+            raise
+        self._commands, self._subscriber = commands, subscriber
+        self._subscribe.clear()
         self._unsubscribe.clear()
         # Nothing sent before this point can still be echoed on the old subscription.
         for backplane in self.backplanes:
             backplane.relinked(data_lost)
-        await self._pubsub.subscribe(*self._subscribe)
-        self._subscribe.clear()
-        self._last_message = time.monotonic()
+        subscriber.send([(b"SUBSCRIBE", *self._channels)])
         now = time.monotonic()
         self._last_seen = dict.fromkeys(self._last_seen, now)  # heard again within a beat
         self.up = True
         self._fault = None
-        self._linked.set()
-        self._wake.set()
+        self.wake()
         self.bus.relinked()
+
+    def _drop_connections(self) -> None:
+        commands, subscriber = self._commands, self._subscriber
+        self._commands = self._subscriber = None
+        for connection in (commands, subscriber):
+            if connection is not None:
+                connection.close()  # a waiting batch is put back by its finishers
+
+    def _connection_lost(self, connection: RespConnection, exc: BaseException) -> None:
+        if connection is self._commands or connection is self._subscriber:
+            self._down(one_line(exc))
 
     async def _forget_earlier_counts(self) -> None:
         """At start: drop member counts an earlier process with this node id left behind (a
@@ -290,119 +305,126 @@ class RedisCluster:
     def _queued(self) -> bool:
         return bool(self._subscribe or self._unsubscribe or self.bus.queue
                     or (self.store is not None and self.store.rows)
-                    or any(backplane.dirty for backplane in self.backplanes))
+                    or any(backplane.dirty for backplane in self.backplanes)
+                    or (self._commands is not None and self._commands.busy()))
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self.up:
-                continue
-            try:
-                if self._scripts_lost:
-                    await self._load_scripts()
-                await self._send_subscriptions()
-                await self._send_pipeline()
-            except LINK_ERRORS as exc:
-                self._down(one_line(exc))
-            except Exception:  # a bug must not stop the writer: log it and keep going
-                log.exception("cluster writer failed")
+    def _flush(self) -> None:
+        """Send subscription changes, and the next batch unless one waits for replies."""
+        self._flush_scheduled = False
+        if not self.up:
+            return
+        if self._scripts_lost:
+            if self._script_task is None or self._script_task.done():
+                self._script_task = self._loop.create_task(self._reload_scripts())
+            return
+        try:
+            self._send_subscriptions()
+            if self._commands.busy():
+                return  # its replies call wake() again if more was queued meanwhile
+            self._more = False
+            self._send_batch()
+        except ConnectionError as exc:
+            self._down(one_line(exc))
+        except Exception:  # a bug must not stop the writer: log it and keep going
+            log.exception("cluster writer failed")
 
-    async def _send_subscriptions(self) -> None:
+    async def _reload_scripts(self) -> None:
+        try:
+            await self._load_scripts()
+        except LINK_ERRORS as exc:
+            self._down(one_line(exc))
+            return
+        self.wake()
+
+    def _send_subscriptions(self) -> None:
         if self._unsubscribe:
             channels, self._unsubscribe = list(self._unsubscribe), {}
-            await self._pubsub.unsubscribe(*channels)
+            self._subscriber.send([(b"UNSUBSCRIBE", *channels)])
         if self._subscribe:
             channels, self._subscribe = list(self._subscribe), {}
-            try:
-                await self._pubsub.subscribe(*channels)
-            except LINK_ERRORS:
-                self._subscribe.update(dict.fromkeys(channels))
-                raise
+            self._subscriber.send([(b"SUBSCRIBE", *channels)])
 
-    async def _send_pipeline(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+    def _send_batch(self) -> None:
+        commands: list[tuple] = []
         finishers: list[tuple[Callable[[list | None], None], int, int]] = []
         sources: list[Any] = [*self.backplanes, self.bus]
         if self.store is not None:
             sources.append(self.store)
         for source in sources:
-            start = len(pipe.command_stack)
-            finish = source.drain(pipe)
+            start = len(commands)
+            finish = source.drain(commands)
             if finish is not None:
-                finishers.append((finish, start, len(pipe.command_stack)))
+                finishers.append((finish, start, len(commands)))
         if not finishers:
             return
-        store = self.store  # counts what metrics report as store writes and errors
+
+        def done(replies: list | None) -> None:
+            self._batch_done(finishers, replies)
+
         try:
-            results = await pipe.execute(raise_on_error=False)
-        except LINK_ERRORS:
+            self._commands.send(commands, done)
+        except ConnectionError:
+            done(None)  # put back: written through once the link is back
+            raise
+
+    def _batch_done(self, finishers: list, replies: list | None) -> None:
+        store = self.store  # counts what metrics report as store writes and errors
+        if replies is None:  # the link failed: everything is put back
             for finish, _, _ in finishers:
-                finish(None)  # put back: written through once the link is back
+                finish(None)
             if store is not None:
                 store.write_errors += 1
-            raise
+            return
         failed = False
         for finish, start, end in finishers:
-            replies = results[start:end]
-            failed = failed or any(isinstance(reply, Exception) for reply in replies)
-            finish(replies)
+            answers = replies[start:end]
+            failed = failed or any(isinstance(reply, Exception) for reply in answers)
+            finish(answers)
         if store is not None:
             if failed:
                 store.write_errors += 1
             else:
                 store.writes += 1
         if failed and self._retry_handle is None:
-            self._retry_handle = asyncio.get_running_loop().call_later(
-                FAILED_REPLY_RETRY, self._retry_failed)
+            self._retry_handle = self._loop.call_later(FAILED_REPLY_RETRY, self._retry_failed)
+        if self._more:
+            self.wake()
 
     def _retry_failed(self) -> None:
         self._retry_handle = None
-        self._wake.set()
+        self.wake()
 
-    async def _read_loop(self) -> None:
-        while True:
-            await self._linked.wait()
-            pubsub = self._pubsub
-            try:
-                message = await pubsub.get_message(timeout=self.heartbeat)
-            except LINK_ERRORS as exc:
-                if pubsub is self._pubsub:
-                    self._down(one_line(exc))
-                continue
-            except Exception:  # e.g. the pub/sub connection replaced under it
-                if pubsub is self._pubsub:
-                    log.exception("cluster subscription failed")
-                    self._down("subscription failed")
-                continue
-            now = time.monotonic()
-            if message is None:
-                # Every node (this one included) publishes a heartbeat each beat: a silent
-                # subscription is a dead one.
-                if now - self._last_message > 4 * self.heartbeat and self.up:
-                    self._down("no messages on the subscription")
-                continue
-            self._last_message = now
-            kind = message["type"]
-            channel = message["channel"]
-            try:
-                if kind == b"message" or kind == "message":
-                    handler = self._channels.get(channel)
-                    if handler is not None:
-                        handler(message["data"])
-                elif kind == b"subscribe" or kind == "subscribe":
-                    confirmed = self._confirmed.get(channel)
-                    if confirmed is not None:
-                        confirmed()
-            except Exception:
-                log.exception("handling a cluster message on %s failed",
-                              printable(channel.decode("utf-8", "replace")))
+    def _pushed(self, reply: list) -> None:
+        """A message on the subscription (or a confirmation of one)."""
+        kind, channel = reply[0], reply[1]
+        try:
+            if kind == b"message":
+                handler = self._channels.get(channel)
+                if handler is not None:
+                    handler(reply[2])
+            elif kind == b"subscribe":
+                confirmed = self._confirmed.get(channel)
+                if confirmed is not None:
+                    confirmed()
+        except Exception:
+            log.exception("handling a cluster message on %s failed",
+                          printable(channel.decode("utf-8", "replace")))
 
     async def _beat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
             self._expire_nodes()
             if not self.up:
+                continue
+            now = time.monotonic()
+            # Every node (this one included) publishes a heartbeat each beat: a silent
+            # subscription is a dead one.
+            if now - self._subscriber.received_at > 4 * self.heartbeat:
+                self._down("no messages on the subscription")
+                continue
+            since = self._commands.waiting_since()
+            if since is not None and now - since > COMMAND_TIMEOUT:
+                self._down(f"Redis did not answer for {COMMAND_TIMEOUT:g} s")
                 continue
             try:
                 pipe = self.redis.pipeline(transaction=False)
@@ -501,13 +523,12 @@ class RedisBus:
             except Exception:
                 log.exception("relink listener %r failed", listener)
 
-    def drain(self, pipe: Any) -> Callable[[list | None], None] | None:
-        """Put queued messages in `pipe`; the returned function sees the replies."""
+    def drain(self, commands: list[tuple]) -> Callable[[list | None], None] | None:
+        """Append queued messages to `commands`; the returned function sees the replies."""
         if not self.queue:
             return None
         queue, self.queue = self.queue, []
-        for channel, data in queue:
-            pipe.publish(channel, data)
+        commands.extend((b"PUBLISH", channel, data) for channel, data in queue)
 
         def finish(replies: list | None) -> None:
             if replies is None or any(isinstance(reply, Exception) for reply in replies):
