@@ -357,11 +357,14 @@ class RedisBackplane:
         if op == b"d":
             room.discard(key)
             return
+        if node == self.node:
+            # This node's own write, back from Redis with nothing newer of it on the way: the
+            # room holds that value (a re-read leaves pending keys alone) and its members had
+            # it at once, so there is nothing to parse or deliver.
+            return
         value = json.loads(rest[length:])
-        if node == self.node or op == RESTORE:
-            # This node's own write, back from Redis: its members had it at once, unless the
-            # room was re-read meanwhile and holds something older. A value written again
-            # after a failure: only news if it differs.
+        if op == RESTORE:
+            # A value written again after a failure: only news if it differs.
             old = room.values.get(key, _MISSING)
             if type(old) is type(value) and old == value:
                 return
