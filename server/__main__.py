@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         # SIGHUP reloads the certificate: every worker gets it.
         forward = (signal.SIGHUP,) if config.server.tls_cert else ()
         return Supervisor(config.server.workers, "server.__main__:run_worker", config,
-                          worker_stop_timeout(config), forward).run()
+                          worker_stop_timeout(config), forward,
+                          config.server.worker_hang_timeout).run()
     return run(config, loop_factory)
 
 

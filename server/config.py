@@ -54,6 +54,9 @@ class ServerSection:
     event_loop: str = field(default="auto", metadata=choice("auto", "asyncio", "uvloop"))
     # Server processes sharing the port (SO_REUSEPORT), supervised by the first one.
     workers: int = field(default=1, metadata={"min": 1, "max": 256})
+    # Seconds a listening worker's event loop may stay stuck before the supervisor kills and
+    # restarts it (0: never).
+    worker_hang_timeout: float = field(default=30.0, metadata=at_least(0.0))
     # PEM files: with both set, the port serves wss:// and https:// (SIGHUP reloads them).
     tls_cert: str = ""
     tls_key: str = ""

@@ -17,6 +17,9 @@ port with SO_REUSEPORT, so the kernel spreads new connections over the workers.
   that listens (one still starting reads the files anyway).
 - A worker watches its pipe to the supervisor: if the supervisor disappears (SIGKILL, OOM
   killer), the worker shuts down gracefully instead of holding the port as an orphan.
+- A listening worker's event loop sends a beat over the pipe every second or so; one silent for
+  `hang_timeout` (a plugin stuck in a loop, a blocking call that never returns) is logged,
+  killed and restarted like a worker that died, since a stuck loop serves nobody.
 
 This module knows processes only; what a worker runs is the `target` the composition root
 (`server.__main__`) names. It is named as "module:function", not passed as a function: a
@@ -26,6 +29,7 @@ spawned process imports it by that name, and the module run as `python -m server
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -41,6 +45,7 @@ from .plugins import import_object
 log = logging.getLogger("stratus.supervisor")
 
 READY = b"ready"
+BEAT = b"beat"
 # Exit statuses of a worker that was asked to stop: 0, or the signal itself if it came before
 # the worker's own signal handlers were installed.
 STOPPED_CLEANLY = (0, -signal.SIGTERM, -signal.SIGINT)
@@ -82,16 +87,29 @@ class RestartDelay:
 class WorkerLink:
     """The worker's end of its pipe to the supervisor (passed to `target`)."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, beat_interval: float = 0.0) -> None:
         self._connection = connection
         self.supervisor_pid = os.getpid()  # made by the supervisor, pickled into the worker
+        self.beat_interval = beat_interval  # 0: the supervisor does not watch for hangs
 
     def started(self) -> None:
-        """Tell the supervisor the worker listens (a later death is a crash, not a failed start)."""
+        """Tell the supervisor the worker listens (a later death is a crash, not a failed start)
+        and, from the running event loop, that it keeps turning."""
         try:
             self._connection.send_bytes(READY)
         except OSError:  # the supervisor is gone; `watch` shuts the worker down
-            pass
+            return
+        if self.beat_interval > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.beat_interval, self._beat, loop)
+
+    def _beat(self, loop: Any) -> None:
+        # Sent from a loop callback: a loop that is stuck sends nothing.
+        try:
+            self._connection.send_bytes(BEAT)
+        except OSError:
+            return
+        loop.call_later(self.beat_interval, self._beat, loop)
 
     def watch(self, loop: Any, supervisor_gone: Callable[[], None]) -> None:
         """Call `supervisor_gone` (once) when the supervisor's end of the pipe closes."""
@@ -119,6 +137,7 @@ class Slot:
     started_at: float = 0.0
     ready: bool = False
     ever_ready: bool = False
+    last_beat: float = 0.0  # when its event loop last said it turns (monotonic)
     restart_at: float | None = None  # when a dead worker is due to start again
     delay: RestartDelay = field(default_factory=RestartDelay)
 
@@ -136,9 +155,12 @@ class Supervisor:
     """
 
     def __init__(self, count: int, target: str, payload: Any, stop_timeout: float,
-                 forward: tuple[int, ...] = ()) -> None:
+                 forward: tuple[int, ...] = (), hang_timeout: float = 0.0) -> None:
         self.count = count
         self.forward = forward
+        self.hang_timeout = hang_timeout
+        # Beats often enough that a few lost to a busy moment never look like a hang.
+        self.beat_interval = min(1.0, hang_timeout / 4) if hang_timeout > 0 else 0.0
         self.target = target
         self.payload = payload
         self.stop_timeout = stop_timeout
@@ -204,6 +226,9 @@ class Supervisor:
         code if it failed to start."""
         now = time.monotonic()
         due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+        if self.hang_timeout > 0:
+            due += [slot.last_beat + self.hang_timeout for slot in self.slots
+                    if slot.ready and slot.process is not None]
         timeout = max(0.0, min(due) - now) if due else None
         waitables: list[Any] = [wake_read]
         for slot in self.slots:
@@ -231,6 +256,11 @@ class Supervisor:
                 if failed is not None:
                     return failed
         now = time.monotonic()
+        if self.hang_timeout > 0:
+            for slot in self.slots:
+                if (slot.ready and slot.process is not None
+                        and now - slot.last_beat > self.hang_timeout):
+                    self._kill_hung(slot, now)
         for slot in self.slots:
             if slot.restart_at is not None and slot.restart_at <= now:
                 slot.restart_at = None
@@ -256,7 +286,8 @@ class Supervisor:
             return False
         process = self._context.Process(
             target=_worker_main,
-            args=(self.target, slot.index, self.payload, WorkerLink(child_end)),
+            args=(self.target, slot.index, self.payload,
+                  WorkerLink(child_end, self.beat_interval)),
             name=f"stratus-worker-{slot.index}",
         )
         try:
@@ -280,11 +311,25 @@ class Supervisor:
             slot.channel.close()
             slot.channel = None
             return
-        if message == READY:
+        if message == BEAT:
+            slot.last_beat = time.monotonic()
+        elif message == READY:
             slot.ready = slot.ever_ready = True
+            slot.last_beat = time.monotonic()
             if not self._all_ready_logged and all(s.ready for s in self.slots):
                 self._all_ready_logged = True
                 log.info("all %d workers are listening", self.count)
+
+    def _kill_hung(self, slot: Slot, now: float) -> None:
+        """A listening worker whose event loop stopped turning: kill it (its death is then
+        handled like any other: logged and restarted)."""
+        slot.ready = False  # killed once; the sentinel reports the death
+        log.error("worker %d (pid %d) has not answered for %.1f s (its event loop is stuck): "
+                  "killing it", slot.index, slot.process.pid, now - slot.last_beat)
+        try:
+            os.kill(slot.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _died(self, slot: Slot) -> int | None:
         process = slot.process

@@ -471,3 +471,47 @@ async def test_cl4_clients_on_two_workers_reach_each_other(redis_workers):
     message = await alice.recv()
     assert message["cmd"] == "pmsg" and message["val"] == "psst", message
     await close_cl4(alice, bob)
+
+
+async def test_a_stuck_worker_is_killed_and_restarted(workers, room):
+    """A worker whose event loop stops turning (SIGSTOP here: alive, serving nobody) is logged
+    as stuck after worker_hang_timeout, killed and restarted; the other worker is untouched and
+    the new one serves."""
+    server = workers(server={"worker_hang_timeout": 1.5})
+    pids = worker_pids(server)
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        wait_logged(server, f"worker 1 (pid {pids[1]}) has not answered for", timeout=10)
+        wait_logged(server, f"worker 1 (pid {pids[1]}) killed by signal SIGKILL")
+        deadline = time.monotonic() + 10
+        while (restarted := worker_pids(server))[1] == pids[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert restarted[1] != pids[1] and restarted[2] == pids[2], server.log()
+        assert f"worker 2 (pid {pids[2]}) has not answered" not in server.log()
+        clients = [await joined(server.url, f"{room}-{n}", f"user{n}") for n in range(24)]
+        try:
+            held = established_by_pid(server.port, restarted.values())
+            assert held[restarted[1]] > 0, held
+        finally:
+            await close_all(*clients)
+    finally:
+        kill_leftovers([pids[1]])
+
+
+async def test_a_busy_worker_is_not_taken_for_a_stuck_one(workers, room):
+    """Beats come from the loop between clients' messages: a worker under steady traffic for
+    longer than worker_hang_timeout is never killed."""
+    server = workers(server={"worker_hang_timeout": 1.0})
+    worker_pids(server)
+    clients = [await joined(server.url, room, f"user{n}") for n in range(6)]
+    try:
+        deadline = time.monotonic() + 3.0
+        count = 0
+        while time.monotonic() < deadline:
+            for client in clients:
+                await client.send(set_text("☁ busy", count))
+                count += 1
+            await asyncio.sleep(0.005)
+    finally:
+        await close_all(*clients)
+    assert "has not answered" not in server.log(), server.log()
