@@ -239,10 +239,6 @@ def _validate(config: Config, origin: str) -> None:
             f"{origin}: [server] {given} is set but {missing} is not: set both (PEM files of "
             "the certificate chain and its private key) to serve wss://, or neither"
         )
-    if config.history.enabled and config.cluster.backend == "redis":
-        raise ConfigError(f"{origin}: [history] enabled = true is not available with [cluster] "
-                          "backend = \"redis\" yet (history is kept in the SQLite store); turn "
-                          "one of them off")
     for network in config.server.trusted_proxies:
         try:
             ipaddress.ip_network(network, strict=False)

@@ -3,8 +3,9 @@
 A one-shot command for moving to `[cluster] backend = "redis"`: it reads the store that the
 config's `[store]` and `[server] data_dir` name (holding the data dir's lock, so no server
 writes it meanwhile) and writes every room into Redis in the layout of
-`server.cluster.redis_rooms`, each room in one transaction. A room that already has values in
-Redis is left alone (and reported) unless `--replace` is given.
+`server.cluster.redis_rooms`, each room in one transaction, with its history ([history]) if it
+has one. A room that already has values in Redis is left alone (and reported) unless
+`--replace` is given.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from ..store import DataDirLock, StoreError, _text
-from .redis_rooms import room_keys, stored_value
+from ..store import DataDirLock, HistoryEntry, StoreError, _text
+from .redis_rooms import dump_entry, history_key, room_keys, stored_value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,17 +56,48 @@ def read_rooms(path: Path) -> dict[tuple[str, str], list[tuple[str, int, Any]]]:
     return rooms
 
 
-def copy_rooms(client: redis.Redis, rooms: dict, replace: bool) -> tuple[int, int, list[str]]:
-    """Write `rooms` into Redis; returns (rooms copied, variables copied, rooms skipped)."""
+def read_histories(path: Path) -> dict[tuple[str, str], list[HistoryEntry]]:
+    """Every room's history in the SQLite store at `path`, oldest first (none in a store from
+    before history existed). Entries get the Redis backend's ids: time first, so they sort
+    before anything a node records later, and in their stored order within a millisecond."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(
+            "SELECT namespace, room, seq, time, user, verb, key, value FROM history "
+            "ORDER BY namespace, room, seq").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    finally:
+        connection.close()
+    histories: dict[tuple[str, str], list[HistoryEntry]] = {}
+    for namespace, room, seq, stamp, user, verb, key, value in rows:
+        histories.setdefault((namespace, _text(room)), []).append(HistoryEntry(
+            (stamp << 22) | (seq & 0x3FFFFF), stamp, _text(user), verb, _text(key),
+            json.loads(value)))
+    return histories
+
+
+def copy_rooms(client: redis.Redis, rooms: dict, replace: bool,
+               histories: dict | None = None) -> tuple[int, int, list[str]]:
+    """Write `rooms` (and their `histories`) into Redis; returns (rooms copied, variables
+    copied, rooms skipped)."""
+    histories = histories or {}
     copied = variables = 0
     skipped: list[str] = []
-    for (namespace, room_id), rows in rooms.items():
+    for namespace, room_id in {**rooms, **histories}:
+        rows = rooms.get((namespace, room_id), [])
         values_key, meta_key, _counts, _channel = room_keys(namespace, room_id)
-        if not replace and client.exists(values_key):
+        log_key = history_key(namespace, room_id)
+        if not replace and client.exists(values_key, log_key):
             skipped.append(f"{namespace}/{room_id}")
             continue
         pipe = client.pipeline(transaction=True)
-        pipe.delete(values_key, meta_key)
+        pipe.delete(values_key, meta_key, log_key)
+        entries = histories.get((namespace, room_id))
+        if entries:
+            pipe.lpush(log_key, *map(dump_entry, entries))  # oldest first: newest at the head
         mapping = {key.encode("utf-8", "surrogatepass"): stored_value(version, position, value)
                    for version, (key, position, value) in enumerate(rows, start=1)}
         if mapping:
@@ -104,9 +136,10 @@ def main(argv: list[str], load_config: Callable[..., Any]) -> int:
         return 1
     try:
         rooms = read_rooms(path)
+        histories = read_histories(path)
         client = redis.Redis.from_url(args.to, socket_timeout=10, socket_connect_timeout=5)
         try:
-            copied, variables, skipped = copy_rooms(client, rooms, args.replace)
+            copied, variables, skipped = copy_rooms(client, rooms, args.replace, histories)
         finally:
             client.close()
     except sqlite3.Error as exc:
@@ -117,7 +150,9 @@ def main(argv: list[str], load_config: Callable[..., Any]) -> int:
         return 1
     finally:
         lock.release()
-    print(f"copied {variables} variables in {copied} rooms from {path} to Redis")
+    entries = sum(len(entries) for entries in histories.values())
+    print(f"copied {variables} variables in {copied} rooms from {path} to Redis"
+          + (f" (with {entries} history entries)" if entries else ""))
     if skipped:
         shown = ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "")
         print(f"skipped {len(skipped)} rooms that already have values in Redis (--replace "

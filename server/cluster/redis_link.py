@@ -25,7 +25,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -304,7 +304,7 @@ class RedisCluster:
 
     def _queued(self) -> bool:
         return bool(self._subscribe or self._unsubscribe or self.bus.queue
-                    or (self.store is not None and self.store.rows)
+                    or (self.store is not None and (self.store.rows or self.store.history))
                     or any(backplane.dirty for backplane in self.backplanes)
                     or (self._commands is not None and self._commands.busy()))
 
@@ -347,12 +347,13 @@ class RedisCluster:
     def _send_batch(self) -> None:
         commands: list[tuple] = []
         finishers: list[tuple[Callable[[list | None], None], int, int]] = []
-        sources: list[Any] = [*self.backplanes, self.bus]
+        drains = [backplane.drain for backplane in self.backplanes]
+        drains.append(self.bus.drain)
         if self.store is not None:
-            sources.append(self.store)
-        for source in sources:
+            drains += [self.store.drain, self.store.drain_history]
+        for drain in drains:
             start = len(commands)
-            finish = source.drain(commands)
+            finish = drain(commands)
             if finish is not None:
                 finishers.append((finish, start, len(commands)))
         if not finishers:

@@ -5,6 +5,7 @@ Per room (namespace `ns`, room id `r`):
   stratus:m:<ns>:<r>  hash   version (the room's write counter), next (next position)
   stratus:n:<ns>:<r>  hash   node id -> members of the room on that node
   stratus:c:<ns>:<r>  channel every change of the room is published on
+  stratus:h:<ns>:<r>  list    history entries ([history] enabled), newest first, `keep` long
 
 A write accepted on a node is delivered to that node's members at once (as with one process)
 and queued for Redis. The writer sends it through a Lua script that stores it, bumps the room's
@@ -21,15 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Callable
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
 from ..logsafe import printable
+from ..store import HistoryBatch, HistoryEntry
 
 if TYPE_CHECKING:
     from ..rooms import Room
@@ -121,6 +128,34 @@ def parse_stored(stored: bytes) -> tuple[int, int, Any]:
     """(version, position, value) of a stored variable."""
     version, position, value = stored.split(b" ", 2)
     return int(version), int(position), json.loads(value)
+
+
+def history_key(namespace: str, room_id: str) -> bytes:
+    """The list of a room's history entries."""
+    return b"stratus:h:" + encode(f"{namespace}:{room_id}")
+
+
+def dump_entry(entry: HistoryEntry) -> bytes:
+    """A history entry as stored (ASCII JSON: lone surrogates survive)."""
+    return json.dumps(list(entry)).encode()
+
+
+def parse_entry(stored: bytes) -> HistoryEntry:
+    """The entry `dump_entry` made."""
+    return HistoryEntry(*json.loads(stored))
+
+
+def history_sequence() -> Iterator[int]:
+    """Ids for history entries that order entries of every node by time and never collide:
+    milliseconds since the epoch, then a tag of this process, then a counter."""
+    tag = secrets.randbits(10)
+    counter = itertools.count()
+
+    def ids():
+        while True:
+            yield (int(time.time() * 1000) << 22) | (tag << 12) | (next(counter) & 0xFFF)
+
+    return ids()
 
 
 def stored_value(version: int, position: int, value: Any) -> bytes:
@@ -500,18 +535,32 @@ class RedisRoomStore:
         self.loaded_counts: dict[tuple[str, str], list] = {}
         # Changes of namespaces that are not room namespaces, waiting for the writer.
         self.rows: list = []
+        # History entries waiting for the writer, and those it sent and Redis has not
+        # confirmed, by (namespace, room id), oldest first; read by `read_history` on its
+        # thread, hence the lock.
+        self.history: dict[tuple[str, str], deque[HistoryEntry]] = {}
+        self._history_sending: dict[tuple[str, str], list[HistoryEntry]] = {}
+        self._history_keep = 0
+        self._history_lock = threading.Lock()
+        self._client_lock = threading.Lock()
+        self._sequence = history_sequence()
+
+    def client(self) -> redis.Redis:
+        """The blocking client of the reader threads (room loads, history reads)."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = redis.Redis.from_url(self.cluster.url, socket_timeout=2.0,
+                                                    socket_connect_timeout=2.0)
+            return self._client
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         """The room's variables as Redis holds them; empty while Redis is unreachable (the
         room is re-read when the link is back)."""
         if not self.cluster.up:
             return []
-        if self._client is None:
-            self._client = redis.Redis.from_url(self.cluster.url, socket_timeout=2.0,
-                                                socket_connect_timeout=2.0)
         values_key, meta_key, counts_key, _channel = room_keys(namespace, room_id)
         try:
-            _version, values, counts = self._client.eval(
+            _version, values, counts = self.client().eval(
                 READ_SCRIPT, 3, values_key, meta_key, counts_key, b"stratus:node:")
         except (RedisError, OSError) as exc:
             log.warning("cannot read room %s from Redis (%s): it starts empty on this node "
@@ -554,6 +603,80 @@ class RedisRoomStore:
             if replies is None or any(isinstance(reply, Exception) for reply in replies):
                 self.rows[:0] = rows  # kept, in order, and sent again
                 log.warning("%d stored rows could not be written to Redis; retrying", len(rows))
+
+        return finish
+
+    # History ([history] enabled): a list per room, written by the cluster's writer
+
+    def history_sequence(self) -> Iterator[int]:
+        """Entry ids ordered by time across nodes (see `history_sequence`)."""
+        return self._sequence
+
+    def append_history(self, batch: list[HistoryBatch], keep: int) -> int:
+        """Queue entries for Redis, at most the newest `keep` per room (older ones would be
+        trimmed there anyway, so an outage cannot grow the queue without bound)."""
+        self._history_keep = keep
+        with self._history_lock:
+            for namespace, room_id, entries in batch:
+                queued = self.history.get((namespace, room_id))
+                if queued is None:
+                    queued = self.history[namespace, room_id] = deque(maxlen=keep)
+                queued.extend(entries)
+        self.cluster.wake()
+        self.committed += 1
+        return self.committed
+
+    def read_history(self, namespace: str, room_id: str, limit: int) -> list[HistoryEntry]:
+        """The newest `limit` entries of a room, newest first: Redis's list and what is still
+        on its way there (only the latter while Redis is unreachable)."""
+        with self._history_lock:
+            unsent = [*self._history_sending.get((namespace, room_id), ()),
+                      *self.history.get((namespace, room_id), ())]
+        stored: list[HistoryEntry] = []
+        if self.cluster.up:
+            try:
+                raw = self.client().lrange(history_key(namespace, room_id), 0, limit - 1)
+            except (RedisError, OSError) as exc:
+                log.warning("cannot read the history of room %s from Redis (%s)",
+                            printable(room_id), one_line(exc))
+                raw = []
+            for item in raw:
+                try:
+                    stored.append(parse_entry(item))
+                except (ValueError, TypeError):
+                    log.warning("skipped a malformed history entry of room %s",
+                                printable(room_id))
+        merged = {entry.seq: entry for entry in stored}
+        for entry in unsent:
+            merged[entry.seq] = entry
+        return sorted(merged.values(), key=lambda entry: entry.seq, reverse=True)[:limit]
+
+    def drain_history(self, commands: list[tuple]) -> Callable[[list | None], None] | None:
+        """Append queued history entries to `commands` (one LPUSH and LTRIM per room)."""
+        if not self.history:
+            return None
+        keep = self._history_keep
+        with self._history_lock:
+            queued, self.history = self.history, {}
+            sending = {room: list(entries) for room, entries in queued.items()}
+            self._history_sending.update(sending)
+        for (namespace, room_id), entries in sending.items():
+            key = history_key(namespace, room_id)
+            commands.append((b"LPUSH", key, *map(dump_entry, entries)))
+            commands.append((b"LTRIM", key, 0, keep - 1))
+
+        def finish(replies: list | None) -> None:
+            failed = replies is None or any(isinstance(reply, Exception) for reply in replies)
+            with self._history_lock:
+                for room, entries in sending.items():
+                    if self._history_sending.get(room) is entries:
+                        del self._history_sending[room]
+                    if failed:  # kept, oldest first, ahead of newer ones, and sent again
+                        newer = self.history.get(room, ())
+                        self.history[room] = deque([*entries, *newer], maxlen=keep)
+            if failed:
+                log.warning("history entries of %d rooms could not be written to Redis; "
+                            "retrying", len(sending))
 
         return finish
 

@@ -236,13 +236,6 @@ def test_redis_url_from_environment_selects_the_redis_backend():
     assert load_config(None, env={}).cluster.backend == "local"
 
 
-def test_history_with_the_redis_backend_is_refused_naming_both_keys():
-    """[history] is kept in the SQLite store: with the Redis backend start-up says so."""
-    with pytest.raises(ConfigError, match=r"\[history\] enabled.*\[cluster\] backend"):
-        load_config(None, env={"STRATUS_REDIS_URL": "redis://cache:6379/0"},
-                    overrides={"history": {"enabled": True}})
-
-
 def test_redis_flag_runs_a_node_on_that_redis(launch, tmp_path, redis_server):
     """--redis URL starts a node of the cluster at that Redis (it registers itself there)."""
     port = free_port()

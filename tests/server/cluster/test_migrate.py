@@ -8,6 +8,7 @@ import sys
 
 from tests.conformance.helpers import close_all, joined, latest_values, recv, set_line, set_text
 from tests.conftest import ROOT
+from tests.server.cluster.test_redis_rooms import logs_of
 
 
 def migrate(*args: str) -> subprocess.CompletedProcess:
@@ -69,3 +70,26 @@ async def test_a_running_server_or_unreachable_redis_is_refused(make_server, tmp
     assert unreachable.returncode == 1
     assert "cannot write to Redis at redis://127.0.0.1:1/0" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+async def test_history_moves_with_the_rooms(make_server, redis_server, make_redis_node, room):
+    """With [history] on, the SQLite store's log moves too: a Redis node serves it, newest
+    first, and logs new writes above it."""
+    node = make_server(history={"enabled": True})
+    a = await joined(node.url, room, "alice")
+    await a.send(set_text("☁ score", 1))
+    await a.send(set_text("☁ score", 2))
+    await close_all(a)
+    assert node.stop() == 0
+    result = migrate("--to", redis_server.url, "--config", str(node.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "copied 1 variables in 1 rooms" in result.stdout
+    assert "with 2 history entries" in result.stdout
+    served = make_redis_node(redis_server, history={"enabled": True})
+    b = await joined(served.url, room, "bob")
+    await recv(b)  # the dump
+    await b.send(set_text("☁ score", 3))
+    entries = await logs_of(served, room, 3)
+    await close_all(b)
+    assert entries == [("bob", "☁ score", "3"), ("alice", "☁ score", "2"),
+                       ("alice", "☁ score", "1")]

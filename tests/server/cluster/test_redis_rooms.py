@@ -376,3 +376,73 @@ async def test_a_persisted_block_is_kept_in_redis_for_every_node(redis_server, m
     later = make_redis_node(redis_server, **token)
     client = await joined(later.url, room, "alice")
     await expect_close(client, 4004)
+
+
+# History ([history] enabled) on the Redis backend: one list per room, shared by every node
+
+HISTORY = {"history": {"enabled": True, "keep": 5}}
+
+
+async def logs_of(node: ServerProcess, room: str, count: int, timeout: float = 5.0) -> list:
+    """(user, name, value) of a room's /logs on `node`, once it lists `count` entries."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status, _, body = await asyncio.to_thread(http_get, node.http_url,
+                                               f"/logs?projectid={room}&limit=100")
+        assert status == 200, body
+        entries = [(e["user"], e["name"], e["value"]) for e in json.loads(body)]
+        if len(entries) >= count or asyncio.get_running_loop().time() > deadline:
+            return entries
+        await asyncio.sleep(0.05)
+
+
+async def test_history_of_writes_on_two_nodes_is_one_log_on_both(redis_server, make_redis_node,
+                                                                 room):
+    """Writes made on two nodes make one history, newest first, served alike by either node,
+    trimmed to [history] keep in Redis, and kept when every node restarts."""
+    a_node = make_redis_node(redis_server, **HISTORY)
+    b_node = make_redis_node(redis_server, **HISTORY)
+    a = await joined(a_node.url, room, "alice")
+    b = await joined(b_node.url, room, "bob")
+    await asyncio.sleep(SETTLE)
+    await a.send(set_text("☁ v", "1"))
+    assert await recv(b) == set_line("☁ v", "1")
+    await b.send(set_text("☁ v", "2"))
+    assert await recv(a) == set_line("☁ v", "2")
+    await a.send(set_text("☁ v", "3"))
+    expected = [("alice", "☁ v", "3"), ("bob", "☁ v", "2"), ("alice", "☁ v", "1")]
+    assert await logs_of(a_node, room, 3) == expected
+    assert await logs_of(b_node, room, 3) == expected
+    for value in range(4, 9):
+        await b.send(set_text("☁ v", str(value)))
+    newest = [("bob", "☁ v", str(value)) for value in range(8, 3, -1)]
+    assert await logs_of(a_node, room, 5) == newest
+    await close_all(a, b)
+    client = redis_server.client()
+    key = f"stratus:h:scratch:{room}".encode()
+    try:
+        assert client.llen(key) == 5
+    finally:
+        client.close()
+    a_node.restart()
+    b_node.restart()
+    assert await logs_of(b_node, room, 5) == newest
+
+
+async def test_history_written_during_an_outage_reaches_redis_afterwards(redis_server,
+                                                                        make_redis_node, room):
+    """A write accepted while Redis is down is in the node's /logs at once and in every node's
+    once Redis is back."""
+    a_node = make_redis_node(redis_server, **HISTORY)
+    b_node = make_redis_node(redis_server, **HISTORY)
+    a = await joined(a_node.url, room, "alice")
+    await a.send(set_text("☁ v", "1"))
+    assert await logs_of(b_node, room, 1) == [("alice", "☁ v", "1")]
+    redis_server.stop()
+    await asyncio.sleep(0.5)
+    await a.send(set_text("☁ v", "2"))
+    assert (await logs_of(a_node, room, 1))[0] == ("alice", "☁ v", "2")
+    redis_server.start()
+    assert await logs_of(b_node, room, 2, timeout=10) == [("alice", "☁ v", "2"),
+                                                         ("alice", "☁ v", "1")]
+    await close_all(a)
