@@ -162,6 +162,22 @@ async def one_client_per_worker(server: ServerProcess, room: str, pids) -> dict[
     return chosen
 
 
+async def worker_1_replaced_and_serving(server: ServerProcess, pids: dict[int, int],
+                                        room: str) -> None:
+    """Worker 1 runs under a new pid, worker 2 under its old one, and the new worker 1 gets
+    some of the port's new clients."""
+    deadline = time.monotonic() + 10
+    while (restarted := worker_pids(server))[1] == pids[1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert restarted[1] != pids[1] and restarted[2] == pids[2], server.log()
+    clients = [await joined(server.url, f"{room}-{n}", f"user{n}") for n in range(24)]
+    try:
+        held = established_by_pid(server.port, restarted.values())
+        assert held[restarted[1]] > 0, held
+    finally:
+        await close_all(*clients)
+
+
 @pytest.fixture
 def workers(make_server):
     """A `--workers 2` server with the test-only cluster engine; leftover workers are killed."""
@@ -216,19 +232,7 @@ async def test_killed_worker_is_logged_and_restarted_while_the_port_answers(work
     wait_logged(server, f"worker 1 (pid {pids[1]}) killed by signal SIGKILL")
     for _ in range(20):
         assert http_get(server.http_url, "/healthz")[0] == 200
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        restarted = worker_pids(server)
-        if restarted[1] != pids[1]:
-            break
-        time.sleep(0.05)
-    assert restarted[1] != pids[1] and restarted[2] == pids[2], server.log()
-    clients = [await joined(server.url, f"{room}-{n}", f"user{n}") for n in range(24)]
-    try:
-        held = established_by_pid(server.port, restarted.values())
-        assert held[restarted[1]] > 0, held
-    finally:
-        await close_all(*clients)
+    await worker_1_replaced_and_serving(server, pids, room)
 
 
 async def test_worker_dying_young_again_waits_longer(workers):
@@ -483,17 +487,8 @@ async def test_a_stuck_worker_is_killed_and_restarted(workers, room):
     try:
         wait_logged(server, f"worker 1 (pid {pids[1]}) has not answered for", timeout=10)
         wait_logged(server, f"worker 1 (pid {pids[1]}) killed by signal SIGKILL")
-        deadline = time.monotonic() + 10
-        while (restarted := worker_pids(server))[1] == pids[1] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert restarted[1] != pids[1] and restarted[2] == pids[2], server.log()
+        await worker_1_replaced_and_serving(server, pids, room)
         assert f"worker 2 (pid {pids[2]}) has not answered" not in server.log()
-        clients = [await joined(server.url, f"{room}-{n}", f"user{n}") for n in range(24)]
-        try:
-            held = established_by_pid(server.port, restarted.values())
-            assert held[restarted[1]] > 0, held
-        finally:
-            await close_all(*clients)
     finally:
         kill_leftovers([pids[1]])
 
