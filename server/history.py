@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .store import HistoryEntry
+from .store import HistoryEntry, newest_first
 
 if TYPE_CHECKING:
     from .rooms import Room, RoomRegistry
@@ -94,11 +94,7 @@ class RoomHistory:
                 self._reader, store.read_history, registry.namespace, room_id, count)
         else:
             stored = store.read_history(registry.namespace, room_id, count)
-        merged = {entry.seq: entry for entry in stored}
-        for entry in unsaved:
-            merged[entry.seq] = entry
-        newest = sorted(merged.values(), key=lambda entry: entry.seq, reverse=True)
-        return newest[offset:count]
+        return newest_first(stored, unsaved, count)[offset:]
 
     def close(self) -> None:
         """Stop the reader thread (waits for a read in progress)."""

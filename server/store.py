@@ -27,8 +27,9 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import count
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -62,6 +63,15 @@ class HistoryEntry(NamedTuple):
 
 # (namespace, room id, entries oldest first)
 HistoryBatch = tuple[str, str, list[HistoryEntry]]
+
+
+def newest_first(stored: Iterable[tuple], unsaved: Iterable[tuple], limit: int) -> list:
+    """The newest `limit` of two sets of history entries (or rows: tuples with `seq` first),
+    newest first. An entry in both (handed over while it was read) counts once."""
+    merged = {entry[0]: entry for entry in stored}
+    for entry in unsaved:
+        merged[entry[0]] = entry
+    return sorted(merged.values(), key=itemgetter(0), reverse=True)[:limit]
 
 # One variable's newest unwritten state: (position, value as JSON text), or None if deleted.
 _Row = tuple[int, str] | None
@@ -340,12 +350,8 @@ class SQLiteStore:
             self._read_failure = _one_line(exc)
             raise
         self._read_failure = None
-        entries = {row[0]: row for row in rows}
-        for row in queued:
-            entries[row[0]] = row
-        newest = sorted(entries.values(), reverse=True)[:limit]
         return [HistoryEntry(seq, stamp, _text(user), verb, _text(key), json.loads(value))
-                for seq, stamp, user, verb, key, value in newest]
+                for seq, stamp, user, verb, key, value in newest_first(rows, queued, limit)]
 
     def _write_loop(self) -> None:
         writer: sqlite3.Connection | None = None

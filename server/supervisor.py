@@ -227,8 +227,7 @@ class Supervisor:
         now = time.monotonic()
         due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
         if self.hang_timeout > 0:
-            due += [slot.last_beat + self.hang_timeout for slot in self.slots
-                    if slot.ready and slot.process is not None]
+            due += [slot.last_beat + self.hang_timeout for slot in self.slots if slot.ready]
         timeout = max(0.0, min(due) - now) if due else None
         waitables: list[Any] = [wake_read]
         for slot in self.slots:
@@ -258,8 +257,7 @@ class Supervisor:
         now = time.monotonic()
         if self.hang_timeout > 0:
             for slot in self.slots:
-                if (slot.ready and slot.process is not None
-                        and now - slot.last_beat > self.hang_timeout):
+                if slot.ready and now - slot.last_beat > self.hang_timeout:
                     self._kill_hung(slot, now)
         for slot in self.slots:
             if slot.restart_at is not None and slot.restart_at <= now:
@@ -340,6 +338,7 @@ class Supervisor:
         if slot.channel is not None:
             slot.channel.close()
         slot.process = slot.channel = None
+        slot.ready = False
         ran_for = time.monotonic() - slot.started_at
         if not slot.ever_ready:
             log.error("worker %d (pid %d) %s before it listened: stopping", slot.index, pid,

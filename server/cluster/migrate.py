@@ -22,7 +22,7 @@ import redis
 from redis.exceptions import RedisError
 
 from ..store import DataDirLock, HistoryEntry, StoreError, _text
-from .redis_rooms import dump_entry, history_key, room_keys, stored_value
+from .redis_rooms import dump_entry, history_id, history_key, room_keys, stored_value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def read_histories(path: Path) -> dict[tuple[str, str], list[HistoryEntry]]:
     histories: dict[tuple[str, str], list[HistoryEntry]] = {}
     for namespace, room, seq, stamp, user, verb, key, value in rows:
         histories.setdefault((namespace, _text(room)), []).append(HistoryEntry(
-            (stamp << 22) | (seq & 0x3FFFFF), stamp, _text(user), verb, _text(key),
+            history_id(stamp, seq), stamp, _text(user), verb, _text(key),
             json.loads(value)))
     return histories
 

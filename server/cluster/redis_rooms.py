@@ -36,7 +36,7 @@ import redis
 from redis.exceptions import NoScriptError, RedisError
 
 from ..logsafe import printable
-from ..store import HistoryBatch, HistoryEntry
+from ..store import HistoryBatch, HistoryEntry, newest_first
 
 if TYPE_CHECKING:
     from ..rooms import Room
@@ -145,17 +145,19 @@ def parse_entry(stored: bytes) -> HistoryEntry:
     return HistoryEntry(*json.loads(stored))
 
 
+def history_id(milliseconds: int, low: int) -> int:
+    """A history entry's id: milliseconds since the epoch, then 22 bits that tell entries of
+    one millisecond apart (ids of every node then order by time)."""
+    return (milliseconds << 22) | (low & 0x3FFFFF)
+
+
 def history_sequence() -> Iterator[int]:
-    """Ids for history entries that order entries of every node by time and never collide:
-    milliseconds since the epoch, then a tag of this process, then a counter."""
-    tag = secrets.randbits(10)
+    """Ids for this process's history entries that never collide with another node's: the
+    low bits are a tag of this process and a counter."""
+    tag = secrets.randbits(10) << 12
     counter = itertools.count()
-
-    def ids():
-        while True:
-            yield (int(time.time() * 1000) << 22) | (tag << 12) | (next(counter) & 0xFFF)
-
-    return ids()
+    while True:
+        yield history_id(int(time.time() * 1000), tag | (next(counter) & 0xFFF))
 
 
 def stored_value(version: int, position: int, value: Any) -> bytes:
@@ -646,10 +648,7 @@ class RedisRoomStore:
                 except (ValueError, TypeError):
                     log.warning("skipped a malformed history entry of room %s",
                                 printable(room_id))
-        merged = {entry.seq: entry for entry in stored}
-        for entry in unsent:
-            merged[entry.seq] = entry
-        return sorted(merged.values(), key=lambda entry: entry.seq, reverse=True)[:limit]
+        return newest_first(stored, unsent, limit)
 
     def drain_history(self, commands: list[tuple]) -> Callable[[list | None], None] | None:
         """Append queued history entries to `commands` (one LPUSH and LTRIM per room)."""
