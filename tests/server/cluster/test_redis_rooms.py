@@ -169,6 +169,26 @@ async def test_the_last_place_taken_on_two_nodes_at_once_goes_to_one(redis_serve
         await close_all(first, *racers)
 
 
+async def test_a_room_grown_past_its_limit_during_an_outage_shrinks_back(redis_server,
+                                                                        make_redis_node, room):
+    """Joins each node admitted from its own view while Redis was down that put the room over
+    max_clients_per_room: once Redis is back, one newest member is closed with 4000 and the
+    room holds its limit again."""
+    settings = {"scratch": {"max_clients_per_room": 2}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    first = await joined(a_node.url, room, "first")
+    await asyncio.sleep(SETTLE)
+    redis_server.stop()
+    await asyncio.sleep(0.5)
+    on_a, on_b = await joined(a_node.url, room, "on_a"), await joined(b_node.url, room, "on_b")
+    redis_server.start()
+    codes = await asyncio.gather(*(close_code_within(ws, 5.0) for ws in (first, on_a, on_b)))
+    assert codes[0] is None and sorted(codes[1:], key=str) == [4000, None], codes
+    assert "is full across the cluster" in a_node.log() + b_node.log()
+    await close_all(first, on_a, on_b)
+
+
 async def test_max_variables_per_room_counts_the_whole_cluster(redis_server, make_redis_node,
                                                               room):
     """With max_variables_per_room = 2, variables made on two nodes fill the room for both."""
