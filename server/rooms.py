@@ -104,7 +104,12 @@ class Room:
     # Membership
 
     def join(self, member: Any) -> bool:
-        """Add `member` and send it every variable at once; False if the room is full."""
+        """Add `member` and send it every variable at once; False if the room is full.
+
+        On a cluster "full" counts the other nodes' members as last heard of; if another node
+        took the last place at the same moment, the cluster closes one of the two moments
+        later (`RoomRegistry.evict`).
+        """
         if len(self.members) + self.remote_members >= self.registry.limits.max_clients:
             return False
         if not self.members:

@@ -8,8 +8,9 @@ runs scripts one at a time. A release deletes the name only if the same owner st
 Claims and releases go out with the cluster's writer batches (no extra connection, nothing on
 the write path of room variables); a claim's answer arrives one round trip later.
 
-Names of a dead node are ignored by claims at once and removed when the others notice it died
-(and, at start, those an earlier process with this node id left behind). While Redis is
+Names of a dead node are ignored by claims at once and removed when another node notices it
+died, or when a node starts (which also removes those an earlier process under its node id left
+behind: they would otherwise look alive). While Redis is
 unreachable a claim is granted from what the node sees itself; when the link is back, every
 name this node's owners hold is claimed again. If an owner on another node took one meanwhile,
 the claim Redis already holds wins and the `on_lost` listeners hear about the other.
@@ -50,14 +51,23 @@ end
 return 0
 """
 
-# KEYS: the space's claims; ARGV: "<node> " of a node, its node key ("": purge regardless).
-# Removes every name that node holds, unless it is alive; returns how many.
+# KEYS: the space's claims; ARGV: the node key prefix, a node id whose names go regardless (an
+# earlier process under this node's id) or "". Removes the names of dead nodes (and of that
+# one); returns how many.
 PURGE_SCRIPT = """
-if ARGV[2] ~= '' and redis.call('EXISTS', ARGV[2]) == 1 then return 0 end
 local claims = redis.call('HGETALL', KEYS[1])
+local alive = {}
 local removed = 0
 for i = 1, #claims, 2 do
-  if string.sub(claims[i + 1], 1, #ARGV[1]) == ARGV[1] then
+  local node = string.match(claims[i + 1], '^(%S+) ')
+  local keep = false
+  if node and node ~= ARGV[2] then
+    if alive[node] == nil then
+      alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1
+    end
+    keep = alive[node]
+  end
+  if not keep then
     redis.call('HDEL', KEYS[1], claims[i])
     removed = removed + 1
   end
@@ -90,7 +100,6 @@ class RedisClaims:
         self.queue: list[Queued] = []  # waiting for the writer
         # Names this node's owners hold, granted or on their way: (space, name) -> owner.
         self.held: dict[tuple[str, str], str] = {}
-        self.spaces: set[str] = set()
         self._lost: list[Callable[[str, str, str], None]] = []
         self._tasks: set[asyncio.Task] = set()
 
@@ -104,7 +113,6 @@ class RedisClaims:
         if holder is not None and holder != owner:
             return False
         self.held[key] = owner
-        self.spaces.add(space)
         if not self.cluster.up:
             return True  # claimed again when the link is back (`relinked`)
         future = asyncio.get_running_loop().create_future()
@@ -181,8 +189,9 @@ class RedisClaims:
                         one_line(next(r for r in replies if isinstance(r, Exception))))
 
     def _claim_lost(self, space: str, name: str, owner: str) -> None:
-        log.warning("the name %s (%s) that this node granted while Redis was unreachable is "
-                    "held by another node's client: the claim Redis already had keeps it",
+        log.warning("the name %s (%s) that this node granted without Redis (unreachable, or "
+                    "refusing the claim) is held by another node's client: the claim Redis "
+                    "already had keeps it",
                     printable(name), printable(space))
         for listener in self._lost:
             try:
@@ -209,25 +218,25 @@ class RedisClaims:
         self.queue.extend((CLAIM, space, name, owner, None)
                           for (space, name), owner in self.held.items())
 
-    async def purge(self, node: bytes, unless_alive: bool) -> None:
-        """Remove the names `node` holds in every space (if it is dead, with `unless_alive`)."""
+    async def purge(self, earlier: bytes = b"") -> None:
+        """Remove the names dead nodes hold, in every space (and every name held under node
+        id `earlier`: an earlier process of this node)."""
         redis = self.cluster.redis
-        node_key = NODE_KEY + node if unless_alive else b""
         async for key in redis.scan_iter(match=CLAIMS_PREFIX + b"*", count=1000):
-            await redis.evalsha(CLAIM_SCRIPTS["purge"][1], 1, key, node + b" ", node_key)
+            await redis.evalsha(CLAIM_SCRIPTS["purge"][1], 1, key, NODE_KEY, earlier)
 
     def node_gone(self, node: bytes) -> None:
         """A node died: its names are free (they already were for claims; this frees the
         memory)."""
         if self.cluster.redis is None:
             return
-        task = asyncio.get_running_loop().create_task(self._purge_dead(node))
+        task = asyncio.get_running_loop().create_task(self._purge_dead())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _purge_dead(self, node: bytes) -> None:
+    async def _purge_dead(self) -> None:
         try:
-            await self.purge(node, unless_alive=True)
+            await self.purge()
         except LINK_ERRORS as exc:
             log.info("could not remove the names of a dead node from Redis (%s); claims "
                      "ignore them anyway", one_line(exc))

@@ -314,7 +314,7 @@ class RedisCluster:
             pipe.hdel(key, self.node)
         if pipe.command_stack:
             await pipe.execute()
-        await self.claims.purge(self.node, unless_alive=False)
+        await self.claims.purge(earlier=self.node)
 
     def _queued(self) -> bool:
         return bool(self._subscribe or self._unsubscribe or self.bus.queue or self.claims.queue

@@ -77,7 +77,7 @@ async def test_a_name_given_twice_during_an_outage_stays_with_one_client(redis_s
     redis_server.start()
     closed = await asyncio.gather(closed_after_conflict(a, 5.0), closed_after_conflict(b, 5.0))
     assert sorted(closed) == [False, True]
-    assert "held by another node's client" in a_node.log() + b_node.log()
+    assert "is held by another node's client" in a_node.log() + b_node.log()
     (late,) = await identified(a_node.url, "late", named=False)
     assert await setid_outcome(late, "sam") == CONFLICT
     await close_all(a, b, late)
