@@ -9,12 +9,14 @@ given.
 A `Cluster` is the node's link to the other nodes: it makes one backplane per room namespace,
 opens the store rooms are loaded from (the SQLite/memory store for one process, Redis for a
 cluster), and offers protocols a `MessageBus` for what is not a room variable (CL4 messages and
-presence). `LocalCluster` is the zero-cost default: no bus, and `LocalBackplane.publish` is
-`Fanout.deliver` itself.
+presence) and `NameClaims` for names that must be unique across the nodes (CL4 usernames).
+`LocalCluster` is the zero-cost default: no bus, no claims (one process sees every name), and
+`LocalBackplane.publish` is `Fanout.deliver` itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -122,11 +124,40 @@ class MessageBus(Protocol):
         once when it first comes up): state shared over the bus should be sent again."""
 
 
+# lost(space, name, owner): a claim made while the cluster was unreachable turned out to be
+# another node's once it was reachable again.
+ClaimLost = Callable[[str, str, str], None]
+
+
+class NameClaims(Protocol):
+    """Names unique across the nodes, in separate spaces (e.g. "cl4" usernames).
+
+    A claim is decided atomically by the cluster: of two owners claiming one name at the same
+    moment on two nodes, exactly one gets it. A name is held until its owner releases it or its
+    node dies. While the cluster is unreachable a claim is granted (the caller has checked what
+    it knows locally) and made again once it is back; if another node's owner got the name
+    meanwhile, the claim that reached the cluster first keeps it and the `on_lost` listeners
+    are told about the other.
+    """
+
+    def claim(self, space: str, name: str, owner: str) -> bool | asyncio.Future[bool]:
+        """Claim `name` for `owner` (a claim it already holds succeeds): True or False now, or
+        a future of it (one round trip to the cluster)."""
+
+    def release(self, space: str, name: str, owner: str) -> None:
+        """Give `name` back, if `owner` holds it; never blocks."""
+
+    def on_lost(self, listener: ClaimLost) -> None:
+        """Call `listener(space, name, owner)` for a granted claim the cluster later refused."""
+
+
 class Cluster(Protocol):
     """A node's link to the other nodes: backplanes, the store rooms load from, the bus."""
 
     # None for one process; protocols use it for messages that are not room variables.
     bus: MessageBus | None
+    # None for one process (every name is seen locally); names unique across the nodes.
+    claims: NameClaims | None
 
     @property
     def fault(self) -> str | None:
@@ -149,9 +180,10 @@ class Cluster(Protocol):
 
 
 class LocalCluster:
-    """One process: local backplanes, the configured store, no bus."""
+    """One process: local backplanes, the configured store, no bus, no claims."""
 
     bus = None
+    claims = None
     fault = None
 
     def __init__(self, section: Any = None) -> None:

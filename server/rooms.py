@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from .codes import CloseCode
 from .logsafe import printable
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class RoomLimits:
     max_rooms: int = 16384
     idle_timeout: float = 3600.0
     max_idle_rooms: int = 1000
+    # What a member is closed with when a cluster finds it took a place past max_clients at
+    # the same moment as a member of another node: the protocol's answer to a full room.
+    full_close_code: int = CloseCode.TRY_AGAIN_LATER
 
 
 class NamedWriter:
@@ -100,7 +104,12 @@ class Room:
     # Membership
 
     def join(self, member: Any) -> bool:
-        """Add `member` and send it every variable at once; False if the room is full."""
+        """Add `member` and send it every variable at once; False if the room is full.
+
+        On a cluster "full" counts the other nodes' members as last heard of; if another node
+        took the last place at the same moment, the cluster closes one of the two moments
+        later (`RoomRegistry.evict`).
+        """
         if len(self.members) + self.remote_members >= self.registry.limits.max_clients:
             return False
         if not self.members:
@@ -269,6 +278,13 @@ class RoomRegistry:
             member.close(code)
             room.leave(member)  # in case closing did not remove it (already closing)
         return len(members)
+
+    def evict(self, room: Room, members: list) -> None:
+        """Close `members` as a join refused for a full room is (`full_close_code`): the
+        cluster counted them past max_clients."""
+        for member in members:
+            member.close(self.limits.full_close_code)
+            room.leave(member)  # in case closing did not remove it (already closing)
 
     def unblock(self, room_id: str) -> bool:
         """Accept joins of `room_id` again; False if it was not blocked."""

@@ -14,6 +14,13 @@ on topic `cl4.presence`; what the node that owns a client announces to members (
 update their mirrors. When a node stops answering, each node announces `ulist remove` for its
 mirrored clients to its own members. After an outage (and at start) every node sends a full
 snapshot of its clients, which the others reconcile their mirrors with.
+
+With `unique_usernames`, mirrors alone would let two nodes name two clients alike within the
+time a presence change takes to travel, so setid also claims the name in the cluster's
+`NameClaims` (space "cl4", owner the client's uuid) and answers once the claim is decided; the
+name is released when the client leaves. A name granted while Redis was unreachable that
+another node's client got first is taken back: that client gets E:112 and is closed with 1000
+("Username conflict"), so it reconnects and picks a name again.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ import logging
 from collections.abc import Hashable
 from typing import Any
 
-from server.backplane import MessageBus
+from server.backplane import MessageBus, NameClaims
+from server.codes import CloseCode
 from server.fanout import write_queued
 from server.framing import encode_text
 from server.logsafe import printable
 
+from .codes import StatusCode
 from .state import Cl4ClientState
 from .wire import encode_message
 
@@ -36,6 +45,7 @@ log = logging.getLogger("stratus.cl4")
 
 PRESENCE = "cl4.presence"
 DELIVER = "cl4.deliver"
+USERNAMES = "cl4"  # the space of CL4 usernames in the cluster's name claims
 
 
 class RemotePeer:
@@ -56,11 +66,14 @@ class RemotePeer:
 class Cl4Cluster:
     """Mirrors other nodes' CL4 clients and forwards messages to them."""
 
-    def __init__(self, protocol: Any, bus: MessageBus) -> None:
+    def __init__(self, protocol: Any, bus: MessageBus, claims: NameClaims | None = None) -> None:
         # `protocol`: the `endpoint.Cl4Protocol` (not imported: it imports this module).
         self.protocol = protocol
         self.engine = protocol.engine
         self.bus = bus
+        self.claims = claims
+        # Usernames claimed in the cluster for this node's clients, by client uuid.
+        self.claimed: dict[str, str] = {}
         # Mirrors of other nodes' clients, by node, then uuid.
         self.remote: dict[str, dict[str, Cl4ClientState]] = {}
         # Messages waiting to be forwarded, by node: [message, [recipient uuids]] in order.
@@ -76,6 +89,9 @@ class Cl4Cluster:
         self.bus.subscribe(DELIVER, self._deliver_received)
         self.bus.on_node_gone(self.node_gone)
         self.bus.on_relinked(self.relinked)
+        if self.claims is not None and self.engine.options.unique_usernames:
+            self.engine.username_claim = self.claim_username
+            self.claims.on_lost(self.username_lost)
 
     # Forwarding
 
@@ -115,12 +131,50 @@ class Cl4Cluster:
                     if connection.is_open:
                         write_queued(connection, frame, limit, events)
 
+    # Usernames unique across the nodes
+
+    def claim_username(self, session: Cl4ClientState, username: str) -> Any:
+        """The engine's `username_claim`: claim `username` for a client of this node."""
+        outcome = self.claims.claim(USERNAMES, username, session.uuid)
+        if outcome is False:
+            return False
+        self.claimed[session.uuid] = username
+        if outcome is not True:
+            outcome.add_done_callback(
+                lambda done: done.result() or self._forget_claim(session.uuid, username))
+        return outcome
+
+    def _forget_claim(self, uuid: str, username: str) -> None:
+        if self.claimed.get(uuid) == username:
+            del self.claimed[uuid]
+
+    def username_lost(self, space: str, name: str, owner: str) -> None:
+        """A name this node granted while Redis was unreachable belongs to another node's
+        client: ours gets E:112 and is closed, so it reconnects and names itself again."""
+        if space != USERNAMES:
+            return
+        self._forget_claim(owner, name)
+        session = self.engine.find_by_uuid(owner)
+        if session is None or is_remote(session.connection) or session.username != name:
+            return
+        log.warning("CL4 client %s loses the username %s, taken on another node while the "
+                    "cluster link was down", printable(session.ip), printable(name))
+        self.engine.reply(session, StatusCode.ID_CONFLICT,
+                          details="This username was taken on another node while the server "
+                          "was cut off from it; reconnect and choose another.")
+        self.engine.close(session, CloseCode.NORMAL, "Username conflict")
+
     # Presence of this node's clients
 
     def presence_changed(self, event: str, session: Cl4ClientState, room: str | None) -> None:
         """A local client changed: tell the other nodes (mirrors are not told about)."""
         if isinstance(session.connection, RemotePeer):
             return
+        if self.claimed and (event == "gone" or event == "named"):
+            claimed = self.claimed.get(session.uuid)
+            if claimed is not None and (event == "gone" or claimed != session.username):
+                del self.claimed[session.uuid]  # it left, or a plugin renamed it
+                self.claims.release(USERNAMES, claimed, session.uuid)
         if event == "left" and session.closed:
             return  # "gone" follows
         if self._outbox:

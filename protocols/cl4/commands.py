@@ -96,9 +96,29 @@ def handle_setid(request: Cl4Request) -> None:
             details=f"Username is longer than {options.max_username_length} characters.",
         )
         return
-    if options.unique_usernames and engine.find_by_username(username):
-        request.reply(StatusCode.ID_CONFLICT, details="This username is already in use.")
-        return
+    if options.unique_usernames:
+        if engine.find_by_username(username):
+            _username_taken(request)
+            return
+        # On a cluster, two nodes may name two clients alike at the same moment: the cluster
+        # decides, and the client's later messages wait for the answer.
+        claim = engine.claim_username(session, username)
+        if claim is False:
+            _username_taken(request)
+            return
+        if claim is not True:
+            engine.wait_for(request, claim, lambda taken: _name(request, username) if taken
+                            else _username_taken(request))
+            return
+    _name(request, username)
+
+
+def _username_taken(request: Cl4Request) -> None:
+    request.reply(StatusCode.ID_CONFLICT, details="This username is already in use.")
+
+
+def _name(request: Cl4Request, username: str) -> None:
+    engine, session = request.engine, request.session
     engine.set_username(session, username)
     # 0.2.0 re-subscribes the client to default; an unnamed client can be in no other room.
     engine.subscribe(session, DEFAULT_ROOM)

@@ -59,7 +59,7 @@ class Cl4Protocol:
         bus = server.cluster.bus
         if bus is not None and self.options.enabled:
             # Subscribed now, before the cluster connects, so the first snapshots are heard.
-            self.cluster = Cl4Cluster(self, bus)
+            self.cluster = Cl4Cluster(self, bus, server.cluster.claims)
             self.cluster.attach()
             self.engine.replace_send(self._send_clustered)
 

@@ -67,6 +67,9 @@ PreDispatchHook = Callable[[Cl4ClientState, dict], "dict | Reject | None"]
 # (event, client, room) when a local client's presence changes: "joined" / "left" (room),
 # "named" (room None; the username is on the client), "gone" (it disconnected).
 PresenceObserver = Callable[[str, Cl4ClientState, "str | None"], None]
+# claim(client, username): whether a cluster lets the client take the name, now (True/False)
+# or as a future of it (see `Cl4Engine.username_claim`).
+UsernameClaim = Callable[[Cl4ClientState, str], Any]
 
 SNOWFLAKE_INSTANCE = 42  # as the reference server (spec §6)
 CLOSE_NORMAL = CloseCode.NORMAL
@@ -75,6 +78,9 @@ CLOSE_POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
 # Compact JSON turns one character into at most 12 ("\ud83d\ude00"), so a message shorter than
 # max_val_bytes / 12 characters cannot carry a too-large val and skips the measurement.
 _MAX_EXPANSION = 12
+# Messages a client may send while one of its commands waits (one round trip to the cluster,
+# at most seconds when it is slow); more is a flood, closed like one (1008).
+MAX_WAITING_MESSAGES = 1024
 
 
 class Cl4Engine:
@@ -106,6 +112,9 @@ class Cl4Engine:
         self.rate_limited_observers: list[RateLimitedObserver] = []
         # Told about every presence change of a client, e.g. to mirror it on other nodes.
         self.presence_observers: list[PresenceObserver] = []
+        # With unique_usernames on a cluster: asks the other nodes before setid names a
+        # client (set by the cluster component; None: this engine sees every name).
+        self.username_claim: UsernameClaim | None = None
         self._commands: dict[str, Cl4Command] = {}
         for command in BUILTIN_COMMANDS:
             self._commands[command.name] = command
@@ -181,6 +190,52 @@ class Cl4Engine:
     def session(self, connection: Hashable) -> Cl4ClientState | None:
         """The session of a connected connection, or None."""
         return self._sessions.get(connection)
+
+    def close(self, session: Cl4ClientState, code: int, reason: str) -> None:
+        """Close a client's connection (the core then disconnects it from the engine)."""
+        self._close(session.connection, code, reason)
+
+    def claim_username(self, session: Cl4ClientState, username: str) -> Any:
+        """Whether `session` may take `username` beyond this engine's own clients: True or
+        False, or a future of it when a cluster decides (see `wait_for`)."""
+        if self.username_claim is None:
+            return True
+        return self.username_claim(session, username)
+
+    def wait_for(self, request: Cl4Request, pending: Any, then: Callable[[Any], None]) -> None:
+        """Finish `request` later: hold the client's next messages until `pending` (a future)
+        is done, then call `then(result)` and handle what arrived meanwhile, in order.
+
+        `then` is skipped if the client left meanwhile; if it raises (or `pending` failed), the
+        client gets E:105 as for a failing command.
+        """
+        session = request.session
+        session.waiting = []
+        pending.add_done_callback(lambda done: self._resume(request, done, then))
+
+    def _resume(self, request: Cl4Request, done: Any, then: Callable[[Any], None]) -> None:
+        session = request.session
+        waiting, session.waiting = session.waiting or [], None
+        if session.closed:
+            return
+        try:
+            if done.cancelled():
+                raise RuntimeError("the wait was cancelled")
+            then(done.result())
+        except Exception:
+            logger.exception("CL4 command %s from %r failed after waiting",
+                             printable(str(request.message.get("cmd"))), session)
+            self.reply(session, StatusCode.INTERNAL_SERVER_ERROR, request.listener)
+        for index, (text, parsed, within_rate) in enumerate(waiting):
+            if session.closed:
+                return
+            if session.waiting is not None:  # a message waits again: the rest wait behind it
+                session.waiting[:0] = waiting[index:]
+                return
+            try:
+                self._handle(session, text, parsed, within_rate)
+            except Exception:
+                logger.exception("CL4 message handling failed for %r", session)
 
     # -- plugin API ----------------------------------------------------------------------------
 
@@ -416,6 +471,23 @@ class Cl4Engine:
 
     def _receive(self, session: Cl4ClientState, text: str, parsed: Any = MISSING) -> None:
         within_rate = self._take(session.message_bucket)
+        waiting = session.waiting
+        if waiting is None:
+            self._handle(session, text, parsed, within_rate)
+        elif len(waiting) < MAX_WAITING_MESSAGES:
+            waiting.append((text, parsed, within_rate))
+        else:
+            self._close_flooding(session, "it flooded while a command waited")
+
+    def _close_flooding(self, session: Cl4ClientState, why: str) -> None:
+        logger.info("closing CL4 client %s with %d: %s", printable(session.ip),
+                    CLOSE_POLICY_VIOLATION, why)
+        session.closed = True
+        self._close(session.connection, CLOSE_POLICY_VIOLATION, "Rate limited")
+        self.disconnect(session.connection)
+
+    def _handle(self, session: Cl4ClientState, text: str, parsed: Any,
+                within_rate: bool) -> None:
         if session.identified:
             message = self._decode(session, text, within_rate)
         else:
@@ -488,11 +560,7 @@ class Cl4Engine:
         for observer in self.rate_limited_observers:
             observer(session)
         if not self._take(session.rate_limited_bucket):
-            logger.info("closing CL4 client %s with %d: it kept sending past the rate limit",
-                        printable(session.ip), CLOSE_POLICY_VIOLATION)
-            session.closed = True
-            self._close(session.connection, CLOSE_POLICY_VIOLATION, "Rate limited")
-            self.disconnect(session.connection)
+            self._close_flooding(session, "it kept sending past the rate limit")
             return
         self.reply(
             session,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 from protocols.cl4.limits import TokenBucket
 from server.logsafe import printable
@@ -27,6 +28,7 @@ class Cl4ClientState:
         "user_object",
         "username",
         "uuid",
+        "waiting",
     )
 
     def __init__(
@@ -52,6 +54,10 @@ class Cl4ClientState:
         self.setid_bucket = setid_bucket
         # E:116 replies left before the client is closed (see Cl4Engine._reply_rate_limited).
         self.rate_limited_bucket: TokenBucket | None = None
+        # While a command waits for an answer from elsewhere (a cluster-wide username claim),
+        # the messages that arrive meanwhile: (text, parsed, within its rate), handled in order
+        # once it is answered (see Cl4Engine.wait_for). None when nothing waits.
+        self.waiting: list[tuple[str, Any, bool]] | None = None
         # Shared by every message that carries it: never mutate, replace (see `set_username`).
         self.user_object: dict[str, str] = {"id": snowflake, "uuid": uuid}
 

@@ -8,7 +8,7 @@ from server.codes import CloseCode
 from server.session import ProtocolEntry
 
 from ..validators import is_valid_room_id, is_valid_value
-from .engine import ScratchSession, accepts_name, connect_refusal
+from .engine import ROOM_FULL, ScratchSession, accepts_name, connect_refusal
 from .options import ScratchOptions, ScratchSection
 from .wire import CODEC, NAMESPACE
 
@@ -45,7 +45,7 @@ class ScratchProtocol:
         self.rooms = server.open_rooms(
             NAMESPACE,
             CODEC,
-            self.options.room_limits(store.room_idle_timeout, store.max_idle_rooms),
+            self.options.room_limits(store.room_idle_timeout, store.max_idle_rooms, ROOM_FULL),
             self.options.fanout_settings(),
         )
         if server.plugins.hooks("variable"):

@@ -37,6 +37,10 @@ PROJECT_UNAVAILABLE = CloseCode.SCRATCH_PROJECT_UNAVAILABLE
 SECURITY = CloseCode.SCRATCH_SECURITY
 IDENTIFY = CloseCode.SCRATCH_IDENTIFY
 SERVER_ERROR = CloseCode.SERVER_ERROR
+# A join of a room at max_clients_per_room (spec §5a: 4000, not the documented 4003); also what
+# a member is closed with when the cluster finds it took the last place at the same moment as a
+# member of another node.
+ROOM_FULL = GENERIC_ERROR
 
 COOKIE_WARNING = (
     "The cloud data library you are using is putting your Scratch account at risk by sending us "
@@ -273,7 +277,7 @@ class ScratchSession:
         if room.id in self.rooms.blocked:
             raise ProtocolViolation(PROJECT_UNAVAILABLE, "blocked room id")
         if not room.join(self.peer):
-            raise ProtocolViolation(GENERIC_ERROR, "room is full")
+            raise ProtocolViolation(ROOM_FULL, "room is full")
         self.room = room
         self.room_id = room.id
         if log.isEnabledFor(logging.DEBUG):

@@ -71,8 +71,10 @@ class ScratchOptions:
             raise ValueError(f"[scratch] username_filters: {exc}") from None
         return cls(section, frozenset(blocked), filters)
 
-    def room_limits(self, idle_timeout: float, max_idle_rooms: int) -> RoomLimits:
-        """The limits of the Scratch room namespace ([store] adds the idle-room policy)."""
+    def room_limits(self, idle_timeout: float, max_idle_rooms: int,
+                    full_close_code: int) -> RoomLimits:
+        """The limits of the Scratch room namespace ([store] adds the idle-room policy; the
+        engine says how a full room refuses a join)."""
         section = self.section
         return RoomLimits(
             max_variables=section.max_variables_per_room,
@@ -80,6 +82,7 @@ class ScratchOptions:
             max_rooms=section.max_rooms,
             idle_timeout=idle_timeout,
             max_idle_rooms=max_idle_rooms,
+            full_close_code=full_close_code,
         )
 
     def fanout_settings(self) -> FanoutSettings:

@@ -32,7 +32,16 @@ from redis.exceptions import RedisError
 
 from ..logsafe import printable
 from ..store import StoreError
-from .redis_rooms import SCRIPTS, RedisBackplane, RedisRoomStore, decode, encode, one_line
+from .redis_claims import CLAIM_SCRIPTS, RedisClaims
+from .redis_rooms import (
+    NODE_KEY,
+    SCRIPTS,
+    RedisBackplane,
+    RedisRoomStore,
+    decode,
+    encode,
+    one_line,
+)
 from .resp import RespConnection, connect
 
 if TYPE_CHECKING:
@@ -42,7 +51,6 @@ log = logging.getLogger("stratus.cluster")
 
 NODES_CHANNEL = b"stratus:nodes"
 EPOCH_KEY = b"stratus:epoch"
-NODE_KEY = b"stratus:node:"
 BUS_PREFIX = b"stratus:b:"
 RETRY_INTERVAL = 0.25  # seconds between attempts to reach Redis while the link is down
 FAILED_REPLY_RETRY = 1.0  # seconds before a write Redis answered with an error is retried
@@ -69,6 +77,7 @@ class RedisCluster:
         self.heartbeat = max(min(self.node_timeout / 5, 1.0), 0.05)
         self.redis: aioredis.Redis | None = None
         self.bus = RedisBus(self)
+        self.claims = RedisClaims(self)
         self.backplanes: list[RedisBackplane] = []
         self.up = False
         self._reason = "not connected yet"
@@ -146,6 +155,7 @@ class RedisCluster:
             log.warning("%d room values accepted by this node did not reach Redis before "
                         "shutdown; the other nodes keep theirs", lost)
         self._closing = True
+        self.claims.close()
         for task in [*self._tasks, self._supervisor, self._script_task]:
             if task is not None:
                 task.cancel()
@@ -194,7 +204,7 @@ class RedisCluster:
         self.wake()
 
     async def _load_scripts(self) -> None:
-        for text, sha in SCRIPTS.values():
+        for text, sha in (*SCRIPTS.values(), *CLAIM_SCRIPTS.values()):
             loaded = await self.redis.script_load(text)
             loaded = loaded.decode() if isinstance(loaded, bytes) else loaded
             if loaded != sha:
@@ -217,6 +227,7 @@ class RedisCluster:
         if self.up or starting:
             self.up = False
             self._drop_connections()
+            self.claims.link_down()
             self._reason = reason
             self._fault = f"cluster link to Redis down ({reason}); serving this node's clients"
             if starting:
@@ -255,11 +266,11 @@ class RedisCluster:
         if data_lost:
             log.warning("Redis came back without the cluster's data (a new epoch): writing "
                         "this node's rooms back from memory")
+        await self._load_scripts()
         if self._epoch is None:
             await self._forget_earlier_counts()
         self._epoch = epoch
         await redis.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
-        await self._load_scripts()
         self._drop_connections()
         commands = await connect(self.url, COMMAND_TIMEOUT, on_lost=self._connection_lost)
         try:
@@ -274,6 +285,7 @@ class RedisCluster:
         # Nothing sent before this point can still be echoed on the old subscription.
         for backplane in self.backplanes:
             backplane.relinked(data_lost)
+        self.claims.relinked()
         subscriber.send([(b"SUBSCRIBE", *self._channels)])
         now = time.monotonic()
         self._last_seen = dict.fromkeys(self._last_seen, now)  # heard again within a beat
@@ -294,16 +306,18 @@ class RedisCluster:
             self._down(one_line(exc))
 
     async def _forget_earlier_counts(self) -> None:
-        """At start: drop member counts an earlier process with this node id left behind (a
-        node_id set in config, restarted within node_timeout, would otherwise keep them)."""
+        """At start: drop member counts and names an earlier process with this node id left
+        behind (a node_id set in config, restarted within node_timeout, would otherwise keep
+        them)."""
         pipe = self.redis.pipeline(transaction=False)
         async for key in self.redis.scan_iter(match=b"stratus:n:*", count=1000):
             pipe.hdel(key, self.node)
         if pipe.command_stack:
             await pipe.execute()
+        await self.claims.purge(earlier=self.node)
 
     def _queued(self) -> bool:
-        return bool(self._subscribe or self._unsubscribe or self.bus.queue
+        return bool(self._subscribe or self._unsubscribe or self.bus.queue or self.claims.queue
                     or (self.store is not None and (self.store.rows or self.store.history))
                     or any(backplane.dirty for backplane in self.backplanes)
                     or (self._commands is not None and self._commands.busy()))
@@ -348,7 +362,7 @@ class RedisCluster:
         commands: list[tuple] = []
         finishers: list[tuple[Callable[[list | None], None], int, int]] = []
         drains = [backplane.drain for backplane in self.backplanes]
-        drains.append(self.bus.drain)
+        drains += [self.bus.drain, self.claims.drain]
         if self.store is not None:
             drains += [self.store.drain, self.store.drain_history]
         for drain in drains:
@@ -456,6 +470,7 @@ class RedisCluster:
                     printable(decode(node)), self.node_timeout)
         for backplane in self.backplanes:
             backplane.node_gone(node)
+        self.claims.node_gone(node)
         self.bus.node_gone(decode(node))
 
     def live_nodes(self) -> list[bytes]:

@@ -16,6 +16,13 @@ Redis message per write and node, never per recipient). A node skips changes of 
 which its own newer write is still on the way (it arrives later and wins), so all members of
 all nodes converge on the value Redis stored last. A missing version (a lost publish), a new
 subscription and a link that comes back re-read the room (`resync`).
+
+Members count across nodes: a node's member count goes to Redis through a script that stores
+it and answers the room's total over the live nodes. Scripts run one at a time, so when two
+nodes admit the last place at the same moment, only the count that arrives second sees the
+total above `max_clients`: that node closes its newest members beyond it, as a join refused for
+a full room is closed (`RoomRegistry.evict`). Joins stay synchronous, and a count costs one
+command as before; variable writes pay nothing for it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -47,6 +55,7 @@ RedisCluster = Any
 log = logging.getLogger("stratus.cluster")
 
 LINK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+NODE_KEY = b"stratus:node:"  # + node id: a node's heartbeat, gone when the node is dead
 
 # ARGV: key, JSON value, max variables (0 = none), node id, the kind of write (`WRITE`,
 # `QUIET` or `RESTORE`), channel. Returns the new version, or -1 if the room is full.
@@ -92,6 +101,28 @@ end
 return {redis.call('HGET', KEYS[2], 'version') or '0', redis.call('HGETALL', KEYS[1]), live}
 """
 
+# KEYS: member counts; ARGV: node id, this node's members, channel, the node key prefix.
+# Stores (or, at 0, removes) this node's count, tells the room's nodes, and returns the room's
+# members over the live nodes; counts of dead nodes are removed.
+COUNT_SCRIPT = """
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[3], 'n ' .. ARGV[2] .. ' ' .. ARGV[1])
+local counts = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #counts, 2 do
+  if counts[i] == ARGV[1] or redis.call('EXISTS', ARGV[4] .. counts[i]) == 1 then
+    total = total + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], counts[i])
+  end
+end
+return total
+"""
+
 # Kinds of write. A client's write is delivered to every member of every node (Scratch relays
 # repeated values too); a rename's new key to nobody; a value written again because it may not
 # have reached Redis (the link failed, Redis lost its data) only where it changes something.
@@ -99,7 +130,8 @@ WRITE, QUIET, RESTORE = b"s", b"q", b"r"
 
 SCRIPTS = {name: (text, hashlib.sha1(text.encode()).hexdigest())
            for name, text in (("set", SET_SCRIPT), ("delete", DELETE_SCRIPT),
-                              ("read", READ_SCRIPT))}
+                              ("read", READ_SCRIPT),
+                              ("count", COUNT_SCRIPT))}
 
 
 def encode(text: str) -> bytes:
@@ -170,7 +202,7 @@ class RoomLink:
 
     __slots__ = ("values_key", "meta_key", "counts_key", "channel", "outbox", "inflight",
                  "versions", "last_version", "unsynced", "remote_counts", "counted",
-                 "members_dirty", "resyncing", "resync_again")
+                 "members_dirty", "reported", "resyncing", "resync_again")
 
     def __init__(self, namespace: str, room_id: str) -> None:
         self.values_key, self.meta_key, self.counts_key, self.channel = room_keys(namespace,
@@ -188,6 +220,9 @@ class RoomLink:
         # Nodes whose count arrived while the room was being re-read: newer than the re-read.
         self.counted: set[bytes] = set()
         self.members_dirty = True
+        # The member count last sent to Redis: members beyond it joined since (the newest),
+        # and only they can have taken a place another node took first.
+        self.reported = 0
         self.resyncing = False
         self.resync_again = False  # a gap was seen while a re-read was on its way
 
@@ -283,8 +318,11 @@ class RedisBackplane:
             return None
         rooms, self.dirty = self.dirty, {}
         node = self.node
-        set_sha, delete_sha = SCRIPTS["set"][1], SCRIPTS["delete"][1]
-        sent: list[tuple[Room, str | None, bytes]] = []  # (room, key or None = count, kind)
+        set_sha, delete_sha, count_sha = (SCRIPTS["set"][1], SCRIPTS["delete"][1],
+                                          SCRIPTS["count"][1])
+        # (room, key, kind of write) per variable; (room, None, (count sent before, members
+        # that joined since, newest first)) per member count.
+        sent: list[tuple[Room, str | None, Any]] = []
         for room in rooms:
             link = room.cluster
             max_variables = room.registry.limits.max_variables
@@ -303,44 +341,44 @@ class RedisBackplane:
             if link.members_dirty:
                 link.members_dirty = False
                 count = len(room.members)
-                if count:
-                    commands.append((b"HSET", link.counts_key, node, count))
-                else:
-                    commands.append((b"HDEL", link.counts_key, node))
-                commands.append((b"PUBLISH", link.channel, b"n %d " % count + node))
-                sent.append((room, None, WRITE))
+                # Members are kept in join order: the newest are the last ones.
+                joined = tuple(islice(reversed(room.members), max(count - link.reported, 0)))
+                sent.append((room, None, (link.reported, joined)))
+                link.reported = count
+                commands.append((b"EVALSHA", count_sha, 1, link.counts_key, node, count,
+                                 link.channel, NODE_KEY))
 
         def finish(replies: list | None) -> None:
             self._finish(sent, replies)
 
         return finish
 
-    def _finish(self, sent: list[tuple[Room, str | None, bytes]], replies: list | None) -> None:
-        index = 0
+    def _finish(self, sent: list[tuple[Room, str | None, Any]], replies: list | None) -> None:
         failures: list[str] = []
-        for room, key, kind in sent:
+        for index, (room, key, kind) in enumerate(sent):
             link = room.cluster
-            width = 1 if key is not None else 2
-            answers = replies[index:index + width] if replies is not None else None
-            index += width
-            failed = answers is None or any(isinstance(a, Exception) for a in answers)
+            reply = replies[index] if replies is not None else None
+            failed = replies is None or isinstance(reply, Exception)
+            if failed and replies is not None:
+                failures.append(one_line(reply))
+                if str(reply).startswith("NOSCRIPT"):
+                    self.cluster.scripts_lost()
             if key is None:
                 if failed:
+                    # Sent again (after a lost link, `relinked` counts every member anew).
+                    link.reported = min(link.reported, kind[0])
                     link.members_dirty = True
                     self._requeue(room)
+                else:
+                    self._counted(room, reply, kind[1])
                 continue
             if failed:
                 link.sent_back(key)
                 # Redis may have stored it (only the reply was lost): others get it again
                 # only if it changes something for them.
-                link.outbox.setdefault(key, kind if answers is not None else RESTORE)
+                link.outbox.setdefault(key, kind if replies is not None else RESTORE)
                 self._requeue(room)
-                if answers is not None:
-                    failures.append(one_line(answers[0]))
-                    if str(answers[0]).startswith("NOSCRIPT"):
-                        self.cluster.scripts_lost()
                 continue
-            reply = answers[0]
             if reply == -1:
                 # The room is full cluster-wide: another node's new variables got there first.
                 link.sent_back(key)
@@ -353,6 +391,19 @@ class RedisBackplane:
         if failures:
             log.warning("Redis refused %d room writes (%s); retrying", len(failures),
                         failures[0])
+
+    def _counted(self, room: Room, total: int, joined: tuple) -> None:
+        """Redis counted `total` members in the room over the live nodes, with this node's
+        newest count: if that is over the limit, this node's count came last, and its members
+        that `joined` since its previous count (newest first) give the places back."""
+        surplus = total - room.registry.limits.max_clients
+        if surplus <= 0:
+            return
+        late = [member for member in joined if member in room.members][:surplus]
+        if late:
+            log.info("room %s is full across the cluster: %d member(s) that joined here at the "
+                     "same time as others elsewhere are closed", printable(room.id), len(late))
+            room.registry.evict(room, late)
 
     def _requeue(self, room: Room) -> None:
         self.dirty[room] = None
@@ -427,7 +478,7 @@ class RedisBackplane:
         try:
             version, values, counts = await self.cluster.redis.evalsha(
                 SCRIPTS["read"][1], 3, link.values_key, link.meta_key, link.counts_key,
-                b"stratus:node:")
+                NODE_KEY)
         except NoScriptError:
             self.cluster.scripts_lost()
             link.resyncing = False
@@ -505,6 +556,10 @@ class RedisBackplane:
                 for key in room.values:
                     link.outbox.setdefault(key, RESTORE)
             link.members_dirty = True
+            # Every member counts as new: if the room grew past its limit across the cluster
+            # during the outage, this node's count arrives after the others' and it gives back
+            # its newest places.
+            link.reported = 0
             self.dirty[room] = None
 
     def node_gone(self, node: bytes) -> None:
@@ -563,7 +618,7 @@ class RedisRoomStore:
         values_key, meta_key, counts_key, _channel = room_keys(namespace, room_id)
         try:
             _version, values, counts = self.client().eval(
-                READ_SCRIPT, 3, values_key, meta_key, counts_key, b"stratus:node:")
+                READ_SCRIPT, 3, values_key, meta_key, counts_key, NODE_KEY)
         except (RedisError, OSError) as exc:
             log.warning("cannot read room %s from Redis (%s): it starts empty on this node "
                         "and is re-read when Redis answers", printable(room_id), one_line(exc))

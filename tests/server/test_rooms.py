@@ -233,6 +233,19 @@ async def test_block_closes_members_and_unblock_allows_again():
     assert registry.unblock("R") and not registry.unblock("R")
 
 
+async def test_evict_closes_members_with_the_full_room_code_and_keeps_the_rest():
+    """Members a cluster counted past max_clients are closed with the namespace's room-full
+    code and leave; the others stay."""
+    registry = make_registry(limits=RoomLimits(full_close_code=4000))
+    room = registry.open("R")
+    kept, late = FakeMember(), FakeMember()
+    room.join(kept)
+    room.join(late)
+    registry.evict(room, [late])
+    assert (kept.close_code, late.close_code) == (None, 4000)
+    assert list(room.members) == [kept]
+
+
 # Eviction
 
 

@@ -82,6 +82,51 @@ async def test_unique_usernames_hold_across_nodes(redis_server, make_redis_node)
     await close_all(alice, other)
 
 
+async def setid_outcome(client: Cl4, name: str) -> str:
+    """Send setid and return the code of its answer."""
+    await client.send({"cmd": "setid", "val": name, "listener": "s"})
+    burst = await client.recv_until(lambda m: m.get("cmd") == "statuscode")
+    return burst[-1]["code"]
+
+
+async def test_one_name_claimed_on_two_nodes_at_once_goes_to_one(redis_server, make_redis_node):
+    """Two clients on two nodes setid the same name at the same moment (many times over):
+    exactly one gets OK and the other E:112; once the winner leaves, the loser takes it."""
+    settings = {"cl4": {"unique_usernames": True}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    for attempt in range(15):
+        name = f"racer{attempt}"
+        (a,), (b,) = await asyncio.gather(identified(a_node.url, "a", named=False),
+                                          identified(b_node.url, "b", named=False))
+        codes = await asyncio.gather(setid_outcome(a, name), setid_outcome(b, name))
+        assert sorted(codes) == ["E:112 | ID conflict", "I:100 | OK"], codes
+        winner, loser = (a, b) if codes[0] == "I:100 | OK" else (b, a)
+        await winner.close()
+        await asyncio.sleep(SETTLE)
+        assert await setid_outcome(loser, name) == "I:100 | OK"
+        await loser.close()
+
+
+async def test_messages_after_a_clustered_setid_keep_their_order(redis_server, make_redis_node):
+    """setid followed at once by link and gmsg: the answers come in the order sent, the gmsg
+    reaches the linked room, and the client is named in it."""
+    settings = {"cl4": {"unique_usernames": True}}
+    a_node = make_redis_node(redis_server, **settings)
+    (client,) = await identified(a_node.url, "x", named=False)
+    for message in ({"cmd": "setid", "val": "sam", "listener": "s"},
+                    {"cmd": "link", "val": ["lobby"], "listener": "l"},
+                    {"cmd": "gmsg", "val": "hi", "listener": "g"}):
+        await client.send(message)
+    got = await client.recv_until(lambda m: m.get("cmd") == "gmsg")
+    assert [m["listener"] for m in got if m.get("cmd") == "statuscode"] == ["s", "l"]
+    assert got[-1] == {"cmd": "gmsg", "val": "hi", "listener": "g", "rooms": "lobby"}
+    lobby = [m["val"] for m in got
+             if m.get("cmd") == "ulist" and m["mode"] == "set" and m["rooms"] == "lobby"]
+    assert [user["username"] for user in lobby[0]] == ["sam"]
+    await close_all(client)
+
+
 async def test_disconnect_on_one_node_is_announced_on_the_other(redis_server, make_redis_node):
     """A named client leaving node B gets a ulist remove on node A."""
     a_node, b_node = make_redis_node(redis_server), make_redis_node(redis_server)

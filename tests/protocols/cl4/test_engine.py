@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -24,6 +25,7 @@ from protocols.cl4 import (
     looks_like_cl4,
     parse_json,
 )
+from protocols.cl4.engine import MAX_WAITING_MESSAGES
 from protocols.js import MAX_JSON_DEPTH
 from tests.protocols.cl4.harness import Harness, ok, status
 
@@ -798,6 +800,71 @@ def test_unique_usernames():
     harness.send(other, {"cmd": "setid", "val": "alice", "listener": "username_cfg"})
     (reply,) = other.take()
     assert reply["code"] == "E:112 | ID conflict" and reply["listener"] == "username_cfg"
+
+
+class ClusterClaims:
+    """A cluster's username claim as the engine sees it: each claim a future the test answers."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, asyncio.Future]] = []
+
+    def __call__(self, session, username: str) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((username, future))
+        return future
+
+
+async def settle() -> None:
+    """Let the loop run the callbacks of futures answered just now."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_setid_waits_for_the_cluster_and_later_messages_keep_their_order():
+    """With a cluster claim on its way, setid answers only once it is decided, and what the
+    client sent meanwhile is handled after it, in order."""
+    harness = Harness(unique_usernames=True)
+    claims = harness.engine.username_claim = ClusterClaims()
+    client = harness.client("client")
+    harness.send(client, {"cmd": "setid", "val": "sam", "listener": "s"})
+    harness.send(client, {"cmd": "link", "val": ["lobby"], "listener": "l"})
+    harness.send(client, {"cmd": "ping", "listener": "p"})
+    assert client.take() == [] and [name for name, _ in claims.pending] == ["sam"]
+    claims.pending[0][1].set_result(True)
+    await settle()
+    listeners = [m.get("listener") for m in client.take() if m.get("cmd") == "statuscode"]
+    assert listeners == ["s", "l", "p"]
+    assert harness.engine.find_by_username("sam")
+
+
+async def test_setid_refused_by_the_cluster_is_e112_and_leaves_the_client_unnamed():
+    """A name the cluster gives to another node's client answers E:112; the client may then
+    pick another name."""
+    harness = Harness(unique_usernames=True)
+    claims = harness.engine.username_claim = ClusterClaims()
+    client = harness.client("client")
+    harness.send(client, {"cmd": "setid", "val": "sam", "listener": "s"})
+    claims.pending[0][1].set_result(False)
+    await settle()
+    (reply,) = client.take()
+    assert reply["code"] == "E:112 | ID conflict" and reply["listener"] == "s"
+    assert not harness.engine.find_by_username("sam")
+    harness.send(client, {"cmd": "setid", "val": "sam2", "listener": "t"})
+    claims.pending[1][1].set_result(True)
+    await settle()
+    assert client.take()[-1]["code"] == "I:100 | OK"
+
+
+async def test_a_client_flooding_while_setid_waits_is_closed():
+    """More messages than MAX_WAITING_MESSAGES while a claim is on its way close the client
+    with 1008, as a flood past the rate limit does."""
+    harness = Harness(unique_usernames=True, messages_per_second=0)
+    harness.engine.username_claim = ClusterClaims()
+    client = harness.client("client")
+    harness.send(client, {"cmd": "setid", "val": "sam"})
+    for _ in range(MAX_WAITING_MESSAGES + 1):
+        harness.send(client, {"cmd": "ping"})
+    assert client.closed == (1008, "Rate limited")
 
 
 def test_duplicate_and_empty_usernames_are_accepted(harness):

@@ -18,6 +18,7 @@ from protocols.scratch import (
     CODEC,
     COOKIE_WARNING,
     NAMESPACE,
+    ROOM_FULL,
     ScratchOptions,
     ScratchSection,
     ScratchSession,
@@ -42,7 +43,7 @@ class Scratch:
         self.rooms = make_registry(
             namespace=NAMESPACE,
             codec=CODEC,
-            limits=self.options.room_limits(3600.0, 1000),
+            limits=self.options.room_limits(3600.0, 1000, ROOM_FULL),
             settings=self.options.fanout_settings(),
             store=store,
         )

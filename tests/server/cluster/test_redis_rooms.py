@@ -7,13 +7,16 @@ import asyncio
 import json
 import signal
 import urllib.request
+import uuid
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conformance.helpers import (
     close_all,
     expect_close,
     expect_nothing,
+    handshake_text,
     http_get,
     joined,
     latest_values,
@@ -21,6 +24,7 @@ from tests.conformance.helpers import (
     recv_until,
     set_line,
     set_text,
+    ws_connect,
 )
 from tests.conftest import RedisServer, ServerProcess, redis_settings
 from tests.server.plugin_fixtures import append_plugins
@@ -124,6 +128,65 @@ async def test_max_clients_per_room_counts_the_whole_cluster(redis_server, make_
     await a.send(set_text("☁ x", 1))
     assert await recv(again) == set_line("☁ x", 1)
     await close_all(a, again)
+
+
+async def close_code_within(ws, wait: float) -> int | None:
+    """The code the server closes `ws` with within `wait` s (empty reason), else None."""
+    try:
+        async with asyncio.timeout(wait):
+            while True:
+                await ws.recv()
+    except TimeoutError:
+        return None
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None and exc.rcvd.reason == ""
+        return exc.rcvd.code
+
+
+async def test_the_last_place_taken_on_two_nodes_at_once_goes_to_one(redis_server,
+                                                                     make_redis_node):
+    """Two clients joining a room with one free place on two nodes at the same moment (many
+    times over): the room never ends with more than max_clients_per_room members, and the
+    other one is closed with 4000, the code of a join refused for a full room."""
+    settings = {"scratch": {"max_clients_per_room": 2}}
+    nodes = [make_redis_node(redis_server, **settings), make_redis_node(redis_server, **settings)]
+    counts = redis_server.client()
+    for attempt in range(20):
+        room = f"race-{attempt}-{uuid.uuid4().hex[:8]}"
+        first = await joined(nodes[attempt % 2].url, room, "first")
+        await first.send(set_text("☁ x", attempt))
+        await asyncio.sleep(SETTLE)
+        racers = [await ws_connect(node.url) for node in nodes]
+        await asyncio.gather(*(racer.send(handshake_text(room, f"racer{index}"))
+                               for index, racer in enumerate(racers)))
+        codes = await asyncio.gather(*(close_code_within(racer, 2 * SETTLE)
+                                       for racer in racers))
+        assert sorted(codes, key=str) == [4000, None], codes
+        await asyncio.sleep(SETTLE)
+        members = {node: int(count) for node, count in
+                   counts.hgetall(f"stratus:n:scratch:{room}").items()}
+        assert sum(members.values()) == 2, members
+        await close_all(first, *racers)
+
+
+async def test_a_room_grown_past_its_limit_during_an_outage_shrinks_back(redis_server,
+                                                                        make_redis_node, room):
+    """Joins each node admitted from its own view while Redis was down that put the room over
+    max_clients_per_room: once Redis is back, one newest member is closed with 4000 and the
+    room holds its limit again."""
+    settings = {"scratch": {"max_clients_per_room": 2}}
+    a_node = make_redis_node(redis_server, **settings)
+    b_node = make_redis_node(redis_server, **settings)
+    first = await joined(a_node.url, room, "first")
+    await asyncio.sleep(SETTLE)
+    redis_server.stop()
+    await asyncio.sleep(0.5)
+    on_a, on_b = await joined(a_node.url, room, "on_a"), await joined(b_node.url, room, "on_b")
+    redis_server.start()
+    codes = await asyncio.gather(*(close_code_within(ws, 5.0) for ws in (first, on_a, on_b)))
+    assert codes[0] is None and sorted(codes[1:], key=str) == [4000, None], codes
+    assert "is full across the cluster" in a_node.log() + b_node.log()
+    await close_all(first, on_a, on_b)
 
 
 async def test_max_variables_per_room_counts_the_whole_cluster(redis_server, make_redis_node,
