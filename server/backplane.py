@@ -114,6 +114,9 @@ class MessageBus(Protocol):
     def publish(self, topic: str, payload: bytes, node: str | None = None) -> None:
         """Send `payload` to every other node (or only to `node`); never blocks."""
 
+    def nodes(self) -> list[str]:
+        """The other nodes heard from lately (within the cluster's node timeout), by id."""
+
     def on_node_gone(self, listener: Callable[[str], None]) -> None:
         """Call `listener(node id)` when a node stops answering (its clients are gone)."""
 
@@ -127,6 +130,9 @@ class Cluster(Protocol):
 
     # None for one process; protocols use it for messages that are not room variables.
     bus: MessageBus | None
+    # This node's number among the live nodes (0 to 1023, unique while it runs; 0 for one
+    # process): the high part of the client ids it hands out, so ids never clash across nodes.
+    worker: int
 
     @property
     def fault(self) -> str | None:
@@ -153,6 +159,7 @@ class LocalCluster:
 
     bus = None
     fault = None
+    worker = 0
 
     def __init__(self, section: Any = None) -> None:
         self.section = section

@@ -67,6 +67,7 @@ class FakeHost:
         self.loop = asyncio.get_running_loop()
         self.events = EventBus()
         self.read_limits = read_limits or ReadLimits()
+        self.worker = 0
         self.settings = Settings(**settings)
         self.http_settings = HttpSection(request_timeout=0.2)
         self.page = lambda request: plain_response(200, "OK", b"page\n",
