@@ -30,6 +30,7 @@ from typing import Any
 
 from websockets.http11 import Response
 
+from server.app import PENDING
 from server.codes import CloseCode
 from server.config import at_least
 from server.facade import Facade
@@ -248,8 +249,11 @@ def merge_rooms(room_lists: Iterable[list[dict[str, Any]]]) -> list[dict[str, An
 
 
 def node_figures(facade: Facade, rooms: int) -> dict[str, Any]:
-    """This node's entry in GET /stats' per-node section."""
-    return {"node": facade.node_id, "clients": facade.stats()["connections"], "rooms": rooms,
+    """This node's entry in GET /stats' per-node section: its clients (connections that
+    chose a protocol, not HTTP requests), rooms in memory, and whether its link is up."""
+    by_protocol = facade.stats()["protocols"]
+    clients = sum(count for name, count in by_protocol.items() if name != PENDING)
+    return {"node": facade.node_id, "clients": clients, "rooms": rooms,
             "link_up": facade.cluster_fault is None}
 
 

@@ -292,6 +292,11 @@ class RedisCluster:
         self._epoch = epoch
         await redis.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
         self._claimed(await redis.eval(CLAIM_WORKER, 0, *self._claim_arguments()))
+        # Nodes whose heartbeat key lives are known at once, not a beat later (requests to
+        # every node, e.g. the admin API's, must not miss them); and they hear of this one.
+        async for key in redis.scan_iter(match=NODE_KEY + b"*", count=1000):
+            self._heard_node(key[len(NODE_KEY):])
+        await redis.publish(NODES_CHANNEL, self.node)
         await self._load_scripts()
         self._drop_connections()
         commands = await connect(self.url, COMMAND_TIMEOUT, on_lost=self._connection_lost)

@@ -105,7 +105,8 @@ async def test_delete_room_closes_members_on_both_nodes_and_deletes_the_variable
     await expect_close(b, 4000, messages=1)  # the set made on node A
     await asyncio.sleep(SETTLE)
     for node in two_nodes:
-        assert call(node.port, "GET", f"/api/v1/rooms/scratch/{room}").status == 404
+        detail = call(node.port, "GET", f"/api/v1/rooms/scratch/{room}").json
+        assert detail["variables"] == {} and detail["members"] == []
     late = await joined(b_node.url, room, "late")
     assert await expect_no_dump(late)
     await close_all(late)
