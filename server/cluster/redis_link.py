@@ -138,7 +138,8 @@ class RedisCluster:
 
     def describe(self, config: Config) -> str:
         """Redis and this node's id."""
-        return f"store: Redis at {_safe_url(self.url)}, cluster node {printable(self.node_id)}"
+        return (f"store: Redis at {_safe_url(self.url)}, cluster node "
+                f"{printable(self.node_id)}, worker number {self.worker}")
 
     def backplane(self, namespace: str) -> RedisBackplane:
         """A backplane whose rooms keep their values in Redis."""

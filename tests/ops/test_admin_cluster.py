@@ -209,3 +209,24 @@ def test_requests_from_other_nodes_are_logged(two_nodes, room):
         time.sleep(0.05)
     assert json.loads(call(a_node.port, "GET", "/api/v1/blocked-projects").body) == {
         "blocked": [room]}
+
+
+async def test_cl4_room_members_of_both_nodes_are_listed_and_kickable(two_nodes):
+    """CL4 clients of two nodes are listed in their room through either node, and a kick via
+    node A closes node B's client with 1008."""
+    a_node, b_node = two_nodes
+    [alice] = await identified(a_node.url, "alice")
+    [bob] = await identified(b_node.url, "bob")
+    deadline = time.monotonic() + 5
+    while True:
+        detail = call(a_node.port, "GET", "/api/v1/rooms/cl4/default").json
+        where = {member["username"]: member["node"] for member in detail.get("members", [])}
+        if where == {"alice": "node-a", "bob": "node-b"} or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert where == {"alice": "node-a", "bob": "node-b"}
+    [remote] = [member for member in detail["members"] if member["username"] == "bob"]
+    reply = call(a_node.port, "POST", f"/api/v1/clients/{remote['client_id']}/kick")
+    assert reply.status == 200 and reply.json["close_code"] == 1008, reply
+    await expect_close(bob.ws, 1008)
+    await close_cl4(alice)
