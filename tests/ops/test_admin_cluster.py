@@ -7,12 +7,14 @@ import asyncio
 import json
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from tests.conformance.cl4_client import close_all as close_cl4
 from tests.conformance.cl4_client import identified
-from tests.conformance.helpers import close_all, expect_close, joined, set_text
+from tests.conformance.helpers import close_all, expect_close, http_get, joined, set_text
+from tests.conftest import RoundRobinProxy
 from tests.ops.api import TOKEN, call
 
 SETTLE = 0.3  # long enough for a join or a member count to reach the other node
@@ -230,3 +232,37 @@ async def test_cl4_room_members_of_both_nodes_are_listed_and_kickable(two_nodes)
     assert reply.status == 200 and reply.json["close_code"] == 1008, reply
     await expect_close(bob.ws, 1008)
     await close_cl4(alice)
+
+
+async def test_a_node_that_missed_a_block_applies_it_when_its_link_is_back(
+        redis_server, make_redis_node, room):
+    """A block made while node B's link to Redis was cut reaches B when the link is back: B
+    closes its member in the room with 4004 and refuses joins (the block is stored in Redis)."""
+    a_node = make_redis_node(redis_server, admin={"token": TOKEN},
+                             cluster={"node_id": "node-a", "reply_timeout": REPLY_TIMEOUT})
+    link = RoundRobinProxy([redis_server.port])  # node B reaches Redis through it
+    try:
+        through_link = SimpleNamespace(url=f"redis://127.0.0.1:{link.port}/0")
+        b_node = make_redis_node(through_link, admin={"token": TOKEN},
+                                 cluster={"node_id": "node-b"})
+        member = await joined(b_node.url, room, "inside")
+        await until_listed(a_node.port, room, 1)
+        link.cut()
+        await until_health(b_node, "cluster link to Redis down")
+        reply = call(a_node.port, "PUT", f"/api/v1/blocked-projects/{room}")
+        assert reply.status == 200 and reply.json["nodes"]["missing"] == ["node-b"], reply
+        assert call(b_node.port, "GET", f"/api/v1/blocked-projects/{room}").status == 404
+        link.restore()
+        await expect_close(member, 4004, timeout=5)
+        await expect_close(await joined(b_node.url, room), 4004)
+        assert call(b_node.port, "GET", f"/api/v1/blocked-projects/{room}").status == 200
+    finally:
+        link.stop()
+
+
+async def until_health(node, text: str) -> None:
+    """Wait until the node's /healthz mentions `text`."""
+    deadline = time.monotonic() + 5
+    while text not in http_get(node.http_url, "/healthz")[2].decode():
+        assert time.monotonic() < deadline, f"/healthz never said {text!r}"
+        await asyncio.sleep(0.05)
