@@ -615,17 +615,23 @@ class AdminApi:
         return json_response(200, "OK", document)
 
     async def delete_room(self, request: HttpRequest) -> Response:
-        """DELETE /rooms/{protocol}/{id}: close the members (4000) on every node, then delete
+        """DELETE /rooms/{protocol}/{id}: close the members (4000) on every node and delete
         every variable (once: the deletes reach the other nodes like any write)."""
         protocol = request.params["protocol"]
         if protocol not in self.facade.namespaces():
             raise not_found(f"no protocol {protocol!r} with stored rooms")
         room_id = self._scratch_room_id(request)
         code = int(ROOM_DELETED_CODE)
-        answers, nodes = await self._ask(ASK_CLOSE_ROOM,
-                                         {"protocol": protocol, "id": room_id, "code": code})
+        # The other nodes are asked while this one clears the room, not before: a member
+        # closed elsewhere reconnects within a second or so, and must find the room empty
+        # even when a silent node keeps the replies waiting for reply_timeout.
+        asking = asyncio.ensure_future(
+            self._ask(ASK_CLOSE_ROOM, {"protocol": protocol, "id": room_id, "code": code}))
+        try:
+            cleared = await self.facade.clear_room(protocol, room_id, ROOM_DELETED_CODE)
+        finally:
+            answers, nodes = await asking
         closed_elsewhere = sum(answer["closed"] for answer in answers.values())
-        cleared = await self.facade.clear_room(protocol, room_id, ROOM_DELETED_CODE)
         if cleared is None and not closed_elsewhere:
             raise not_found("no such room (not in memory, nothing stored)",
                             {"nodes": nodes} if nodes else None)
