@@ -242,14 +242,7 @@ class Facade:
 
     def close_members(self, namespace: str, room_id: str, code: int) -> int:
         """Close the members of a room on this node with `code`; returns how many."""
-        room = self._registry(namespace).get(room_id)
-        if room is None:
-            return 0
-        members = list(room.members)
-        for member in members:
-            member.close(code)
-            room.leave(member)  # in case closing did not remove it (already closing)
-        return len(members)
+        return self._registry(namespace).close_members(room_id, code)
 
     async def read_history(self, namespace: str, room_id: str, limit: int,
                            offset: int = 0) -> list[HistoryEntry] | None:
