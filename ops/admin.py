@@ -12,6 +12,13 @@ protocol's ("scratch": room id and value validation, the same checks a client's 
 and CL4's ("cl4": its rooms). Handlers that may need a room's stored values read them off the
 loop (the facade's `async` methods). The endpoints and their JSON are documented in
 docs/api.md.
+
+On a cluster (a server with other nodes, `Facade.node_id` set) each call speaks for every
+node: the handler does this node's part and asks the others over the bus (`Facade.ask`, the
+`ASK_*` topics, answered by every node's `_answer_*` methods), then merges their replies and
+adds a "nodes" section naming who answered and who did not within [cluster] reply_timeout.
+One process answers as before, without it. Nothing here waits on the loop: the replies are
+awaited.
 """
 
 from __future__ import annotations
