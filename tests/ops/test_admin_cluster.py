@@ -147,13 +147,14 @@ async def test_block_holds_on_every_node_and_for_nodes_started_later(
     assert call(a_node.port, "DELETE", f"/api/v1/blocked-projects/{room}").status == 404
 
 
-async def test_a_stopped_node_is_named_within_the_timeout(two_nodes, room):
-    """With node B stopped (SIGSTOP), node A's answers come within [cluster] reply_timeout and
-    name B as missing, instead of hanging."""
+@pytest.mark.parametrize("stop", [signal.SIGSTOP, signal.SIGKILL])
+async def test_a_stopped_node_is_named_within_the_timeout(two_nodes, room, stop):
+    """With node B stopped (SIGSTOP) or killed, node A's answers come within [cluster]
+    reply_timeout and name B as missing (until B's heartbeat expires), instead of hanging."""
     a_node, b_node = two_nodes
     ws = await joined(a_node.url, room, "alice")
     await until_listed(a_node.port, room, 1)
-    b_node.proc.send_signal(signal.SIGSTOP)
+    b_node.proc.send_signal(stop)
     try:
         for method, path in (("GET", "/api/v1/rooms"), ("GET", f"/api/v1/rooms/scratch/{room}"),
                              ("GET", "/api/v1/stats"), ("POST", "/api/v1/clients/12345/kick")):
