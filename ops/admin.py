@@ -12,6 +12,13 @@ protocol's ("scratch": room id and value validation, the same checks a client's 
 and CL4's ("cl4": its rooms). Handlers that may need a room's stored values read them off the
 loop (the facade's `async` methods). The endpoints and their JSON are documented in
 docs/api.md.
+
+On a cluster (a server with other nodes, `Facade.node_id` set) each call speaks for every
+node: the handler does this node's part and asks the others over the bus (`Facade.ask`, the
+`ASK_*` topics, answered by every node's `_answer_*` methods), then merges their replies and
+adds a "nodes" section naming who answered and who did not within [cluster] reply_timeout.
+One process answers as before, without it. Nothing here waits on the loop: the replies are
+awaited.
 """
 
 from __future__ import annotations
@@ -19,20 +26,23 @@ from __future__ import annotations
 import asyncio
 import heapq
 import hmac
+import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from websockets.http11 import Response
 
+from server.app import PENDING
 from server.codes import CloseCode
 from server.config import at_least
 from server.facade import Facade
 from server.logsafe import printable
+from server.node_requests import Replies
 from server.plugins import Client
 from server.routes import HttpRequest, error_response, json_response
 
@@ -56,6 +66,15 @@ MAX_TRACKED_ADDRESSES = 10_000
 FIRST_FAILURE_DELAY = 0.25
 # Rooms whose flushed updates are counted for the busiest-rooms list, at most.
 MAX_COUNTED_ROOMS = 20_000
+# Topics of the requests one node's admin API sends the others on a cluster (payloads and
+# replies are JSON objects; see the AdminApi._answer_* methods).
+ASK_ROOMS = "admin.rooms"
+ASK_ROOM = "admin.room"
+ASK_CLOSE_ROOM = "admin.close-room"
+ASK_KICK = "admin.kick"
+ASK_BLOCK = "admin.block"
+ASK_UNBLOCK = "admin.unblock"
+ASK_STATS = "admin.stats"
 
 
 @dataclass(frozen=True)
@@ -69,21 +88,23 @@ class AdminSection:
 
 
 class ApiError(Exception):
-    """Answer the call with `status` and {"error": message}."""
+    """Answer the call with `status` and {"error": message, **details}."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.details = details or {}
 
 
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "Bad Request", message)
 
 
-def not_found(message: str) -> ApiError:
-    return ApiError(404, "Not Found", message)
+def not_found(message: str, details: dict[str, Any] | None = None) -> ApiError:
+    return ApiError(404, "Not Found", message, details)
 
 
 class FailureTracker:
@@ -218,6 +239,31 @@ def room_list(facade: Facade) -> list[dict[str, Any]]:
     return rooms
 
 
+def merge_rooms(room_lists: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The room lists of several nodes as one: a room's clients summed over the nodes, its
+    variables the largest count (every node holding a Scratch room holds the same values)."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for rooms in room_lists:
+        for room in rooms:
+            key = (room["protocol"], room["id"])
+            known = merged.get(key)
+            if known is None:
+                merged[key] = dict(room)
+            else:
+                known["clients"] += room["clients"]
+                known["variables"] = max(known["variables"], room["variables"])
+    return list(merged.values())
+
+
+def node_figures(facade: Facade, rooms: int) -> dict[str, Any]:
+    """This node's entry in GET /stats' per-node section: its clients (connections that
+    chose a protocol, not HTTP requests), rooms in memory, and whether its link is up."""
+    by_protocol = facade.stats()["protocols"]
+    clients = sum(count for name, count in by_protocol.items() if name != PENDING)
+    return {"node": facade.node_id, "clients": clients, "rooms": rooms,
+            "link_up": facade.cluster_fault is None}
+
+
 def stats_document(facade: Facade, counters: Counters) -> dict[str, Any]:
     """The figures of GET /api/v1/stats (and the dashboard): aggregates only, nothing about
     a single client. Shape in docs/api.md."""
@@ -285,6 +331,17 @@ class AdminApi:
             ("/stats", ("GET",), self.stats),
         ):
             facade.on_http(PREFIX + path, self._guarded(handler), methods)
+        # What this node answers when another node's admin API asks (a cluster only).
+        for topic, answer in (
+            (ASK_ROOMS, self._answer_rooms),
+            (ASK_ROOM, self._answer_room),
+            (ASK_CLOSE_ROOM, self._answer_close_room),
+            (ASK_KICK, self._answer_kick),
+            (ASK_BLOCK, self._answer_block),
+            (ASK_UNBLOCK, self._answer_unblock),
+            (ASK_STATS, self._answer_stats),
+        ):
+            facade.answer(topic, self._answering(answer))
 
     async def start(self, server: Any) -> None:
         """Nothing to open: blocks are restored by the server, from the store."""
@@ -331,7 +388,8 @@ class AdminApi:
             if not isinstance(result, Response):
                 result = await result
         except ApiError as error:
-            result = error_response(error.status, error.reason, error.message)
+            result = json_response(error.status, error.reason,
+                                   {"error": error.message, **error.details})
             outcome = f"{error.status} {error.message}"
         else:
             outcome = str(result.status_code)
@@ -374,65 +432,223 @@ class AdminApi:
             raise bad_request("the body must be a JSON object")
         return document
 
+    # The other nodes of a cluster
+
+    @property
+    def clustered(self) -> bool:
+        """True on a cluster backend (there are other nodes to ask)."""
+        return self.facade.node_id is not None
+
+    async def _ask(self, topic: str, document: dict[str, Any]
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Ask every other node: (their JSON replies by node id, the "nodes" section that
+        says who answered); ({}, None) for one process."""
+        if not self.clustered:
+            return {}, None
+        replies = await self.facade.ask(topic, json.dumps(document).encode())
+        answers: dict[str, Any] = {}
+        failed = dict(replies.failed)
+        for node, payload in replies.replies.items():
+            try:
+                answers[node] = json.loads(payload)
+            except ValueError:
+                failed[node] = "an unreadable reply"
+        return answers, self._nodes_section(replies, answers, failed)
+
+    def _nodes_section(self, replies: Replies, answered: Iterable[str],
+                       failed: dict[str, str]) -> dict[str, Any]:
+        this = self.facade.node_id
+        section: dict[str, Any] = {"this": this, "answered": sorted([this, *answered]),
+                                   "missing": replies.missing, "failed": failed}
+        if replies.link_down:
+            section["note"] = f"{replies.link_down}: this node answered for itself only"
+        elif replies.missing:
+            section["note"] = ("no reply within [cluster] reply_timeout from "
+                               + ", ".join(replies.missing))
+        return section
+
+    def _with_node(self, document: dict[str, Any], node: str | None = None) -> dict[str, Any]:
+        """`document` naming the node it is about (this one by default) on a cluster."""
+        if self.clustered:
+            document["node"] = node or self.facade.node_id
+        return document
+
+    def _answering(self, answer: Callable[[str, dict[str, Any]], Any]
+                   ) -> Callable[[str, bytes], Any]:
+        """A bus answer from `answer(origin, request)`, which returns a JSON object (or an
+        awaitable of one)."""
+        def answering(origin: str, payload: bytes) -> Any:
+            request = json.loads(payload)
+            if not isinstance(request, dict):
+                raise ValueError("a request must be a JSON object")
+            result = answer(origin, request)
+            if isinstance(result, dict):
+                return json.dumps(result).encode()
+            return self._encoded(result)
+        return answering
+
+    @staticmethod
+    async def _encoded(result: Awaitable[dict[str, Any]]) -> bytes:
+        return json.dumps(await result).encode()
+
+    @staticmethod
+    def _log_asked(origin: str, what: str) -> None:
+        log.info("admin API: %s, asked by node %s", what, printable(origin))
+
+    def _answer_rooms(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
+        """This node's rooms (of `protocol`, if given), as GET /rooms lists them."""
+        rooms = room_list(self.facade)
+        protocol = request.get("protocol")
+        if protocol is not None:
+            rooms = [room for room in rooms if room["protocol"] == protocol]
+        return {"rooms": rooms}
+
+    def _answer_room(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
+        """This node's members of one room."""
+        return {"members": [self._with_node(member_json(member))
+                            for member in self._local_members(request["protocol"],
+                                                              request["id"])]}
+
+    def _answer_close_room(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Close this node's members of a room (the asking node deletes the variables)."""
+        protocol, room_id, code = request["protocol"], request["id"], int(request["code"])
+        closed = self.facade.close_members(protocol, room_id, code)
+        if closed:
+            self._log_asked(origin, f"closed {closed} clients of room {printable(room_id, 200)}")
+        return {"closed": closed}
+
+    def _answer_kick(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Close the client with this id if this node holds it."""
+        client = self.facade.find_client(int(request["client_id"]))
+        if client is None:
+            return {"found": False}
+        kicked = self._kick_client(client, request.get("code"))
+        self._log_asked(origin, f"kicked client {client.id} with {kicked['close_code']}")
+        return {"found": True, **kicked}
+
+    def _answer_block(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Block a project on this node (the asking node stored the block)."""
+        room_id = request["id"]
+        closed = self.facade.block_room("scratch", room_id, int(request["code"]))
+        self._log_asked(origin, f"blocked project {printable(room_id, 200)}")
+        return {"closed": closed}
+
+    def _answer_unblock(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Unblock a project on this node (the asking node removed the stored block)."""
+        room_id = request["id"]
+        unblocked = self.facade.unblock_room("scratch", room_id, persist=False)
+        if unblocked:
+            self._log_asked(origin, f"unblocked project {printable(room_id, 200)}")
+        return {"unblocked": unblocked}
+
+    def _answer_stats(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
+        """This node's entry of the per-node figures."""
+        return node_figures(self.facade, len(room_list(self.facade)))
+
     # Rooms
 
-    def list_rooms(self, request: HttpRequest) -> Response:
-        """GET /rooms: every room in memory, sorted by protocol and id, one page at a time."""
+    def _local_members(self, protocol: str, room_id: str) -> list[Client]:
+        """This node's members of a room (none if the protocol has no such room)."""
+        if protocol == "cl4":
+            return self._cl4_rooms().get(room_id, [])
+        if protocol not in self.facade.namespaces():
+            return []
+        return self.facade.members(protocol, room_id)
+
+    async def _members_everywhere(self, protocol: str, room_id: str
+                                  ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The members of a room on every node (each naming its node on a cluster), and the
+        "nodes" section."""
+        members = [self._with_node(member_json(member))
+                   for member in self._local_members(protocol, room_id)]
+        answers, nodes = await self._ask(ASK_ROOM, {"protocol": protocol, "id": room_id})
+        for node in sorted(answers):
+            members.extend(answers[node]["members"])
+        return members, nodes
+
+    async def list_rooms(self, request: HttpRequest) -> Response:
+        """GET /rooms: every room in memory (on every node of a cluster, clients summed),
+        sorted by protocol and id, one page at a time."""
         query = request.query
         offset, limit = page_bounds(query, self.section.max_page_size)
         rooms = room_list(self.facade)
         protocol = query.get("protocol")
         if protocol:
             rooms = [room for room in rooms if room["protocol"] == protocol[-1]]
+        answers, nodes = await self._ask(ASK_ROOMS,
+                                         {"protocol": protocol[-1] if protocol else None})
+        if answers:
+            rooms = merge_rooms([rooms, *(answer["rooms"] for answer in answers.values())])
         rooms.sort(key=lambda room: (room["protocol"], room["id"]))
         page = rooms[offset:offset + limit]
         following = offset + limit if offset + limit < len(rooms) else None
-        return json_response(200, "OK", {"total": len(rooms), "offset": offset, "limit": limit,
-                                         "next_offset": following, "rooms": page})
+        document = {"total": len(rooms), "offset": offset, "limit": limit,
+                    "next_offset": following, "rooms": page}
+        if nodes is not None:
+            document["nodes"] = nodes
+        return json_response(200, "OK", document)
 
     async def show_room(self, request: HttpRequest) -> Response:
-        """GET /rooms/{protocol}/{id}: variables with values and members."""
+        """GET /rooms/{protocol}/{id}: variables with values and members (of every node)."""
         protocol = request.params["protocol"]
         if protocol == "cl4":
             room_id = request.params["id"]
             if len(room_id) > MAX_ID_LENGTH:
                 raise bad_request(f"a CL4 room name has at most {MAX_ID_LENGTH} characters")
-            members = self._cl4_rooms().get(room_id)
-            if members is None:
-                raise not_found("no such CL4 room")
-            return json_response(200, "OK", {"protocol": "cl4", "id": room_id, "variables": {},
-                                             "members": [member_json(m) for m in members],
-                                             "blocked": False})
-        if protocol not in self.facade.namespaces():
-            raise not_found(f"no protocol {protocol!r} with rooms")
-        room_id = self._scratch_room_id(request)
-        variables = await self.facade.read_variables(protocol, room_id)
-        members = self.facade.members(protocol, room_id)
-        if variables is None and not members:
-            raise not_found("no such room (not in memory, nothing stored)")
-        return json_response(200, "OK", {
-            "protocol": protocol,
-            "id": room_id,
-            "variables": variables or {},
-            "members": [member_json(member) for member in members],
-            "blocked": (self.facade.is_blocked(protocol, room_id)
-                        or self._scratch().blocked_by_config(room_id)),
-        })
+            members, nodes = await self._members_everywhere(protocol, room_id)
+            if not members:
+                raise not_found("no such CL4 room", {"nodes": nodes} if nodes else None)
+            document = {"protocol": "cl4", "id": room_id, "variables": {},
+                        "members": members, "blocked": False}
+        else:
+            if protocol not in self.facade.namespaces():
+                raise not_found(f"no protocol {protocol!r} with rooms")
+            room_id = self._scratch_room_id(request)
+            variables = await self.facade.read_variables(protocol, room_id)
+            members, nodes = await self._members_everywhere(protocol, room_id)
+            if variables is None and not members:
+                raise not_found("no such room (not in memory, nothing stored)",
+                                {"nodes": nodes} if nodes else None)
+            document = {
+                "protocol": protocol,
+                "id": room_id,
+                "variables": variables or {},
+                "members": members,
+                "blocked": (self.facade.is_blocked(protocol, room_id)
+                            or self._scratch().blocked_by_config(room_id)),
+            }
+        if nodes is not None:
+            document["nodes"] = nodes
+        return json_response(200, "OK", document)
 
     async def delete_room(self, request: HttpRequest) -> Response:
-        """DELETE /rooms/{protocol}/{id}: close the members (4000), delete every variable."""
+        """DELETE /rooms/{protocol}/{id}: close the members (4000) on every node and delete
+        every variable (once: the deletes reach the other nodes like any write)."""
         protocol = request.params["protocol"]
         if protocol not in self.facade.namespaces():
             raise not_found(f"no protocol {protocol!r} with stored rooms")
         room_id = self._scratch_room_id(request)
-        cleared = await self.facade.clear_room(protocol, room_id, ROOM_DELETED_CODE)
-        if cleared is None:
-            raise not_found("no such room (not in memory, nothing stored)")
-        closed, deleted = cleared
-        return json_response(200, "OK", {"protocol": protocol, "id": room_id,
-                                         "clients_closed": closed,
-                                         "close_code": int(ROOM_DELETED_CODE),
-                                         "variables_deleted": deleted})
+        code = int(ROOM_DELETED_CODE)
+        # The other nodes are asked while this one clears the room, not before: a member
+        # closed elsewhere reconnects within a second or so, and must find the room empty
+        # even when a silent node keeps the replies waiting for reply_timeout.
+        asking = asyncio.ensure_future(
+            self._ask(ASK_CLOSE_ROOM, {"protocol": protocol, "id": room_id, "code": code}))
+        try:
+            cleared = await self.facade.clear_room(protocol, room_id, ROOM_DELETED_CODE)
+        finally:
+            answers, nodes = await asking
+        closed_elsewhere = sum(answer["closed"] for answer in answers.values())
+        if cleared is None and not closed_elsewhere:
+            raise not_found("no such room (not in memory, nothing stored)",
+                            {"nodes": nodes} if nodes else None)
+        closed, deleted = cleared or (0, 0)
+        document = {"protocol": protocol, "id": room_id,
+                    "clients_closed": closed + closed_elsewhere, "close_code": code,
+                    "variables_deleted": deleted}
+        if nodes is not None:
+            document["nodes"] = nodes
+        return json_response(200, "OK", document)
 
     async def put_variable(self, request: HttpRequest) -> Response:
         """PUT /rooms/scratch/{id}/variables/{name} {"value": ...}: set, as a client's set."""
@@ -461,26 +677,46 @@ class AdminApi:
 
     # Clients
 
-    def kick(self, request: HttpRequest) -> Response:
-        """POST /clients/{client_id}/kick [{"code": N}]: close one client's connection."""
+    @staticmethod
+    def _kick_client(client: Client, code: int | None) -> dict[str, Any]:
+        """Close `client` with `code` (None: its protocol's kick code); what the API says."""
+        if code is None:
+            code = int(KICK_CODES.get(client.protocol or "", KICK_DEFAULT_CODE))
+        client.close(code)
+        return {"client_id": client.id, "username": client.username,
+                "protocol": client.protocol, "close_code": code}
+
+    async def kick(self, request: HttpRequest) -> Response:
+        """POST /clients/{client_id}/kick [{"code": N}]: close one client's connection, on
+        whichever node of a cluster holds it."""
         text = request.params["client_id"]
         if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise bad_request("client_id must be a whole number")
-        client = self.facade.find_client(int(text))
-        if client is None:
-            raise not_found("no client with that id is connected")
+        client_id = int(text)
         body = self._body_object(request)
-        code = body.get("code", int(KICK_CODES.get(client.protocol or "", KICK_DEFAULT_CODE)))
-        if type(code) is not int or not (code == 1000 or 3000 <= code <= 4999):
+        code = body.get("code")
+        if code is not None and (type(code) is not int
+                                 or not (code == 1000 or 3000 <= code <= 4999)):
             raise bad_request("code must be 1000 or a number from 3000 to 4999")
-        client.close(code)
-        return json_response(200, "OK", {"client_id": client.id, "username": client.username,
-                                         "protocol": client.protocol, "close_code": code})
+        client = self.facade.find_client(client_id)
+        if client is not None:
+            return json_response(200, "OK", self._with_node(self._kick_client(client, code)))
+        answers, nodes = await self._ask(ASK_KICK, {"client_id": client_id, "code": code})
+        for node, answer in sorted(answers.items()):
+            if answer.get("found"):
+                del answer["found"]
+                return json_response(200, "OK", {**self._with_node(answer, node),
+                                                 "nodes": nodes})
+        message = "no client with that id is connected"
+        if nodes and (nodes["missing"] or nodes.get("note")):
+            message += " to the nodes that answered"
+        raise not_found(message, {"nodes": nodes} if nodes else None)
 
     # Blocked projects (Scratch rooms)
 
     def list_blocked(self, request: HttpRequest) -> Response:
-        """GET /blocked-projects: the ids blocked at run time."""
+        """GET /blocked-projects: the ids blocked at run time (on a cluster, a block made on
+        any node holds on every node)."""
         self._scratch()
         return json_response(200, "OK", {"blocked": self.facade.blocked_rooms("scratch")})
 
@@ -491,24 +727,42 @@ class AdminApi:
             raise not_found("that project is not blocked")
         return json_response(200, "OK", {"id": room_id, "blocked": True})
 
-    def block(self, request: HttpRequest) -> Response:
-        """PUT /blocked-projects/{id}: refuse joins from now on (kept across restarts) and
-        close the clients already in the room with 4004."""
+    async def block(self, request: HttpRequest) -> Response:
+        """PUT /blocked-projects/{id}: refuse joins from now on (kept across restarts, and in
+        Redis for every node of a cluster) and close the clients already in the room, on every
+        node, with 4004."""
         room_id = self._scratch_room_id(request)
         code = int(self._scratch().blocked_code)
         closed = self.facade.block_room("scratch", room_id, code, persist=True)
-        return json_response(200, "OK", {"id": room_id, "blocked": True,
-                                         "clients_closed": closed, "close_code": code})
+        answers, nodes = await self._ask(ASK_BLOCK, {"id": room_id, "code": code})
+        closed += sum(answer["closed"] for answer in answers.values())
+        document = {"id": room_id, "blocked": True, "clients_closed": closed, "close_code": code}
+        if nodes is not None:
+            document["nodes"] = nodes
+        return json_response(200, "OK", document)
 
-    def unblock(self, request: HttpRequest) -> Response:
-        """DELETE /blocked-projects/{id}: accept joins again."""
+    async def unblock(self, request: HttpRequest) -> Response:
+        """DELETE /blocked-projects/{id}: accept joins again (on every node)."""
         room_id = self._scratch_room_id(request)
-        if not self.facade.unblock_room("scratch", room_id):
-            raise not_found("that project is not blocked")
-        return json_response(200, "OK", {"id": room_id, "blocked": False})
+        unblocked = self.facade.unblock_room("scratch", room_id)
+        answers, nodes = await self._ask(ASK_UNBLOCK, {"id": room_id})
+        if not unblocked and not any(answer["unblocked"] for answer in answers.values()):
+            raise not_found("that project is not blocked", {"nodes": nodes} if nodes else None)
+        document = {"id": room_id, "blocked": False}
+        if nodes is not None:
+            document["nodes"] = nodes
+        return json_response(200, "OK", document)
 
     # Figures
 
-    def stats(self, request: HttpRequest) -> Response:
-        """GET /stats: the figures a dashboard shows (shape in docs/api.md)."""
-        return json_response(200, "OK", stats_document(self.facade, self.counters))
+    async def stats(self, request: HttpRequest) -> Response:
+        """GET /stats: the figures a dashboard shows, this node's (shape in docs/api.md); on a
+        cluster also "per_node": every node's clients, rooms and link state."""
+        document = stats_document(self.facade, self.counters)
+        answers, nodes = await self._ask(ASK_STATS, {})
+        if nodes is not None:
+            own = node_figures(self.facade, sum(counts["rooms"]
+                                                for counts in document["rooms"].values()))
+            document["per_node"] = [own, *(answers[node] for node in sorted(answers))]
+            document["nodes"] = nodes
+        return json_response(200, "OK", document)

@@ -32,6 +32,7 @@ from .fanout import Codec, Fanout, FanoutSettings
 from .history import RoomHistory
 from .http import plain_response
 from .logsafe import printable
+from .node_requests import NodeRequests
 from .persistence import Persister
 from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
@@ -90,6 +91,15 @@ class Server:
         # The link to the other nodes ([cluster] backend); one process: LocalCluster.
         self.cluster: Cluster = cluster if cluster is not None else LocalCluster()
         self._backplanes: list[Backplane] = []
+        # Requests to the other nodes and their replies (None for one process); made before
+        # the components install, so they can register what this node answers.
+        bus = self.cluster.bus
+        self.node_requests: NodeRequests | None = None
+        if bus is not None:
+            self.node_requests = NodeRequests(bus, config.cluster.reply_timeout,
+                                              lambda: self.cluster.fault)
+            bus.on_relinked(self._relinked)
+        self._restoring: asyncio.Task | None = None
         self.facade = Facade(self)
         self.plugins = PluginManager(self.facade)
         self.plugins.load_config(config.plugins)
@@ -158,6 +168,20 @@ class Server:
             log.info("TLS on: wss:// and https:// with %s (%s); SIGHUP reloads it",
                      self.tls.cert_path, self.tls.described)
 
+    def _relinked(self) -> None:
+        """The link to the other nodes is back: apply blocks another node stored meanwhile
+        (at start-up, `start` restores them itself once the rooms are open)."""
+        if self._listener is None or self._stopping.is_set():
+            return
+        if self._restoring is None or self._restoring.done():
+            self._restoring = self.loop.create_task(self._restore_blocks())
+
+    async def _restore_blocks(self) -> None:
+        try:
+            await self.facade.restore_blocked_rooms()
+        except Exception:
+            log.exception("re-reading the stored blocked rooms failed")
+
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:
         """A room namespace with its fan-out, backplane, persistence and, with [history]
@@ -175,6 +199,11 @@ class Server:
             RoomHistory(registry, history.keep).attach()
         self.rooms[namespace] = registry
         return registry
+
+    @property
+    def worker(self) -> int:
+        """This node's worker number (the high part of its client ids; 0 for one process)."""
+        return self.cluster.worker
 
     @property
     def port(self) -> int:
@@ -247,6 +276,8 @@ class Server:
             await asyncio.to_thread(registry.close)
         for backplane in self._backplanes:
             await backplane.close()
+        if self.node_requests is not None:
+            await self.node_requests.close()
         await self.cluster.close()
         try:
             if self.store is not None:

@@ -116,6 +116,9 @@ class MessageBus(Protocol):
     def publish(self, topic: str, payload: bytes, node: str | None = None) -> None:
         """Send `payload` to every other node (or only to `node`); never blocks."""
 
+    def nodes(self) -> list[str]:
+        """The other nodes heard from lately (within the cluster's node timeout), by id."""
+
     def on_node_gone(self, listener: Callable[[str], None]) -> None:
         """Call `listener(node id)` when a node stops answering (its clients are gone)."""
 
@@ -158,6 +161,9 @@ class Cluster(Protocol):
     bus: MessageBus | None
     # None for one process (every name is seen locally); names unique across the nodes.
     claims: NameClaims | None
+    # This node's number among the live nodes (0 to 1023, unique while it runs; 0 for one
+    # process): the high part of the client ids it hands out, so ids never clash across nodes.
+    worker: int
 
     @property
     def fault(self) -> str | None:
@@ -185,6 +191,7 @@ class LocalCluster:
     bus = None
     claims = None
     fault = None
+    worker = 0
 
     def __init__(self, section: Any = None) -> None:
         self.section = section

@@ -111,6 +111,8 @@ class ClusterSection:
     node_id: str = ""  # "" = host name and process id
     require_redis_at_start: bool = False
     node_timeout: float = field(default=10.0, metadata=at_least(0.5))
+    # Seconds a cluster-wide request (the admin API's) waits for the other nodes' replies.
+    reply_timeout: float = field(default=2.0, metadata=at_least(0.05))
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "redis") and ":" not in self.backend:

@@ -71,7 +71,25 @@ PROTOCOL_ERROR = CloseCode.PROTOCOL_ERROR
 INVALID_DATA = CloseCode.INVALID_DATA
 MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
 
+# Client ids: this node's worker number (`Cluster.worker`, 0 to 1023, unique among the live
+# nodes of a cluster; 0 for one process) above a per-process counter, so two nodes never hand
+# out the same id (the admin API kicks by id on whichever node holds it) and every id stays
+# below 2**53, exact as a JavaScript number (the dashboard's). One process: 1, 2, 3, ...
+CLIENT_COUNTER_BITS = 43
+MAX_WORKER = 1023
 _ids = itertools.count(1)
+
+
+def client_id(worker: int, serial: int) -> int:
+    """The id of the `serial`-th connection of a node whose worker number is `worker`."""
+    if not 0 <= worker <= MAX_WORKER:
+        raise ValueError(f"a worker number is 0 to {MAX_WORKER}, got {worker}")
+    return (worker << CLIENT_COUNTER_BITS) | (serial & ((1 << CLIENT_COUNTER_BITS) - 1))
+
+
+def worker_of(client: int) -> int:
+    """The worker number of the node that made client id `client`."""
+    return client >> CLIENT_COUNTER_BITS
 
 
 class ConnectionSettings(Protocol):
@@ -95,6 +113,7 @@ class Host(Protocol):
     loop: asyncio.AbstractEventLoop
     events: EventBus
     read_limits: ReadLimits
+    worker: int  # this node's worker number (see `client_id`)
 
     @property
     def settings(self) -> ConnectionSettings: ...
@@ -165,7 +184,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: Host) -> None:
         self.server = server
-        self.id = next(_ids)
+        self.id = client_id(server.worker, next(_ids))
         self.transport: asyncio.Transport | None = None
         self.state = CONNECTING
         self.peer = ""

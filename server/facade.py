@@ -21,6 +21,7 @@ from typing import Any
 
 from .codes import CloseCode
 from .events import EventBus
+from .node_requests import Answer, Replies
 from .plugins import Client
 from .rooms import Room, RoomRegistry
 from .routes import RouteTable
@@ -61,6 +62,35 @@ class Facade:
         """Counts for a status page and metrics: connections (in all and by protocol), rooms,
         uptime, messages received by protocol, frames/bytes/updates sent, store writes."""
         return self._server.stats()
+
+    # The other nodes of a cluster ([cluster] backend "redis")
+
+    @property
+    def node_id(self) -> str | None:
+        """This node's id in its cluster; None for one process."""
+        requests = self._server.node_requests
+        return requests.node_id if requests is not None else None
+
+    @property
+    def cluster_fault(self) -> str | None:
+        """Why the link to the other nodes is down, or None (always None for one process)."""
+        return self._server.cluster.fault
+
+    def answer(self, topic: str, handler: Answer) -> None:
+        """Reply to the other nodes' `ask(topic, ...)` with `handler(origin node, payload)`,
+        which returns bytes or an awaitable of bytes (nothing to do for one process)."""
+        requests = self._server.node_requests
+        if requests is not None:
+            requests.answer(topic, handler)
+
+    async def ask(self, topic: str, payload: bytes = b"", node: str | None = None) -> Replies:
+        """Ask every other live node (or `node`) and gather their replies for up to [cluster]
+        reply_timeout seconds; the answer names the nodes that did not reply in time. For one
+        process there is nobody to ask: no replies."""
+        requests = self._server.node_requests
+        if requests is None:
+            return Replies()
+        return await requests.ask(topic, payload, node)
 
     # Services that protocols register
 
@@ -204,14 +234,16 @@ class Facade:
         room = await self._opened(namespace, room_id)
         if room is None:
             return None
-        members = list(room.members)
-        for member in members:
-            member.close(code)
-            room.leave(member)  # in case closing did not remove it (already closing)
+        closed = self.close_members(namespace, room_id, code)
         keys = list(room.values)
         for key in keys:
             room.delete(key)
-        return len(members), len(keys)
+        return closed, len(keys)
+
+    def close_members(self, namespace: str, room_id: str, code: int) -> int:
+        """Close the members of a room on this node with `code`; returns how many."""
+        return self._registry(namespace).close_members(room_id, code)
+
     async def read_history(self, namespace: str, room_id: str, limit: int,
                            offset: int = 0) -> list[HistoryEntry] | None:
         """Entries `offset` to `offset + limit` of a room's history, newest first (keys as the
@@ -233,11 +265,11 @@ class Facade:
                                  [(room_id, 0, {"code": int(code), "since": time.time()})], [])])
         return self._registry(namespace).block(room_id, code)
 
-    def unblock_room(self, namespace: str, room_id: str) -> bool:
-        """Accept joins of a room blocked with `block_room` again (a stored block is removed
-        too); False if it was not blocked."""
+    def unblock_room(self, namespace: str, room_id: str, persist: bool = True) -> bool:
+        """Accept joins of a room blocked with `block_room` again (with `persist`, a stored
+        block is removed too); False if it was not blocked."""
         registry = self._registry(namespace)
-        if room_id in registry.blocked:
+        if persist and room_id in registry.blocked:
             self._store().save([(BLOCKLIST, namespace, [], [room_id])])
         return registry.unblock(room_id)
 
@@ -250,13 +282,19 @@ class Facade:
         return sorted(self._registry(namespace).blocked)
 
     async def restore_blocked_rooms(self) -> int:
-        """Block again every room blocked with `persist` before a restart (read off the loop);
-        returns how many. The server calls it at start, before it listens."""
+        """Block every room blocked with `persist` (before a restart, or on another node of a
+        cluster) that is not blocked here yet, closing members it has (read off the loop);
+        returns how many blocks are stored. The server calls it at start, before it listens,
+        and on a cluster each time the link to the other nodes comes back."""
         store = self._store()
         restored = 0
         for namespace, registry in self._server.rooms.items():
             rows = await asyncio.to_thread(store.load, BLOCKLIST, namespace)
-            registry.blocked.update(room_id for room_id, _, _ in rows)
+            for room_id, _, value in rows:
+                if room_id not in registry.blocked:
+                    code = value.get("code") if isinstance(value, dict) else None
+                    registry.block(room_id, code if type(code) is int
+                                   else CloseCode.SCRATCH_PROJECT_UNAVAILABLE)
             restored += len(rows)
         return restored
 

@@ -270,6 +270,10 @@ class RoomRegistry:
     def block(self, room_id: str, code: int) -> int:
         """Refuse joins of `room_id` and close its members with `code`; returns how many."""
         self.blocked.add(room_id)
+        return self.close_members(room_id, code)
+
+    def close_members(self, room_id: str, code: int) -> int:
+        """Close the members `room_id` has in memory with `code`; returns how many."""
         room = self.rooms.get(room_id)
         if room is None:
             return 0

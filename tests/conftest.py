@@ -278,6 +278,8 @@ class RoundRobinProxy:
         self.ports = ports
         self.port = free_port()
         self._next = 0
+        self._refusing = False  # `cut`: connections are dropped until `restore`
+        self._open: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -299,6 +301,9 @@ class RoundRobinProxy:
         loop.close()
 
     async def _accept(self, reader, writer) -> None:
+        if self._refusing:
+            writer.close()
+            return
         port = self.ports[self._next % len(self.ports)]
         self._next += 1
         try:
@@ -320,11 +325,25 @@ class RoundRobinProxy:
                 except (OSError, RuntimeError):
                     sink.close()
 
+        self._open.update((writer, up_writer))
         try:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
+            self._open.difference_update((writer, up_writer))
             writer.close()
             up_writer.close()
+
+    def cut(self) -> None:
+        """Drop every connection through the proxy and refuse new ones (a network cut)."""
+        def drop() -> None:
+            self._refusing = True
+            for writer in list(self._open):
+                writer.transport.abort()
+        self._loop.call_soon_threadsafe(drop)
+
+    def restore(self) -> None:
+        """Accept connections again after `cut`."""
+        self._loop.call_soon_threadsafe(setattr, self, "_refusing", False)
 
     def stop(self) -> None:
         if self._loop is not None:

@@ -71,6 +71,9 @@ class Cl4Protocol:
 
     def open(self, peer: Any, first_message: dict) -> Cl4Session:
         """A session for a connection whose first message `detect_cl4` parsed."""
+        if self.cluster is not None:
+            # Snowflakes unique across the nodes: this node's worker number as the instance.
+            self.engine.use_snowflake_instance(self.server.worker)
         self.engine.connect(peer, peer.peer)
         return Cl4Session(self, peer, first_message)
 

@@ -83,6 +83,14 @@ _MAX_EXPANSION = 12
 MAX_WAITING_MESSAGES = 1024
 
 
+def snowflake_after(last: int, instance: int) -> int:
+    """The smallest snowflake above `last` with this instance number (bits 12 to 21), so an id
+    made past the generator never borrows another instance's (another node's) numbers."""
+    if (last >> 12) & 0x3FF == instance and last & 0xFFF < 0xFFF:
+        return last + 1
+    return ((last >> 22) + 1) << 22 | instance << 12
+
+
 class Cl4Engine:
     """CL4 clients and rooms (their own namespace, apart from Scratch rooms) and dispatch."""
 
@@ -104,6 +112,7 @@ class Cl4Engine:
         self._by_uuid: dict[str, Cl4ClientState] = {}
         self._by_snowflake: dict[str, Cl4ClientState] = {}
         self._by_username: dict[str, dict[Cl4ClientState, None]] = {}
+        self._snowflake_instance = SNOWFLAKE_INSTANCE
         self._snowflakes = SnowflakeGenerator(SNOWFLAKE_INSTANCE)
         self._last_snowflake = 0
         self.disabled_commands: set[str] = set(self.options.disabled_commands)
@@ -438,12 +447,19 @@ class Cl4Engine:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def use_snowflake_instance(self, instance: int) -> None:
+        """Make snowflake ids with this instance number (0 to 1023) from now on. On a cluster
+        each node uses its own worker number, so no two nodes hand out the same id."""
+        if instance != self._snowflake_instance:
+            self._snowflake_instance = instance
+            self._snowflakes = SnowflakeGenerator(instance)
+
     def _next_snowflake(self) -> str:
         candidate = next(self._snowflakes)
         # The generator returns None when 4096 ids were taken in one millisecond or the clock
-        # went back; strictly increasing ids stay unique either way.
+        # went back; strictly increasing ids with this engine's instance stay unique either way.
         if candidate is None or candidate <= self._last_snowflake:
-            candidate = self._last_snowflake + 1
+            candidate = snowflake_after(self._last_snowflake, self._snowflake_instance)
         self._last_snowflake = candidate
         return str(candidate)
 

@@ -52,6 +52,33 @@ log = logging.getLogger("stratus.cluster")
 NODES_CHANNEL = b"stratus:nodes"
 EPOCH_KEY = b"stratus:epoch"
 BUS_PREFIX = b"stratus:b:"
+WORKER_KEY = b"stratus:worker:"
+WORKERS = 1024  # worker numbers 0 to 1023 (the node part of client ids and CL4 snowflakes)
+# Hold a worker number: this node's if it still holds it, else the first free one from the
+# preferred one on (each held by a key naming its node, expiring like the heartbeat). Returns
+# the number, or -1 when all are taken. ARGV: key prefix, node id, ms to live, preferred, count.
+CLAIM_WORKER = """
+local prefix, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local preferred, count = tonumber(ARGV[4]), tonumber(ARGV[5])
+for step = 0, count - 1 do
+  local number = (preferred + step) % count
+  local key = prefix .. number
+  local holder = redis.call('GET', key)
+  if holder == node then
+    redis.call('PEXPIRE', key, ttl)
+    return number
+  end
+  if not holder then
+    redis.call('SET', key, node, 'PX', ttl)
+    return number
+  end
+end
+return -1
+"""
+RELEASE_WORKER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
 RETRY_INTERVAL = 0.25  # seconds between attempts to reach Redis while the link is down
 FAILED_REPLY_RETRY = 1.0  # seconds before a write Redis answered with an error is retried
 COMMAND_TIMEOUT = 2.0  # seconds Redis may take to answer before the link counts as down
@@ -78,6 +105,8 @@ class RedisCluster:
         self.redis: aioredis.Redis | None = None
         self.bus = RedisBus(self)
         self.claims = RedisClaims(self)
+        # Held in Redis while this node lives (`CLAIM_WORKER`); a random one until then.
+        self.worker = secrets.randbelow(WORKERS)
         self.backplanes: list[RedisBackplane] = []
         self.up = False
         self._reason = "not connected yet"
@@ -118,7 +147,8 @@ class RedisCluster:
 
     def describe(self, config: Config) -> str:
         """Redis and this node's id."""
-        return f"store: Redis at {_safe_url(self.url)}, cluster node {printable(self.node_id)}"
+        return (f"store: Redis at {_safe_url(self.url)}, cluster node "
+                f"{printable(self.node_id)}, worker number {self.worker}")
 
     def backplane(self, namespace: str) -> RedisBackplane:
         """A backplane whose rooms keep their values in Redis."""
@@ -163,6 +193,9 @@ class RedisCluster:
             try:
                 async with asyncio.timeout(1.0):
                     await self.redis.delete(NODE_KEY + self.node)
+                    # Free the worker number at once (only if this node still holds it).
+                    await self.redis.eval(RELEASE_WORKER, 1, WORKER_KEY + b"%d" % self.worker,
+                                          self.node)
             except (*LINK_ERRORS, TimeoutError):
                 pass
         await self._close_connections()
@@ -271,6 +304,12 @@ class RedisCluster:
             await self._forget_earlier_counts()
         self._epoch = epoch
         await redis.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
+        self._claimed(await redis.eval(CLAIM_WORKER, 0, *self._claim_arguments()))
+        # Nodes whose heartbeat key lives are known at once, not a beat later (requests to
+        # every node, e.g. the admin API's, must not miss them); and they hear of this one.
+        async for key in redis.scan_iter(match=NODE_KEY + b"*", count=1000):
+            self._heard_node(key[len(NODE_KEY):])
+        await redis.publish(NODES_CHANNEL, self.node)
         self._drop_connections()
         commands = await connect(self.url, COMMAND_TIMEOUT, on_lost=self._connection_lost)
         try:
@@ -444,10 +483,26 @@ class RedisCluster:
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.set(NODE_KEY + self.node, b"1", px=int(self.node_timeout * 1000))
+                pipe.eval(CLAIM_WORKER, 0, *self._claim_arguments())
                 pipe.publish(NODES_CHANNEL, self.node)
-                await pipe.execute()
+                _, worker, _ = await pipe.execute()
             except LINK_ERRORS as exc:
                 self._down(one_line(exc))
+            else:
+                self._claimed(worker)
+
+    def _claim_arguments(self) -> tuple:
+        return (WORKER_KEY, self.node, int(self.node_timeout * 1000), self.worker, WORKERS)
+
+    def _claimed(self, worker: int) -> None:
+        """Redis answered `CLAIM_WORKER`: keep the number it gave (ids made from now on)."""
+        if worker < 0:
+            log.error("all %d worker numbers are held by live nodes: this node keeps %d, so "
+                      "client ids may clash with another node's", WORKERS, self.worker)
+        elif worker != self.worker:
+            log.info("cluster node %s holds worker number %d (the node part of its client ids)",
+                     printable(self.node_id), worker)
+            self.worker = worker
 
     def _heard_node(self, data: bytes) -> None:
         if data != self.node:
@@ -514,6 +569,10 @@ class RedisBus:
             channel += b"@" + encode(node)
         self.queue.append((channel, self.cluster.node + b" " + payload))
         self.cluster.wake()
+
+    def nodes(self) -> list[str]:
+        """The other nodes heard from within node_timeout."""
+        return [decode(node) for node in self.cluster.live_nodes()]
 
     def on_node_gone(self, listener: Callable[[str], None]) -> None:
         self._gone.append(listener)

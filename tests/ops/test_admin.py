@@ -17,6 +17,7 @@ from ops.admin import (
     FailureTracker,
     bearer_token,
     iso_time,
+    merge_rooms,
     page_bounds,
 )
 from server.events import EventBus
@@ -453,3 +454,18 @@ def test_shared_counters_count_each_event_once():
     events.room_flushed("scratch", "1", 3, 2)
     assert counters.room_updates == {("scratch", "1"): 3}
     assert not events.message_received
+
+
+def test_room_lists_of_several_nodes_merge_into_one():
+    """A room on two nodes is listed once, with its clients summed and its variables once."""
+    a = [{"protocol": "scratch", "id": "1", "clients": 2, "variables": 3},
+         {"protocol": "cl4", "id": "lobby", "clients": 1, "variables": 0}]
+    b = [{"protocol": "scratch", "id": "1", "clients": 5, "variables": 3},
+         {"protocol": "scratch", "id": "2", "clients": 1, "variables": 0}]
+    merged = {(room["protocol"], room["id"]): room for room in merge_rooms([a, b])}
+    assert merged == {
+        ("scratch", "1"): {"protocol": "scratch", "id": "1", "clients": 7, "variables": 3},
+        ("cl4", "lobby"): {"protocol": "cl4", "id": "lobby", "clients": 1, "variables": 0},
+        ("scratch", "2"): {"protocol": "scratch", "id": "2", "clients": 1, "variables": 0},
+    }
+    assert a[0]["clients"] == 2  # the inputs are left as they were

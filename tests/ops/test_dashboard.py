@@ -356,3 +356,30 @@ async def test_delete_block_and_unblock_from_the_page(dash_server, room, tmp_pat
             assert await browser.problems() == []
     finally:
         await player.close()
+
+
+async def test_inspector_shows_and_kicks_members_of_every_node(redis_server, make_redis_node,
+                                                               room, tmp_path):
+    """On a cluster, the page served by node A lists a room whose members are on both nodes,
+    shows each member's node, and kicks a client of node B."""
+    nodes = [make_redis_node(redis_server, admin={"token": TOKEN}, cluster={"node_id": name})
+             for name in ("node-a", "node-b")]
+    near = await joined(nodes[0].url, room, "near")
+    far = await joined(nodes[1].url, room, "far")
+    try:
+        async with Browser(tmp_path) as browser:
+            await browser.goto(nodes[0].http_url + "/")
+            await browser.type("#token-input", TOKEN)
+            await browser.click("#token-save")
+            await browser.wait_text("#admin-message", "Token accepted")
+            await browser.click(f'#room-list button.inspect[data-room="{room}"]')
+            await browser.wait_text("#members", "near.*node-a")
+            await browser.wait_text("#members", "far.*node-b")
+            detail = call(nodes[0].port, "GET", f"/api/v1/rooms/scratch/{room}").json
+            [remote] = [m for m in detail["members"] if m["username"] == "far"]
+            await browser.click(f'#members tr[data-client="{remote["client_id"]}"] button.kick')
+            await expect_close(far, 4002, timeout=5)
+            await browser.wait_text("#admin-message", "Kicking far.*done")
+            assert await browser.problems() == []
+    finally:
+        await close_all(near, far)

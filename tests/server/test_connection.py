@@ -14,7 +14,7 @@ import pytest
 from server.budget import ReadLimits
 from server.codes import State
 from server.config import HttpSection
-from server.connection import Connection
+from server.connection import Connection, client_id, worker_of
 from server.events import EventBus
 from server.http import plain_response
 from tests.server.fakes import FakeTransport, decode_frames
@@ -67,6 +67,7 @@ class FakeHost:
         self.loop = asyncio.get_running_loop()
         self.events = EventBus()
         self.read_limits = read_limits or ReadLimits()
+        self.worker = 0
         self.settings = Settings(**settings)
         self.http_settings = HttpSection(request_timeout=0.2)
         self.page = lambda request: plain_response(200, "OK", b"page\n",
@@ -474,3 +475,14 @@ async def test_limit_reading_applies_a_protocols_budget():
     assert host.session.received == ["first", "a", "b"]  # the new burst, plus its refill
     assert not transport.reading
     connection.connection_lost(None)
+
+
+def test_client_ids_carry_the_node_worker_number():
+    """Ids of two nodes never meet: each has its worker number above the counter, and every
+    id stays exact as a JavaScript number; one process counts 1, 2, 3."""
+    assert client_id(0, 1) == 1 and client_id(0, 2) == 2
+    first, second = client_id(3, 1), client_id(4, 1)
+    assert first != second and worker_of(first) == 3 and worker_of(second) == 4
+    assert client_id(1023, 2 ** 43 - 1) < 2 ** 53
+    with pytest.raises(ValueError):
+        client_id(1024, 1)

@@ -25,7 +25,7 @@ from protocols.cl4 import (
     looks_like_cl4,
     parse_json,
 )
-from protocols.cl4.engine import MAX_WAITING_MESSAGES
+from protocols.cl4.engine import MAX_WAITING_MESSAGES, snowflake_after
 from protocols.js import MAX_JSON_DEPTH
 from tests.protocols.cl4.harness import Harness, ok, status
 
@@ -892,6 +892,26 @@ def test_ids_are_unique(harness):
     snowflakes = {harness.obj(client)["id"] for client in clients}
     uuids = {harness.obj(client)["uuid"] for client in clients}
     assert len(snowflakes) == len(uuids) == 50
+
+
+def test_snowflakes_carry_the_instance_the_node_was_given(harness):
+    """On a cluster each node's snowflakes carry its worker number, so nodes never clash."""
+    harness.engine.use_snowflake_instance(7)
+    clients = [harness.client(f"c{i}") for i in range(20)]
+    instances = {(int(harness.obj(client)["id"]) >> 12) & 0x3FF for client in clients}
+    assert instances == {7}
+
+
+def test_ids_made_past_the_generator_keep_their_instance():
+    """An id made when the generator gives none (4096 in one millisecond, clock went back)
+    is above the last one and keeps this engine's instance bits."""
+    last = (1000 << 22) | (7 << 12) | 5
+    assert snowflake_after(last, 7) == last + 1
+    full = (1000 << 22) | (7 << 12) | 0xFFF
+    assert snowflake_after(full, 7) == (1001 << 22) | (7 << 12)
+    other = (1000 << 22) | (9 << 12) | 3  # made before the instance changed to 7
+    after = snowflake_after(other, 7)
+    assert after > other and (after >> 12) & 0x3FF == 7
 
 
 # -- limits ------------------------------------------------------------------------------------
