@@ -173,17 +173,9 @@ async def connect(url: str, timeout: float, on_push: Callable[[Any], None] | Non
 
 
 def _ssl_context(params: dict) -> ssl.SSLContext:
-    """TLS as the `ssl_*` parameters of a rediss:// URL ask (redis-py's names)."""
-    context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
-    if params.get("ssl_certfile"):
-        context.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile"))
-    requirement = str(params.get("ssl_cert_reqs", "required")).lower()
-    if requirement in ("none", "cert_none"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif requirement in ("optional", "cert_optional"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_OPTIONAL
-    elif str(params.get("ssl_check_hostname", "true")).lower() in ("false", "0", "no"):
-        context.check_hostname = False
-    return context
+    """TLS exactly as redis-py makes it for the same rediss:// URL (every `ssl_*` parameter it
+    knows: CA file, data or path, client certificate and its password, cert_reqs,
+    check_hostname, verify flags, minimum version, ciphers), so the lean connections and
+    redis-py's agree."""
+    options = {name: value for name, value in params.items() if name != "connection_class"}
+    return SSLConnection(**options).ssl_context.get()

@@ -5,11 +5,16 @@ and what a caller sees when Redis goes away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import ssl
 import subprocess
+import time
 
 import pytest
+import redis.asyncio
+from cryptography.hazmat.primitives import serialization
 
 from server.cluster.resp import connect
 from tests.conftest import free_port
@@ -132,37 +137,76 @@ async def test_unreachable_redis_fails_to_connect_within_the_timeout():
         await connect(f"redis://127.0.0.1:{free_port()}/0", 1.0)
 
 
-async def test_rediss_urls_connect_over_tls_with_the_urls_ca(tmp_path):
-    """rediss:// with ssl_ca_certs: TLS with the hostname checked against that authority;
-    without the authority the certificate is refused."""
+@contextlib.contextmanager
+def tls_redis(tmp_path, authority: Authority, clients_need_certificates: bool = False):
+    """A redis-server speaking only TLS with a certificate of `authority`; yields its port."""
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         pytest.skip("redis-server is not installed")
-    authority = Authority(tmp_path)
     authority.install("127.0.0.1", tmp_path / "redis.pem", tmp_path / "redis.key")
     port = free_port()
     proc = subprocess.Popen(
         [redis_bin, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(tmp_path / "redis.pem"), "--tls-key-file",
          str(tmp_path / "redis.key"), "--tls-ca-cert-file", str(authority.ca_file),
-         "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
+         "--tls-auth-clients", "yes" if clients_need_certificates else "no", "--save", "",
+         "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={authority.ca_file}"
         for _ in range(100):
-            try:
-                connection = await connect(url, 2.0)
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
                 break
-            except OSError:
-                await asyncio.sleep(0.05)
+            time.sleep(0.05)
         else:
-            pytest.fail("redis-server with TLS did not answer")
-        try:
-            assert await connection.call(("PING",)) == [b"PONG"]
-        finally:
-            connection.close()
-        with pytest.raises(ssl.SSLError):
-            await connect(f"rediss://127.0.0.1:{port}/0", 2.0)
+            pytest.fail("redis-server with TLS did not listen")
+        yield port
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def ping(url: str) -> list:
+    connection = await connect(url, 2.0)
+    try:
+        return await connection.call(("PING",))
+    finally:
+        connection.close()
+
+
+async def test_rediss_urls_connect_over_tls_with_the_urls_ca(tmp_path):
+    """rediss:// with ssl_ca_certs: TLS with the hostname checked against that authority;
+    without the authority the certificate is refused."""
+    authority = Authority(tmp_path)
+    with tls_redis(tmp_path, authority) as port:
+        assert await ping(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={authority.ca_file}") \
+            == [b"PONG"]
+        with pytest.raises(ssl.SSLError):
+            await connect(f"rediss://127.0.0.1:{port}/0", 2.0)
+
+
+async def test_rediss_urls_take_every_tls_option_redis_py_takes(tmp_path):
+    """A client certificate from ssl_certfile / ssl_keyfile with its key's ssl_password, and
+    ssl_cert_reqs=none, work as with redis-py, which reads the same URL."""
+    authority = Authority(tmp_path)
+    _certificate, certificate_pem, key_pem = authority.issue("stratus-node")
+    (tmp_path / "client.pem").write_bytes(certificate_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    (tmp_path / "client.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"hunter2")))
+    with tls_redis(tmp_path, authority, clients_need_certificates=True) as port:
+        base = f"rediss://localhost:{port}/0?ssl_ca_certs={authority.ca_file}"
+        with_certificate = (f"{base}&ssl_certfile={tmp_path / 'client.pem'}"
+                            f"&ssl_keyfile={tmp_path / 'client.key'}&ssl_password=hunter2")
+        assert await ping(with_certificate) == [b"PONG"]
+        client = redis.asyncio.Redis.from_url(with_certificate)
+        try:
+            assert await client.ping() is True
+        finally:
+            await client.aclose()
+        unverified = (f"rediss://localhost:{port}/0?ssl_cert_reqs=none"
+                      f"&ssl_certfile={tmp_path / 'client.pem'}"
+                      f"&ssl_keyfile={tmp_path / 'client.key'}&ssl_password=hunter2")
+        assert await ping(unverified) == [b"PONG"]
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await ping(base)  # Redis asks for a client certificate this URL does not give
