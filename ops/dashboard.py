@@ -38,7 +38,8 @@ from server.facade import Facade
 from server.http import plain_response
 from server.routes import JSON, HttpRequest, json_bytes
 
-from .admin import Counters, stats_document
+from .admin import Counters, room_list, stats_document
+from .dashboard_cluster import ClusterFigures, members_elsewhere, node_report
 
 log = logging.getLogger("stratus.dashboard")
 
@@ -114,6 +115,8 @@ class Dashboard:
         self.page_file = page_file
         self.page = ""
         self.facade: Facade | None = None
+        # On a cluster: the other nodes' figures, which stats.json adds to this node's.
+        self.cluster: ClusterFigures | None = None
         self._stats_body = b"{}\n"
         self._previous: tuple[float, int, int] | None = None  # monotonic time, messages, updates
         self._timer: asyncio.TimerHandle | None = None
@@ -128,6 +131,9 @@ class Dashboard:
         self.counters.attach(self.facade.events)
         self.facade.on_http("/", self.serve_page)
         self.facade.on_http(STATS_PATH, self.serve_stats)
+        bus = server.cluster.bus
+        if bus is not None:
+            self.cluster = ClusterFigures(bus, lambda: self.facade.cluster_fault)
 
     async def start(self, server: Any) -> None:
         """Take the first sample and sample every `interval` seconds from now on."""
@@ -152,8 +158,10 @@ class Dashboard:
         self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
 
     def sample(self) -> None:
-        """Read the figures once: append a sample and prepare stats.json's answer."""
-        document = stats_document(self.facade, self.counters)
+        """Read the figures once (on a cluster: this node's, sent to the others, plus theirs):
+        append a sample and prepare stats.json's answer."""
+        rooms = room_list(self.facade) if self.cluster is not None else None
+        document = stats_document(self.facade, self.counters, rooms)
         now, clock = time.time(), time.monotonic()
         messages, updates = document["messages_received"], document["updates_delivered"]
         if self._previous is None:
@@ -163,16 +171,24 @@ class Dashboard:
             message_rate = rate(messages, old_messages, clock - then)
             update_rate = rate(updates, old_updates, clock - then)
         self._previous = (clock, messages, updates)
-        rooms = document["rooms"].values()
+        document["messages_per_second"] = message_rate
+        document["updates_per_second"] = update_rate
+        if self.cluster is not None:
+            document = self.cluster.figures(node_report(
+                document, rooms, members_elsewhere(self.facade), self.interval,
+                self.facade.cluster_fault is None, self.counters.room_updates))
+        by_protocol = document["rooms"].values()
         self.samples.append(Sample(
-            now, document["connections"]["total"], sum(counts["rooms"] for counts in rooms),
-            sum(counts["active"] for counts in rooms), message_rate, update_rate))
+            now, document["connections"]["total"], sum(counts["rooms"] for counts in by_protocol),
+            sum(counts["active"] for counts in by_protocol), document["messages_per_second"],
+            document["updates_per_second"]))
         document.update({
             "sampled_at": round(now, 3),
             "interval_seconds": self.interval,
             "window_seconds": round(self.interval * (self.samples.maxlen - 1), 3),
-            "messages_per_second": message_rate,
-            "updates_per_second": update_rate,
+            # (moved here: the keys keep the order they always had)
+            "messages_per_second": document.pop("messages_per_second"),
+            "updates_per_second": document.pop("updates_per_second"),
             "history": history_columns(self.samples),
         })
         self._stats_body = json_bytes(document)
