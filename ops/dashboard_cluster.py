@@ -21,6 +21,9 @@ balancer hands a poll to.
   cluster, with its own members in each; ranked by the cluster's count, a room among the
   cluster's busiest is in the report of every node holding it, so merged by room id (members
   and updates summed) its count is the cluster's.
+- History: a node that starts while others run borrows the history of the first node it hears
+  from that has been up longer (one `Facade.ask` on `dashboard.history`, once), so its curves
+  cover the same window as theirs instead of starting empty.
 - A report counts while it is younger than STALE_INTERVALS of its sender's intervals (plus a
   little for the bus). A node heard from (its heartbeat) whose report is older, or that never
   sent one (its dashboard is off), is listed as missing and left out of the totals; a node that
@@ -149,9 +152,12 @@ class ClusterFigures:
     """The latest report of every other node, and the cluster's figures made from them."""
 
     def __init__(self, bus: MessageBus, link_fault: Callable[[], str | None],
+                 first_heard: Callable[[str, dict[str, Any]], None] = lambda node, report: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus
         self.link_fault = link_fault
+        # first_heard(node, report): the first report of a node (since it was last gone).
+        self.first_heard = first_heard
         self.clock = clock
         # node id -> (when it arrived, on `clock`; the report)
         self.latest: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -177,7 +183,10 @@ class ClusterFigures:
                 log.warning("dashboard: an unreadable report from node %s is ignored",
                             printable(origin))
             return
+        first = origin not in self.latest
         self.latest[origin] = (self.clock(), report)
+        if first:
+            self.first_heard(origin, report)
 
     def node_gone(self, node: str) -> None:
         """A node stopped answering: forget it."""

@@ -211,3 +211,20 @@ async def test_a_stopped_node_is_missing_and_stats_still_answer_at_once(two_node
             b_node.proc.send_signal(signal.SIGCONT)
     if stop == signal.SIGSTOP:
         await close_all(*clients)
+
+
+async def test_a_node_started_later_draws_the_history_of_the_others(
+        redis_server, make_redis_node):
+    """A node that joins a running cluster serves the older node's history from its first
+    seconds, so both draw curves over the same span."""
+    settings = {"node_timeout": NODE_TIMEOUT, "http": {"dashboard_interval": INTERVAL}}
+    early = make_redis_node(redis_server, cluster={"node_id": "early"}, **settings)
+    history = (await until_stats(early.port, lambda d: len(d["history"]["time"]) >= 10,
+                                 "ten samples"))["history"]
+    late = make_redis_node(redis_server, cluster={"node_id": "late"}, **settings)
+    started = time.time()
+    document = await until_stats(late.port, lambda d: d["history"]["time"][0] < started - 1,
+                                 "the early node's history on the late node")
+    assert document["history"]["time"][0] <= history["time"][0] + INTERVAL
+    assert document["history"]["time"] == sorted(document["history"]["time"])
+    assert "history of node early adopted" in late.log()
