@@ -143,6 +143,31 @@ def combine(reports: list[tuple[str, float, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
+def check_report(report: Any) -> None:
+    """Raise ValueError (or KeyError, TypeError) unless `report` has the shape `node_report`
+    makes, so a report from another version of Stratus cannot break `combine`."""
+    numbers = ("uptime_seconds", "interval_seconds", *TOTALS, "messages_per_second",
+               "updates_per_second")
+    if not isinstance(report, dict) or not all(_is_number(report[name]) for name in numbers):
+        raise ValueError("not a report")
+    if not isinstance(report["version"], str) or not isinstance(report["link_up"], bool):
+        raise ValueError("no version or link state")
+    if not (isinstance(report["connections"], dict) and _is_number(report["connections"]["total"])
+            and all(_is_number(count) for count in report["connections"].values())):
+        raise ValueError("bad connections")
+    for counts in report["rooms"].values():
+        if not all(_is_number(counts[name]) for name in ("rooms", "active", "held")):
+            raise ValueError("bad room counts")
+    for room in report["busiest_rooms"]:
+        if not (isinstance(room["protocol"], str) and isinstance(room["id"], str)
+                and all(_is_number(room[name]) for name in ("clients", "variables", "updates"))):
+            raise ValueError("bad busiest room")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def is_fresh(report: dict[str, Any], age: float) -> bool:
     """True while a report of that age still counts (see STALE_INTERVALS)."""
     return age <= STALE_INTERVALS * report["interval_seconds"] + BUS_SLACK
@@ -174,10 +199,8 @@ class ClusterFigures:
         """Keep another node's report (replacing its previous one)."""
         try:
             report = json.loads(payload)
-            if not isinstance(report, dict) or not isinstance(report.get("rooms"), dict):
-                raise ValueError("not a report")
-            float(report["interval_seconds"])
-        except (ValueError, KeyError, TypeError):
+            check_report(report)
+        except (ValueError, KeyError, TypeError, AttributeError):
             if origin not in self._unreadable_from:  # once per node, not once per tick
                 self._unreadable_from.add(origin)
                 log.warning("dashboard: an unreadable report from node %s is ignored",

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ops.dashboard import STATS_PATH
-from ops.dashboard_cluster import combine, is_fresh, node_report
+from ops.dashboard_cluster import check_report, combine, is_fresh, node_report
 from tests.conformance.helpers import close_all, joined, set_text
 from tests.ops.api import call
 
@@ -51,6 +51,7 @@ def test_a_node_reports_its_share_of_each_room():
     assert [entry["id"] for entry in own["busiest_rooms"]] == ["theirs", "shared", "own", "idle"]
     assert own["busiest_rooms"][2]["updates"] == 7
     assert own["busiest_rooms"][1]["clients"] == 1  # members here only
+    check_report(own)  # what a node sends, the others accept
 
 
 def test_cluster_figures_count_a_shared_room_once_and_sum_the_rest():
@@ -87,6 +88,23 @@ def test_a_report_counts_for_three_of_its_senders_intervals():
     fresh = report(0, {}, [])
     assert is_fresh(fresh, 6.0)
     assert not is_fresh(fresh, 7.0)
+
+
+def test_a_report_of_another_shape_is_refused():
+    """A report missing a field or with a wrong type is refused, a well-formed one passes."""
+    good = report(2, {"scratch": {"rooms": 1.0, "active": 1.0, "held": 1}}, [room("r", 2)])
+    check_report(good)
+    broken = [
+        {**good, "connections": {"scratch": 2}},
+        {**good, "messages_per_second": "fast"},
+        {**good, "link_up": 1},
+        {**good, "rooms": {"scratch": {"rooms": 1}}},
+        {**good, "busiest_rooms": [{**room("r", 2), "clients": None}]},
+        [good],
+    ]
+    for bad in broken:
+        with pytest.raises((ValueError, KeyError, TypeError, AttributeError)):
+            check_report(bad)
 
 
 # Two real nodes
