@@ -11,6 +11,8 @@ import pytest
 
 from ops.dashboard import STATS_PATH
 from ops.dashboard_cluster import check_report, combine, is_fresh, node_report
+from tests.conformance.cl4_client import close_all as close_cl4
+from tests.conformance.cl4_client import identified
 from tests.conformance.helpers import close_all, joined, set_text
 from tests.ops.api import call
 
@@ -168,6 +170,22 @@ async def test_every_node_shows_the_same_cluster_totals(two_nodes, room):
         assert views[a_node.port] == views[b_node.port]
     finally:
         await close_all(*clients)
+
+
+async def test_a_cl4_room_on_both_nodes_counts_once(two_nodes):
+    """CL4 clients of one room on two nodes: either node counts one CL4 room with both
+    clients in it."""
+    a_node, b_node = two_nodes
+    [alice] = await identified(a_node.url, "alice")
+    [bob] = await identified(b_node.url, "bob")
+    try:
+        for node in two_nodes:
+            await until_stats(node.port, lambda d: d["rooms"].get("cl4") == {
+                "rooms": 1, "active": 1} and ("cl4", "default", 2) in [
+                (r["protocol"], r["id"], r["clients"]) for r in d["busiest_rooms"]],
+                "one CL4 room with two clients")
+    finally:
+        await close_cl4(alice, bob)
 
 
 async def test_writes_on_one_node_show_in_the_other_nodes_rates(two_nodes, room):
