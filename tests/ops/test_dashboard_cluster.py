@@ -4,6 +4,7 @@ real Stratus nodes on one real redis-server whose stats.json both show the whole
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 
@@ -13,7 +14,7 @@ from ops.dashboard import STATS_PATH
 from ops.dashboard_cluster import check_report, combine, is_fresh, node_report
 from tests.conformance.cl4_client import close_all as close_cl4
 from tests.conformance.cl4_client import identified
-from tests.conformance.helpers import close_all, joined, set_text
+from tests.conformance.helpers import close_all, http_get, joined, set_text
 from tests.ops.api import call
 
 INTERVAL = 0.3
@@ -167,6 +168,8 @@ async def test_every_node_shows_the_same_cluster_totals(two_nodes, room):
             assert document["nodes"]["missing"] == [] and "note" not in document["nodes"]
             assert document["history"]["active_rooms"][-1] == 2
             views[node.port] = cluster_view(document)
+            page = (await asyncio.to_thread(http_get, node.http_url, "/"))[2].decode()
+            assert re.search(r"\d+ connections, 2 active rooms, 2 rooms in memory\.", page)
         assert views[a_node.port] == views[b_node.port]
     finally:
         await close_all(*clients)
