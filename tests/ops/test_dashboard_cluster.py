@@ -267,3 +267,23 @@ async def test_a_node_started_later_draws_the_history_of_the_others(
     assert document["history"]["time"][0] <= history["time"][0] + INTERVAL
     assert document["history"]["time"] == sorted(document["history"]["time"])
     assert "history of node early adopted" in late.log()
+
+
+async def test_with_redis_down_a_node_shows_its_own_figures_and_says_why(
+        redis_server, two_nodes, room):
+    """With the link to Redis down, a node's stats.json soon counts only its own clients,
+    marks its link down and says so in the note."""
+    a_node, b_node = two_nodes
+    clients = [await joined(a_node.url, room, "near"), await joined(b_node.url, room, "far")]
+    try:
+        await until_stats(a_node.port, lambda d: d["connections"].get("scratch") == 2,
+                          "both nodes' clients")
+        redis_server.stop()
+        document = await until_stats(
+            a_node.port, lambda d: [line["node"] for line in d["per_node"]] == ["node-a"],
+            "node A alone")
+        assert document["connections"]["scratch"] == 1
+        assert document["per_node"][0]["link_up"] is False
+        assert "Redis down" in document["nodes"]["note"]
+    finally:
+        await close_all(*clients)
