@@ -255,11 +255,12 @@ class Dashboard:
     def serve_page(self, request: HttpRequest) -> Response:
         """GET /: the page, with the current status line for readers without JavaScript (on a
         cluster, the cluster's as of the last sample)."""
-        figures = self.facade.stats()
         if self.cluster is not None and self.samples:  # the cluster's, as the charts show
             last = self.samples[-1]
             figures = {"connections": last.connections, "rooms": {
                 "cluster": {"active": last.active_rooms, "in_memory": last.rooms}}}
+        else:
+            figures = self.facade.stats()
         body = self.page.replace(STATUS_MARK, status_line(figures), 1)
         return plain_response(200, "OK", body.encode(), HTML,
                               {"Content-Security-Policy": content_security_policy(self.nonce)})
