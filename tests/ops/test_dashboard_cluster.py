@@ -18,7 +18,7 @@ from tests.conformance.helpers import close_all, http_get, joined, set_text
 from tests.ops.api import call
 
 INTERVAL = 0.3
-NODE_TIMEOUT = 2.0
+NODE_TIMEOUT = 3.0  # long enough to see a stopped node missing before it is gone
 SCORE = "☁ score"
 
 
@@ -237,7 +237,7 @@ async def test_a_stopped_node_is_missing_and_stats_still_answer_at_once(two_node
         for _ in range(5):
             asked = time.monotonic()
             await asyncio.to_thread(stats, a_node.port)
-            assert time.monotonic() - asked < 0.5  # never waits for node B
+            assert time.monotonic() - asked < 1.0  # never waits for node B (reply_timeout 2 s)
         if stop == signal.SIGKILL:
             await until_stats(a_node.port, lambda d: d["nodes"]["missing"] == [],
                               "node B forgotten", timeout=NODE_TIMEOUT + 5)
