@@ -240,8 +240,9 @@ def room_list(facade: Facade) -> list[dict[str, Any]]:
 
 
 def merge_rooms(room_lists: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The room lists of several nodes as one: a room's clients summed over the nodes, its
-    variables the largest count (every node holding a Scratch room holds the same values)."""
+    """The room lists of several nodes as one: a room's clients (and `updates`, where given)
+    summed over the nodes, its variables the largest count (every node holding a Scratch room
+    holds the same values)."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     for rooms in room_lists:
         for room in rooms:
@@ -252,7 +253,18 @@ def merge_rooms(room_lists: Iterable[list[dict[str, Any]]]) -> list[dict[str, An
             else:
                 known["clients"] += room["clients"]
                 known["variables"] = max(known["variables"], room["variables"])
+                if "updates" in room:
+                    known["updates"] = known.get("updates", 0) + room["updates"]
     return list(merged.values())
+
+
+def busiest(rooms: Iterable[dict[str, Any]],
+            members: Callable[[dict[str, Any]], int] = lambda room: room["clients"]
+            ) -> list[dict[str, Any]]:
+    """The BUSIEST_ROOMS rooms with the most `members` (clients by default), most first, ties
+    by protocol and id."""
+    return heapq.nsmallest(BUSIEST_ROOMS, rooms,
+                           key=lambda room: (-members(room), room["protocol"], room["id"]))
 
 
 def node_figures(facade: Facade, rooms: int) -> dict[str, Any]:
@@ -264,16 +276,18 @@ def node_figures(facade: Facade, rooms: int) -> dict[str, Any]:
             "link_up": facade.cluster_fault is None}
 
 
-def stats_document(facade: Facade, counters: Counters) -> dict[str, Any]:
+def stats_document(facade: Facade, counters: Counters,
+                   rooms: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The figures of GET /api/v1/stats (and the dashboard): aggregates only, nothing about
-    a single client. Shape in docs/api.md."""
+    a single client. Shape in docs/api.md. `rooms`: `room_list(facade)`, if the caller has
+    it already."""
     figures = facade.stats()
-    rooms = room_list(facade)
+    if rooms is None:
+        rooms = room_list(facade)
     counters.prune({(room["protocol"], room["id"]) for room in rooms})
-    busiest_rooms = heapq.nsmallest(
-        BUSIEST_ROOMS, rooms, key=lambda room: (-room["clients"], room["protocol"], room["id"]))
-    busiest = [{**room, "updates": counters.room_updates.get((room["protocol"], room["id"]), 0)}
-               for room in busiest_rooms]
+    busiest_rooms = [
+        {**room, "updates": counters.room_updates.get((room["protocol"], room["id"]), 0)}
+        for room in busiest(rooms)]
     by_protocol: dict[str, dict[str, int]] = {}
     for room in rooms:
         counts = by_protocol.setdefault(room["protocol"], {"rooms": 0, "active": 0})
@@ -287,7 +301,7 @@ def stats_document(facade: Facade, counters: Counters) -> dict[str, Any]:
         "messages_received": sum(figures["messages_received"].values()),
         "updates_delivered": figures["sent"]["updates"],
         "frames_sent": figures["sent"]["frames"],
-        "busiest_rooms": busiest,
+        "busiest_rooms": busiest_rooms,
     }
 
 

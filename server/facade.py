@@ -183,6 +183,13 @@ class Facade:
         return [{"id": room.id, "clients": len(room.members), "variables": len(room.values)}
                 for room in self._registry(namespace).rooms.values()]
 
+    def members_elsewhere(self, namespace: str = SCRATCH) -> dict[str, int]:
+        """Members on other nodes of the rooms of a namespace this node holds in memory, by
+        room id, as this node last heard them (rooms with none left out; always empty for one
+        process)."""
+        return {room.id: room.remote_members
+                for room in self._registry(namespace).rooms.values() if room.remote_members}
+
     async def read_variables(self, namespace: str, room_id: str) -> dict[Any, Any] | None:
         """A room's variables by name, from memory or else read from the store off the loop;
         None if the room has neither. Never creates the room in memory."""

@@ -137,6 +137,18 @@ class Cl4Service:
                  for room in engine.rooms()}
         return {room: members for room, members in rooms.items() if members}
 
+    def members_elsewhere(self) -> dict[str, int]:
+        """Members on other nodes of the CL4 rooms with a member on this node, by room (rooms
+        with none left out; always empty for one process)."""
+        engine = self._protocol.engine
+        counts = {}
+        for room in engine.rooms():
+            members = engine.room_members(room)
+            remote = sum(1 for member in members if is_remote(member.connection))
+            if remote and remote < len(members):
+                counts[room] = remote
+        return counts
+
 
 class Cl4Session:
     """One connection speaking CL4 (a `server.session.Session`; the engine keeps the state)."""

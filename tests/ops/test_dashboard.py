@@ -176,6 +176,11 @@ async def test_stats_are_public_aggregates_that_follow_the_clients(dash_server, 
         assert set(history) == {"time", "connections", "rooms", "active_rooms",
                                 "messages_per_second", "updates_per_second"}
         assert document["interval_seconds"] == INTERVAL and document["version"]
+        assert list(document) == [  # one process: the shape it always had, nothing of a cluster
+            "version", "uptime_seconds", "connections", "rooms", "messages_received",
+            "updates_delivered", "frames_sent", "busiest_rooms", "sampled_at",
+            "interval_seconds", "window_seconds", "messages_per_second", "updates_per_second",
+            "history"]
         text = json.dumps(document)
         assert "secretuser" not in text and "127.0.0.1" not in text
     finally:
@@ -250,6 +255,7 @@ async def test_page_loads_without_errors_and_follows_connections(dash_server, ro
         assert await browser.wait_text("#version", r"^\d+\.\d+") == stats(dash_server.port)[
             "version"]
         await browser.wait_text("#uptime", r"\d+ (s|min|h|d)")
+        assert not await browser.text("#nodes")  # one process: no node count
         clients = [await joined(dash_server.url, room) for _ in range(4)]
         hostile = await joined(dash_server.url, HOSTILE_ROOM)
         try:
@@ -360,15 +366,19 @@ async def test_delete_block_and_unblock_from_the_page(dash_server, room, tmp_pat
 
 async def test_inspector_shows_and_kicks_members_of_every_node(redis_server, make_redis_node,
                                                                room, tmp_path):
-    """On a cluster, the page served by node A lists a room whose members are on both nodes,
-    shows each member's node, and kicks a client of node B."""
-    nodes = [make_redis_node(redis_server, admin={"token": TOKEN}, cluster={"node_id": name})
+    """On a cluster, the page served by node A counts both nodes' clients and says "2 nodes",
+    lists a room whose members are on both nodes, shows each member's node, and kicks a client
+    of node B."""
+    nodes = [make_redis_node(redis_server, admin={"token": TOKEN}, cluster={"node_id": name},
+                             http={"dashboard_interval": INTERVAL})
              for name in ("node-a", "node-b")]
     near = await joined(nodes[0].url, room, "near")
     far = await joined(nodes[1].url, room, "far")
     try:
         async with Browser(tmp_path) as browser:
             await browser.goto(nodes[0].http_url + "/")
+            await browser.wait_text("#nodes", "^2 nodes$")
+            await until_number(browser, "#connections-now", lambda now: now >= 2)
             await browser.type("#token-input", TOKEN)
             await browser.click("#token-save")
             await browser.wait_text("#admin-message", "Token accepted")
