@@ -269,11 +269,12 @@ def busiest(rooms: Iterable[dict[str, Any]],
 
 def node_figures(facade: Facade, rooms: int) -> dict[str, Any]:
     """This node's entry in GET /stats' per-node section: its clients (connections that
-    chose a protocol, not HTTP requests), rooms in memory, and whether its link is up."""
+    chose a protocol, not HTTP requests), rooms in memory, whether its link is up, and its
+    worker number (the name the public dashboard gives it)."""
     by_protocol = facade.stats()["protocols"]
     clients = sum(count for name, count in by_protocol.items() if name != PENDING)
-    return {"node": facade.node_id, "clients": clients, "rooms": rooms,
-            "link_up": facade.cluster_fault is None}
+    return {"node": facade.node_id, "worker": facade.worker, "clients": clients,
+            "rooms": rooms, "link_up": facade.cluster_fault is None}
 
 
 def stats_document(facade: Facade, counters: Counters,

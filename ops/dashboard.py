@@ -235,7 +235,8 @@ class Dashboard:
         if self.cluster is not None:
             document = self.cluster.figures(node_report(
                 document, rooms, members_elsewhere(self.facade), self.interval,
-                self.facade.cluster_fault is None, self.counters.room_updates))
+                self.facade.cluster_fault is None, self.counters.room_updates,
+                self.facade.worker))
         by_protocol = document["rooms"].values()
         self.samples.append(Sample(
             now, document["connections"]["total"], sum(counts["rooms"] for counts in by_protocol),

@@ -70,11 +70,12 @@ def members_elsewhere(facade: Facade) -> dict[tuple[str, str], int]:
 
 def node_report(document: dict[str, Any], rooms: list[dict[str, Any]],
                 elsewhere: dict[tuple[str, str], int], interval: float, link_up: bool,
-                room_updates: dict[tuple[str, str], int]) -> dict[str, Any]:
+                room_updates: dict[tuple[str, str], int], worker: int) -> dict[str, Any]:
     """This node's report to the others: its figures from `document` (`stats_document`, with
     the rates added), its share of each protocol's rooms, and its busiest rooms (by members
     over the cluster) with its own members in each. `rooms`: `room_list`; `elsewhere`: members
-    on other nodes by (protocol, id); `room_updates`: updates flushed per room here."""
+    on other nodes by (protocol, id); `room_updates`: updates flushed per room here; `worker`:
+    the node's worker number, which names it in public (`public_name`)."""
     shares: dict[str, dict[str, float]] = {}
     for room in rooms:
         here = room["clients"]
@@ -91,6 +92,7 @@ def node_report(document: dict[str, Any], rooms: list[dict[str, Any]],
                   + elsewhere.get((room["protocol"], room["id"]), 0))
     return {
         "version": document["version"],
+        "worker": worker,
         "uptime_seconds": document["uptime_seconds"],
         "interval_seconds": interval,
         "link_up": link_up,
@@ -103,6 +105,13 @@ def node_report(document: dict[str, Any], rooms: list[dict[str, Any]],
         "busiest_rooms": [{**room, "updates": room_updates.get((room["protocol"], room["id"]), 0)}
                           for room in top],
     }
+
+
+def public_name(report: dict[str, Any] | None) -> str:
+    """How stats.json names a node: by its worker number, never by its node id, which by
+    default holds the host name (stats.json is public); the start-up log line and the admin
+    API's `per_node` pair the two."""
+    return f"worker {report['worker']}" if report is not None else "a node not heard from yet"
 
 
 def _summed(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -136,7 +145,7 @@ def combine(reports: list[tuple[str, float, dict[str, Any]]]) -> dict[str, Any]:
                                          for _, _, report in reports), 3),
         "updates_per_second": round(sum(report["updates_per_second"]
                                         for _, _, report in reports), 3),
-        "per_node": [{"node": node, "connections": report["connections"]["total"],
+        "per_node": [{"node": public_name(report), "connections": report["connections"]["total"],
                       "rooms": sum(counts["held"] for counts in report["rooms"].values()),
                       "link_up": report["link_up"]}
                      for node, _, report in reports],
@@ -146,7 +155,7 @@ def combine(reports: list[tuple[str, float, dict[str, Any]]]) -> dict[str, Any]:
 def check_report(report: Any) -> None:
     """Raise ValueError (or KeyError, TypeError) unless `report` has the shape `node_report`
     makes, so a report from another version of Stratus cannot break `combine`."""
-    numbers = ("uptime_seconds", "interval_seconds", *TOTALS, "messages_per_second",
+    numbers = ("worker", "uptime_seconds", "interval_seconds", *TOTALS, "messages_per_second",
                "updates_per_second")
     if not isinstance(report, dict) or not all(_is_number(report[name]) for name in numbers):
         raise ValueError("not a report")
@@ -230,13 +239,15 @@ class ClusterFigures:
             else:
                 missing.append(node)
         document = combine(reports)
-        nodes: dict[str, Any] = {"this": self.node_id,
-                                 "reported": sorted(node for node, _, _ in reports),
-                                 "missing": missing}
+        unheard = [public_name(self.latest.get(node, (None, None))[1]) for node in missing]
+        nodes: dict[str, Any] = {"this": public_name(own),
+                                 "reported": sorted(public_name(report)
+                                                    for _, _, report in reports),
+                                 "missing": unheard}
         fault = self.link_fault()
         if fault:
             nodes["note"] = f"{fault}: the other nodes' figures may be missing or old"
         elif missing:
-            nodes["note"] = "no recent figures from " + ", ".join(missing)
+            nodes["note"] = "no recent figures from " + ", ".join(unheard)
         document["nodes"] = nodes
         return document

@@ -72,6 +72,12 @@ class Facade:
         return requests.node_id if requests is not None else None
 
     @property
+    def worker(self) -> int:
+        """This node's worker number in its cluster (0 to 1023, the high part of its client
+        ids; 0 for one process): a name for the node that says nothing about its host."""
+        return self._server.cluster.worker
+
+    @property
     def cluster_fault(self) -> str | None:
         """Why the link to the other nodes is down, or None (always None for one process)."""
         return self._server.cluster.fault

@@ -170,7 +170,8 @@ async def test_a_stopped_node_is_named_within_the_timeout(two_nodes, room, stop)
 
 
 async def test_stats_have_a_line_per_node(two_nodes, room):
-    """GET /stats adds every node's clients, rooms and link state to this node's figures."""
+    """GET /stats adds every node's clients, rooms, link state and worker number (the name the
+    public dashboard gives it) to this node's figures."""
     a_node, b_node = two_nodes
     clients = [await joined(a_node.url, room, "a"), await joined(b_node.url, room, "b1"),
                await joined(b_node.url, room, "b2")]
@@ -180,6 +181,10 @@ async def test_stats_have_a_line_per_node(two_nodes, room):
     assert per_node["node-a"]["clients"] == 1 and per_node["node-b"]["clients"] == 2
     assert all(line["link_up"] and line["rooms"] == 1 for line in per_node.values())
     assert stats["connections"]["scratch"] == 1  # this node's own figures stay its own
+    workers = {line["node"]: line["worker"] for line in stats["per_node"]}
+    assert len(set(workers.values())) == 2
+    public = call(b_node.port, "GET", "/dashboard/stats.json", token=None).json
+    assert public["nodes"]["this"] == f"worker {workers['node-b']}"
     await close_all(*clients)
 
 

@@ -26,9 +26,9 @@ SCORE = "☁ score"
 
 
 def report(connections: int, rooms: dict, busiest: list, rate: float = 0.0,
-           uptime: float = 10.0) -> dict:
+           uptime: float = 10.0, worker: int = 0) -> dict:
     """A node's report with the given figures (the rest zero)."""
-    return {"version": "1.0", "uptime_seconds": uptime, "interval_seconds": 2.0,
+    return {"version": "1.0", "worker": worker, "uptime_seconds": uptime, "interval_seconds": 2.0,
             "link_up": True, "connections": {"total": connections, "scratch": connections},
             "rooms": rooms, "messages_received": 10, "updates_delivered": 20,
             "frames_sent": 5, "messages_per_second": rate, "updates_per_second": 2 * rate,
@@ -48,7 +48,7 @@ def test_a_node_reports_its_share_of_each_room():
     document = {"version": "1.0", "uptime_seconds": 3.0, "connections": {"total": 3},
                 "messages_received": 1, "updates_delivered": 2, "frames_sent": 3,
                 "messages_per_second": 0.5, "updates_per_second": 1.0}
-    own = node_report(document, rooms, elsewhere, 2.0, True, {("scratch", "own"): 7})
+    own = node_report(document, rooms, elsewhere, 2.0, True, {("scratch", "own"): 7}, 5)
     assert own["rooms"] == {"scratch": {"rooms": 2.25, "active": 1.25, "held": 4}}
     # Ranked by members over the cluster: "theirs" (5 elsewhere) and "shared" (4) first.
     assert [entry["id"] for entry in own["busiest_rooms"]] == ["theirs", "shared", "own", "idle"]
@@ -63,7 +63,8 @@ def test_cluster_figures_count_a_shared_room_once_and_sum_the_rest():
     a = report(1, {"scratch": {"rooms": 0.25, "active": 0.25, "held": 1}},
                [room("shared", 1, updates=4)], rate=1.5, uptime=100.0)
     b = report(4, {"scratch": {"rooms": 1.75, "active": 1.75, "held": 2}},
-               [room("shared", 3, updates=6), room("solo", 1)], rate=2.0, uptime=5.0)
+               [room("shared", 3, updates=6), room("solo", 1)], rate=2.0, uptime=5.0,
+               worker=7)
     document = combine([("node-a", 0.0, a), ("node-b", 1.5, b)])
     assert document["connections"] == {"total": 5, "scratch": 5}
     assert document["rooms"] == {"scratch": {"rooms": 2, "active": 2}}
@@ -73,8 +74,8 @@ def test_cluster_figures_count_a_shared_room_once_and_sum_the_rest():
     assert document["messages_received"] == 20
     assert document["uptime_seconds"] == 100.0
     assert document["per_node"] == [
-        {"node": "node-a", "connections": 1, "rooms": 1, "link_up": True},
-        {"node": "node-b", "connections": 4, "rooms": 2, "link_up": True}]
+        {"node": "worker 0", "connections": 1, "rooms": 1, "link_up": True},
+        {"node": "worker 7", "connections": 4, "rooms": 2, "link_up": True}]
 
 
 def test_a_node_leaving_takes_away_its_rate_without_a_spike():
@@ -139,6 +140,16 @@ async def until_stats(port: int, predicate, what: str, timeout: float = 8.0) -> 
         await asyncio.sleep(0.05)
 
 
+async def public_names(two_nodes) -> dict[str, str]:
+    """How stats.json names "node-a" and "node-b" (by worker number), once both report."""
+    names = {}
+    for node_id, node in zip(("node-a", "node-b"), two_nodes, strict=True):
+        document = await until_stats(node.port, lambda d: len(d["nodes"]["reported"]) == 2,
+                                     "both nodes reporting")
+        names[node_id] = document["nodes"]["this"]
+    return names
+
+
 def cluster_view(document: dict) -> tuple:
     """What must be alike on every node: clients, rooms, the busiest rooms' members."""
     return (document["connections"].get("scratch"), document["rooms"].get("scratch"),
@@ -156,15 +167,22 @@ async def test_every_node_shows_the_same_cluster_totals(two_nodes, room):
     expected = (4, {"rooms": 2, "active": 2}, sorted([(room, 3), (solo, 1)]))
     try:
         views = {}
+        names = await public_names(two_nodes)
+        assert all(re.fullmatch(r"worker \d+", name) for name in names.values())
+        assert names["node-a"] != names["node-b"]
         for node in two_nodes:
             document = await until_stats(node.port, lambda d: cluster_view(d) == expected,
                                          f"the cluster's figures on {node.port}")
             per_node = {line["node"]: line for line in document["per_node"]}
-            assert set(per_node) == {"node-a", "node-b"}
-            assert per_node["node-a"]["rooms"] == 1 and per_node["node-b"]["rooms"] == 2
-            assert per_node["node-b"]["connections"] >= 3
+            assert set(per_node) == set(names.values())
+            assert per_node[names["node-a"]]["rooms"] == 1
+            assert per_node[names["node-b"]]["rooms"] == 2
+            assert per_node[names["node-b"]]["connections"] >= 3
             assert all(line["link_up"] for line in per_node.values())
-            assert document["nodes"]["reported"] == ["node-a", "node-b"]
+            assert document["nodes"]["reported"] == sorted(names.values())
+            # Public: the node ids (by default the host name) are not in it.
+            body = call(node.port, "GET", STATS_PATH, token=None).body.decode()
+            assert "node-a" not in body and "node-b" not in body
             assert document["nodes"]["missing"] == [] and "note" not in document["nodes"]
             assert document["history"]["active_rooms"][-1] == 2
             views[node.port] = cluster_view(document)
@@ -195,6 +213,7 @@ async def test_writes_on_one_node_show_in_the_other_nodes_rates(two_nodes, room)
     """Messages received and updates delivered on node B make node A's per-second rates and
     history rise, though node A has no client."""
     a_node, b_node = two_nodes
+    names = await public_names(two_nodes)
     writer = await joined(b_node.url, room, "writer")
     reader = await joined(b_node.url, room, "reader")
     try:
@@ -211,7 +230,7 @@ async def test_writes_on_one_node_show_in_the_other_nodes_rates(two_nodes, room)
         await writing
         assert any(value > 0 for value in document["history"]["messages_per_second"])
         per_node = {line["node"]: line for line in document["per_node"]}
-        assert per_node["node-a"]["connections"] <= 1  # this request, at most
+        assert per_node[names["node-a"]]["connections"] <= 1  # this request, at most
     finally:
         await close_all(writer, reader)
 
@@ -222,18 +241,20 @@ async def test_a_stopped_node_is_missing_and_stats_still_answer_at_once(two_node
     and leaves its clients out within a few intervals; a killed B drops out after the node
     timeout."""
     a_node, b_node = two_nodes
+    names = await public_names(two_nodes)
+    a_name, b_name = names["node-a"], names["node-b"]
     clients = [await joined(b_node.url, room, "far1"), await joined(b_node.url, room, "far2")]
     await until_stats(a_node.port, lambda d: d["connections"].get("scratch") == 2,
                       "node B's clients")
     b_node.proc.send_signal(stop)
     try:
         started = time.monotonic()
-        document = await until_stats(a_node.port, lambda d: d["nodes"]["missing"] == ["node-b"],
+        document = await until_stats(a_node.port, lambda d: d["nodes"]["missing"] == [b_name],
                                      "node B missing", timeout=NODE_TIMEOUT + 2)
         assert time.monotonic() - started < NODE_TIMEOUT + 1
         assert document["connections"].get("scratch", 0) == 0
-        assert [line["node"] for line in document["per_node"]] == ["node-a"]
-        assert "node-b" in document["nodes"]["note"]
+        assert [line["node"] for line in document["per_node"]] == [a_name]
+        assert b_name in document["nodes"]["note"]
         for _ in range(5):
             asked = time.monotonic()
             await asyncio.to_thread(stats, a_node.port)
@@ -243,8 +264,8 @@ async def test_a_stopped_node_is_missing_and_stats_still_answer_at_once(two_node
                               "node B forgotten", timeout=NODE_TIMEOUT + 5)
         else:
             b_node.proc.send_signal(signal.SIGCONT)
-            await until_stats(a_node.port, lambda d: d["nodes"]["reported"] == [
-                "node-a", "node-b"] and d["connections"].get("scratch") == 2, "node B back")
+            await until_stats(a_node.port, lambda d: d["nodes"]["reported"] == sorted(
+                names.values()) and d["connections"].get("scratch") == 2, "node B back")
     finally:
         if b_node.proc.poll() is None:
             b_node.proc.send_signal(signal.SIGCONT)
@@ -274,13 +295,14 @@ async def test_with_redis_down_a_node_shows_its_own_figures_and_says_why(
     """With the link to Redis down, a node's stats.json soon counts only its own clients,
     marks its link down and says so in the note."""
     a_node, b_node = two_nodes
+    names = await public_names(two_nodes)
     clients = [await joined(a_node.url, room, "near"), await joined(b_node.url, room, "far")]
     try:
         await until_stats(a_node.port, lambda d: d["connections"].get("scratch") == 2,
                           "both nodes' clients")
         redis_server.stop()
         document = await until_stats(
-            a_node.port, lambda d: [line["node"] for line in d["per_node"]] == ["node-a"],
+            a_node.port, lambda d: [line["node"] for line in d["per_node"]] == [names["node-a"]],
             "node A alone")
         assert document["connections"]["scratch"] == 1
         assert document["per_node"][0]["link_up"] is False
