@@ -48,6 +48,9 @@ ROBOTS_TXT = b"User-agent: *\nDisallow: /\n"
 JANITOR_INTERVAL = 60.0
 # Seconds between tries to read the stored blocked rooms while they cannot be read.
 BLOCK_REREAD_INTERVAL = 5.0
+# Bus topic a node whose link came back sends after the rows it stored meanwhile (blocks
+# made or lifted through it while cut off): the other nodes re-read the stored blocks.
+BLOCKS_TOPIC = "stratus.blocks"
 PENDING = "pending"  # the protocol of a connection whose first message has not come yet
 OPEN, CONNECTING = State.OPEN, State.CONNECTING
 
@@ -101,10 +104,14 @@ class Server:
             self.node_requests = NodeRequests(bus, config.cluster.reply_timeout,
                                               lambda: self.cluster.fault)
             bus.on_relinked(self._relinked)
+            bus.subscribe(BLOCKS_TOPIC, self._blocks_announced)
         self._restoring: asyncio.Task | None = None
-        # The stored blocks could not be read (logged once), and the timer of the next try.
+        # The stored blocks could not be read (and whether that was logged), and the timer
+        # of the next try.
         self._blocks_unread = False
+        self._blocks_warned = False
         self._block_retry: asyncio.TimerHandle | None = None
+        self._restore_again = False  # asked for again while a read was under way
         self.facade = Facade(self)
         self.plugins = PluginManager(self.facade)
         self.plugins.load_config(config.plugins)
@@ -177,16 +184,30 @@ class Server:
 
     def _relinked(self) -> None:
         """The link to the other nodes is back: make this node's blocks agree with the stored
-        ones (blocks and unblocks another node made meanwhile). Before it listens, `start`
-        does it itself once the rooms are open."""
+        ones (blocks and unblocks another node made meanwhile), and have the other nodes
+        re-read them too (blocks and unblocks made through this one meanwhile: its queued rows
+        reach Redis before the message). Before it listens, `start` does it itself once the
+        rooms are open."""
         if self._listener is None or self._stopping.is_set():
             return
-        if self._restoring is None or self._restoring.done():
-            self._restoring = self.loop.create_task(self._restore_blocks())
+        bus = self.cluster.bus
+        if bus is not None:
+            bus.publish(BLOCKS_TOPIC, b"")
+        self._reread_blocks()
+
+    def _blocks_announced(self, origin: str, payload: bytes) -> None:
+        """Another node's link came back: re-read the stored blocks it may have changed."""
+        if self._listener is not None and not self._stopping.is_set():
+            self._reread_blocks()
 
     def _reread_blocks(self) -> None:
+        """Re-read the stored blocks now, or again once the read under way is done (it may
+        have read them before the change that asks for this)."""
         self._block_retry = None
-        self._relinked()
+        if self._restoring is None or self._restoring.done():
+            self._restoring = self.loop.create_task(self._restore_blocks())
+        else:
+            self._restore_again = True
 
     async def _restore_blocks(self) -> None:
         """Apply the stored blocks and lift stored ones removed meanwhile, logging each. If
@@ -195,32 +216,40 @@ class Server:
         if self._block_retry is not None:
             self._block_retry.cancel()
             self._block_retry = None
+        self._restore_again = False
         try:
             changes = await self.facade.restore_blocked_rooms()
         except StoreReadError as exc:
-            if not self._blocks_unread:
-                log.warning("cannot read the stored blocked rooms (%s): this node's blocks are "
-                            "kept as they are until they can be read", printable(str(exc)))
             self._blocks_unread = True
+            # With the cluster link down that is expected (and said once already): the
+            # relink reads them. Otherwise the read itself failed: say so, and try again.
             if self.cluster.fault is None and not self._stopping.is_set():
+                if not self._blocks_warned:
+                    log.warning("cannot read the stored blocked rooms (%s): this node's blocks "
+                                "are kept as they are until they can be read",
+                                printable(str(exc)))
+                    self._blocks_warned = True
                 self._block_retry = self.loop.call_later(BLOCK_REREAD_INTERVAL,
                                                          self._reread_blocks)
             return
         except Exception:
             log.exception("re-reading the stored blocked rooms failed")
             return
-        if self._blocks_unread:
+        self._blocks_unread = False
+        if self._blocks_warned:
             log.info("the stored blocked rooms could be read again")
-            self._blocks_unread = False
+            self._blocks_warned = False
         starting = self._listener is None
         if starting and changes.applied:
             log.info("%d blocked rooms restored from the store", len(changes.applied))
         for namespace, room_id in [] if starting else changes.applied:
-            log.info("blocked %s room %s: its block was stored while this node could not hear "
-                     "it", namespace, printable(room_id, 200))
+            log.info("blocked %s room %s: stored as blocked, and this node had missed it",
+                     namespace, printable(room_id, 200))
         for namespace, room_id in changes.lifted:
-            log.info("unblocked %s room %s: its stored block was removed while this node could "
-                     "not hear it", namespace, printable(room_id, 200))
+            log.info("unblocked %s room %s: no longer stored as blocked, and this node had "
+                     "missed it", namespace, printable(room_id, 200))
+        if self._restore_again and not self._stopping.is_set():
+            self._restoring = self.loop.create_task(self._restore_blocks())
 
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:

@@ -309,6 +309,7 @@ async def until_accepted(url: str, room: str, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
     while await refused(url, room):
         assert time.monotonic() < deadline, f"joins of {room} still refused"
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -360,8 +361,8 @@ async def test_a_node_that_missed_an_unblock_lifts_it_when_its_link_is_back(cutt
     await block_then_unblock_while_b_is_cut(cuttable, b_node, room)
     await until_accepted(b_node.url, room)
     assert call(b_node.port, "GET", f"/api/v1/blocked-projects/{room}").status == 404
-    assert (f"unblocked scratch room {room}: its stored block was removed while this node "
-            "could not hear it") in b_node.log()
+    assert (f"unblocked scratch room {room}: no longer stored as blocked, and this node had "
+            "missed it") in b_node.log()
 
 
 async def test_blocks_that_are_not_stored_survive_a_relink(cuttable, room):
@@ -427,3 +428,22 @@ async def test_a_block_made_on_a_node_while_its_link_is_down_survives_the_relink
     await asyncio.sleep(SETTLE)
     assert await refused(b_node.url, room)
     assert "unblocked scratch room" not in b_node.log()
+
+
+async def test_blocks_changed_through_a_cut_off_node_reach_the_others_when_it_is_back(
+        cuttable, room):
+    """A project unblocked and another blocked through node B while B's link is cut are
+    unblocked and blocked on node A too once B's link is back."""
+    a_node, b_node = cuttable.a, cuttable.node_b()
+    other = f"{room}-later"
+    assert call(a_node.port, "PUT", f"/api/v1/blocked-projects/{room}").status == 200
+    assert await refused(b_node.url, room)
+    cuttable.link.cut()
+    await until_health(b_node, "cluster link to Redis down")
+    assert call(b_node.port, "DELETE", f"/api/v1/blocked-projects/{room}").status == 200
+    assert call(b_node.port, "PUT", f"/api/v1/blocked-projects/{other}").status == 200
+    assert await refused(a_node.url, room) and not await refused(a_node.url, other)
+    cuttable.link.restore()
+    await until_accepted(a_node.url, room)
+    assert await refused(a_node.url, other)
+    assert f"blocked scratch room {other}: stored as blocked" in a_node.log()
