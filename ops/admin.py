@@ -542,9 +542,10 @@ class AdminApi:
         return {"found": True, **kicked}
 
     def _answer_block(self, origin: str, request: dict[str, Any]) -> dict[str, Any]:
-        """Block a project on this node (the asking node stored the block)."""
+        """Block a project on this node (the asking node stored the block, so it is lifted
+        here too if this node misses the unblock and then re-reads the stored blocks)."""
         room_id = request["id"]
-        closed = self.facade.block_room("scratch", room_id, int(request["code"]))
+        closed = self.facade.block_room("scratch", room_id, int(request["code"]), stored=True)
         self._log_asked(origin, f"blocked project {printable(room_id, 200)}")
         return {"closed": closed}
 

@@ -38,7 +38,7 @@ from .plugins import PluginManager
 from .rooms import RoomLimits, RoomRegistry
 from .routes import TEXT, HttpRequest, RouteTable
 from .session import ProtocolRegistry
-from .store import Store
+from .store import Store, StoreReadError
 from .tls import TlsCertificate
 from .traffic import Traffic
 
@@ -46,6 +46,11 @@ log = logging.getLogger("stratus")
 
 ROBOTS_TXT = b"User-agent: *\nDisallow: /\n"
 JANITOR_INTERVAL = 60.0
+# Seconds between tries to read the stored blocked rooms while they cannot be read.
+BLOCK_REREAD_INTERVAL = 5.0
+# Bus topic a node whose link came back sends after the rows it stored meanwhile (blocks
+# made or lifted through it while cut off): the other nodes re-read the stored blocks.
+BLOCKS_TOPIC = "stratus.blocks"
 PENDING = "pending"  # the protocol of a connection whose first message has not come yet
 OPEN, CONNECTING = State.OPEN, State.CONNECTING
 
@@ -99,7 +104,14 @@ class Server:
             self.node_requests = NodeRequests(bus, config.cluster.reply_timeout,
                                               lambda: self.cluster.fault)
             bus.on_relinked(self._relinked)
+            bus.subscribe(BLOCKS_TOPIC, self._blocks_announced)
         self._restoring: asyncio.Task | None = None
+        # The stored blocks could not be read (and whether that was logged), and the timer
+        # of the next try.
+        self._blocks_unread = False
+        self._blocks_warned = False
+        self._block_retry: asyncio.TimerHandle | None = None
+        self._restore_again = False  # asked for again while a read was under way
         self.facade = Facade(self)
         self.plugins = PluginManager(self.facade)
         self.plugins.load_config(config.plugins)
@@ -147,7 +159,7 @@ class Server:
         self.store = self.cluster.open_store(cfg)
         for component in self.components:
             await component.start(self)
-        await self.facade.restore_blocked_rooms()
+        await self._restore_blocks()
         await self.plugins.start()
         host: Any = cfg.server.host or None
         # With several workers each binds the port itself (SO_REUSEPORT) and the kernel
@@ -156,6 +168,8 @@ class Server:
             lambda: Connection(self), host, cfg.server.port, reuse_address=True,
             reuse_port=cfg.server.workers > 1, backlog=4096, **tls
         )
+        if self._blocks_unread and self._block_retry is None:
+            self._relinked()  # the link may have come back while starting, unheard
         self._every(cfg.server.ping_interval, self._sweep)
         self._every(cfg.store.flush_interval, self._persist)
         self._every(min(JANITOR_INTERVAL, max(cfg.store.room_idle_timeout, 1.0)), self._janitor)
@@ -169,18 +183,73 @@ class Server:
                      self.tls.cert_path, self.tls.described)
 
     def _relinked(self) -> None:
-        """The link to the other nodes is back: apply blocks another node stored meanwhile
-        (at start-up, `start` restores them itself once the rooms are open)."""
+        """The link to the other nodes is back: make this node's blocks agree with the stored
+        ones (blocks and unblocks another node made meanwhile), and have the other nodes
+        re-read them too (blocks and unblocks made through this one meanwhile: its queued rows
+        reach Redis before the message). Before it listens, `start` does it itself once the
+        rooms are open."""
         if self._listener is None or self._stopping.is_set():
             return
+        bus = self.cluster.bus
+        if bus is not None:
+            bus.publish(BLOCKS_TOPIC, b"")
+        self._reread_blocks()
+
+    def _blocks_announced(self, origin: str, payload: bytes) -> None:
+        """Another node's link came back: re-read the stored blocks it may have changed."""
+        if self._listener is not None and not self._stopping.is_set():
+            self._reread_blocks()
+
+    def _reread_blocks(self) -> None:
+        """Re-read the stored blocks now, or again once the read under way is done (it may
+        have read them before the change that asks for this)."""
+        self._block_retry = None
         if self._restoring is None or self._restoring.done():
             self._restoring = self.loop.create_task(self._restore_blocks())
+        else:
+            self._restore_again = True
 
     async def _restore_blocks(self) -> None:
+        """Apply the stored blocks and lift stored ones removed meanwhile, logging each. If
+        the store cannot be read, nothing changes: it is read again after
+        BLOCK_REREAD_INTERVAL while the cluster link is up (else when it comes back)."""
+        if self._block_retry is not None:
+            self._block_retry.cancel()
+            self._block_retry = None
+        self._restore_again = False
         try:
-            await self.facade.restore_blocked_rooms()
+            changes = await self.facade.restore_blocked_rooms()
+        except StoreReadError as exc:
+            self._blocks_unread = True
+            # With the cluster link down that is expected (and said once already): the
+            # relink reads them. Otherwise the read itself failed: say so, and try again.
+            if self.cluster.fault is None and not self._stopping.is_set():
+                if not self._blocks_warned:
+                    log.warning("cannot read the stored blocked rooms (%s): this node's blocks "
+                                "are kept as they are until they can be read",
+                                printable(str(exc)))
+                    self._blocks_warned = True
+                self._block_retry = self.loop.call_later(BLOCK_REREAD_INTERVAL,
+                                                         self._reread_blocks)
+            return
         except Exception:
             log.exception("re-reading the stored blocked rooms failed")
+            return
+        self._blocks_unread = False
+        if self._blocks_warned:
+            log.info("the stored blocked rooms could be read again")
+            self._blocks_warned = False
+        starting = self._listener is None
+        if starting and changes.applied:
+            log.info("%d blocked rooms restored from the store", len(changes.applied))
+        for namespace, room_id in [] if starting else changes.applied:
+            log.info("blocked %s room %s: stored as blocked, and this node had missed it",
+                     namespace, printable(room_id, 200))
+        for namespace, room_id in changes.lifted:
+            log.info("unblocked %s room %s: no longer stored as blocked, and this node had "
+                     "missed it", namespace, printable(room_id, 200))
+        if self._restore_again and not self._stopping.is_set():
+            self._restoring = self.loop.create_task(self._restore_blocks())
 
     def open_rooms(self, namespace: str, codec: Codec, limits: RoomLimits,
                    fanout: FanoutSettings) -> RoomRegistry:
@@ -250,6 +319,8 @@ class Server:
             self._listener.close()
         for timer in self._timers.values():
             timer.cancel()
+        if self._block_retry is not None:
+            self._block_retry.cancel()
         for registry in self.rooms.values():
             registry.flush_all()
         for connection in list(self.connections):

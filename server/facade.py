@@ -17,20 +17,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .codes import CloseCode
 from .events import EventBus
 from .node_requests import Answer, Replies
 from .plugins import Client
-from .rooms import Room, RoomRegistry
+from .rooms import BlockOrigin, Room, RoomRegistry
 from .routes import RouteTable
-from .store import HistoryEntry
+from .store import HistoryEntry, StoreReadError
 
 SCRATCH = "scratch"
 # Store namespace of the rooms blocked with `block_room(..., persist=True)`: one row per
 # blocked room, filed under the room namespace's name, the room id as its key.
 BLOCKLIST = "stratus.blocked-rooms"
+# Reads of the stored blocks `restore_blocked_rooms` makes before giving up when blocks keep
+# changing on this node while it reads (each change makes the read stale).
+BLOCK_READ_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class BlockChanges:
+    """What `restore_blocked_rooms` did: how many blocks are stored, and the
+    (namespace, room id) of the blocks it applied and of those it lifted."""
+
+    stored: int
+    applied: list[tuple[str, str]]
+    lifted: list[tuple[str, str]]
 
 
 class Facade:
@@ -269,14 +283,19 @@ class Facade:
 
     def block_room(self, namespace: str, room_id: str,
                    code: int = CloseCode.SCRATCH_PROJECT_UNAVAILABLE,
-                   persist: bool = False) -> int:
+                   persist: bool = False, stored: bool = False) -> int:
         """Refuse joins of a room from now on and close its members with `code`; returns how
         many were closed. With `persist`, the block is kept in the store and survives a
-        restart (`blocked_rooms` lists such blocks)."""
+        restart (`blocked_rooms` lists such blocks); `stored` says another node of the
+        cluster stored it and asked this one to apply it. A block made with either is also
+        lifted when a re-read of the store (`restore_blocked_rooms`) no longer finds it; one
+        made with neither lasts until `unblock_room`."""
+        registry = self._registry(namespace)
         if persist:
             self._store().save([(BLOCKLIST, namespace,
                                  [(room_id, 0, {"code": int(code), "since": time.time()})], [])])
-        return self._registry(namespace).block(room_id, code)
+        origin = BlockOrigin.STORED if persist or stored else BlockOrigin.LOCAL
+        return registry.block(room_id, code, origin)
 
     def unblock_room(self, namespace: str, room_id: str, persist: bool = True) -> bool:
         """Accept joins of a room blocked with `block_room` again (with `persist`, a stored
@@ -294,22 +313,47 @@ class Facade:
         """Ids of the rooms blocked with `block_room`, sorted."""
         return sorted(self._registry(namespace).blocked)
 
-    async def restore_blocked_rooms(self) -> int:
-        """Block every room blocked with `persist` (before a restart, or on another node of a
-        cluster) that is not blocked here yet, closing members it has (read off the loop);
-        returns how many blocks are stored. The server calls it at start, before it listens,
-        and on a cluster each time the link to the other nodes comes back."""
+    async def restore_blocked_rooms(self) -> BlockChanges:
+        """Make this node's blocks agree with the stored ones (read off the loop): block
+        every room stored as blocked (with persist, before a restart or on another node of a
+        cluster) that is not blocked here yet, closing its members, and lift the blocks held
+        because they were stored that the store no longer has (unblocked while this node
+        could not hear it). Blocks made without persist are never lifted here.
+
+        Raises `StoreReadError`, changing nothing, when the store cannot be read: a failed
+        read never passes for "nothing stored". The server calls it at start, before it
+        listens, and on a cluster each time the link to the other nodes comes back."""
         store = self._store()
-        restored = 0
-        for namespace, registry in self._server.rooms.items():
-            rows = await asyncio.to_thread(store.load, BLOCKLIST, namespace)
+        registries = self._server.rooms
+        for _attempt in range(BLOCK_READ_ATTEMPTS):
+            changes = sum(registry.block_changes for registry in registries.values())
+            stored = {namespace: await asyncio.to_thread(store.read_stored, BLOCKLIST, namespace)
+                      for namespace in list(registries)}
+            # A block or unblock made here during the read may be missing from what was
+            # read (it is on its way to the store): read again rather than undo it.
+            if sum(registry.block_changes for registry in registries.values()) == changes:
+                break
+        else:
+            raise StoreReadError(f"blocks changed during each of {BLOCK_READ_ATTEMPTS} reads")
+        applied: list[tuple[str, str]] = []
+        lifted: list[tuple[str, str]] = []
+        for namespace, rows in stored.items():
+            registry = registries[namespace]
             for room_id, _, value in rows:
-                if room_id not in registry.blocked:
-                    code = value.get("code") if isinstance(value, dict) else None
-                    registry.block(room_id, code if type(code) is int
-                                   else CloseCode.SCRATCH_PROJECT_UNAVAILABLE)
-            restored += len(rows)
-        return restored
+                origin = registry.blocked.get(room_id)
+                if origin is BlockOrigin.STORED:
+                    continue
+                code = value.get("code") if isinstance(value, dict) else None
+                registry.block(room_id, code if type(code) is int
+                               else CloseCode.SCRATCH_PROJECT_UNAVAILABLE, BlockOrigin.STORED)
+                if origin is None:
+                    applied.append((namespace, room_id))
+            kept = {room_id for room_id, _, _ in rows}
+            for room_id, origin in list(registry.blocked.items()):
+                if origin is BlockOrigin.STORED and room_id not in kept:
+                    registry.unblock(room_id)
+                    lifted.append((namespace, room_id))
+        return BlockChanges(sum(len(rows) for rows in stored.values()), applied, lifted)
 
     def _store(self) -> Any:
         store = self._server.store

@@ -12,6 +12,7 @@ rename, with its author.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,17 @@ log = logging.getLogger("stratus.rooms")
 
 # Empty rooms past max_idle_rooms that one eviction pass may look at beyond those it drops.
 EVICTION_SCAN_SLACK = 64
+
+
+class BlockOrigin(enum.Enum):
+    """Where a run-time block of a room came from (`RoomRegistry.blocked`)."""
+
+    # Made on this node and kept nowhere else (e.g. a plugin's `block_room` without
+    # persist): only an unblock lifts it.
+    LOCAL = "local"
+    # Stored (made with persist, read from the store, or applied for a block another node
+    # stored): a re-read of the store that no longer finds it lifts it too.
+    STORED = "stored"
 
 
 @dataclass(frozen=True)
@@ -251,8 +263,11 @@ class RoomRegistry:
         # Rooms whose stored values are being read, each with the future their joins wait on.
         self.loading: dict[str, asyncio.Future] = {}
         self._reader: ThreadPoolExecutor | None = None
-        # Rooms blocked at run time (`block`): joins are refused.
-        self.blocked: set[str] = set()
+        # Rooms blocked at run time (`block`), with where each block came from: joins are
+        # refused. `block_changes` counts blocks and unblocks (a re-read of the stored
+        # blocks that overlapped one reads again).
+        self.blocked: dict[str, BlockOrigin] = {}
+        self.block_changes = 0
         # Rooms without members, oldest-empty first (a dict used as an ordered set).
         self.idle: dict[Room, None] = {}
         # Called after every stored write with (room, key, value, author), e.g. by the CL4
@@ -267,9 +282,14 @@ class RoomRegistry:
         # Called with a new room's id; returns the plugin hooks for its variable writes.
         self.variable_hooks_for: Callable[[str], list] | None = None
 
-    def block(self, room_id: str, code: int) -> int:
-        """Refuse joins of `room_id` and close its members with `code`; returns how many."""
-        self.blocked.add(room_id)
+    def block(self, room_id: str, code: int, origin: BlockOrigin = BlockOrigin.LOCAL) -> int:
+        """Refuse joins of `room_id` and close its members with `code`; returns how many.
+
+        A block stays STORED once it was: blocking a stored block again locally does not
+        keep it from being lifted with the stored one."""
+        if self.blocked.get(room_id) is not BlockOrigin.STORED:
+            self.blocked[room_id] = origin
+        self.block_changes += 1
         return self.close_members(room_id, code)
 
     def close_members(self, room_id: str, code: int) -> int:
@@ -293,7 +313,8 @@ class RoomRegistry:
     def unblock(self, room_id: str) -> bool:
         """Accept joins of `room_id` again; False if it was not blocked."""
         if room_id in self.blocked:
-            self.blocked.remove(room_id)
+            del self.blocked[room_id]
+            self.block_changes += 1
             return True
         return False
 

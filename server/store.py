@@ -94,6 +94,10 @@ class StoreError(Exception):
         self.exit_code = exit_code
 
 
+class StoreReadError(Exception):
+    """`read_stored` could not read the store (the message says why, in one line)."""
+
+
 class Store(Protocol):
     """What rooms need from persistence."""
 
@@ -110,6 +114,12 @@ class Store(Protocol):
 
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         """Stored (key, position, value) rows of a room; empty if none."""
+
+    def read_stored(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
+        """Rows as `load` gives them, with the changes `save` queued here and did not write
+        yet applied, and never empty for a failed read: raises `StoreReadError` when the store
+        cannot be read (what must not take a failure for "nothing stored", e.g. the stored
+        blocks, reads with this; blocks on I/O when `loads_block`)."""
 
     def save(self, changes: list[Change]) -> int:
         """Queue changes for writing; returns their ticket."""
@@ -147,6 +157,9 @@ class MemoryStore:
     def load(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
         stored = self.rooms.get((namespace, room_id), {})
         return [(key, position, value) for key, (position, value) in stored.items()]
+
+    def read_stored(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
+        return self.load(namespace, room_id)  # nothing is queued, nothing can fail
 
     def save(self, changes: list[Change]) -> int:
         for namespace, room_id, upserts, deletes in changes:
@@ -297,6 +310,27 @@ class SQLiteStore:
             raise
         self._read_failure = None
         return [(_text(key), position, json.loads(value)) for key, position, value in rows]
+
+    def read_stored(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
+        """`load` with the unwritten changes applied; StoreReadError if the file cannot be
+        read (blocks on the disk: call it off the event loop)."""
+        # Taken before the file is read: a change the writer commits meanwhile is then in
+        # both, with the same value.
+        with self._changed:
+            unwritten = {key[2]: row for key, row in (*self._writing.items(),
+                                                      *self._pending.items())
+                         if key[0] == namespace and key[1] == room_id}
+        try:
+            rows = {key: (position, value) for key, position, value in self.load(namespace,
+                                                                                 room_id)}
+        except (sqlite3.Error, ValueError) as exc:
+            raise StoreReadError(_one_line(exc) or type(exc).__name__) from exc
+        for key, row in unwritten.items():
+            if row is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = (row[0], json.loads(row[1]))
+        return [(key, position, value) for key, (position, value) in rows.items()]
 
     def save(self, changes: list[Change]) -> int:
         # Values are serialised here, in the caller's thread, so the writer never reads

@@ -401,9 +401,13 @@ class RedisCluster:
         commands: list[tuple] = []
         finishers: list[tuple[Callable[[list | None], None], int, int]] = []
         drains = [backplane.drain for backplane in self.backplanes]
+        # The store's rows go before the bus's messages: a node asked over the bus to apply
+        # a block finds it stored if it reads the block list then.
+        if self.store is not None:
+            drains.append(self.store.drain)
         drains += [self.bus.drain, self.claims.drain]
         if self.store is not None:
-            drains += [self.store.drain, self.store.drain_history]
+            drains.append(self.store.drain_history)
         for drain in drains:
             start = len(commands)
             finish = drain(commands)

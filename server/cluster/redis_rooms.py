@@ -44,7 +44,7 @@ import redis
 from redis.exceptions import NoScriptError, RedisError
 
 from ..logsafe import printable
-from ..store import HistoryBatch, HistoryEntry, newest_first
+from ..store import HistoryBatch, HistoryEntry, StoreReadError, newest_first
 
 if TYPE_CHECKING:
     from ..rooms import Room
@@ -590,8 +590,12 @@ class RedisRoomStore:
         # Members of live nodes per room just loaded ((namespace, room id) -> flat list), for
         # the backplane to pick up when the room opens (`RedisBackplane.room_opened`).
         self.loaded_counts: dict[tuple[str, str], list] = {}
-        # Changes of namespaces that are not room namespaces, waiting for the writer.
+        # Changes of namespaces that are not room namespaces, waiting for the writer, and
+        # those it sent and Redis has not confirmed, oldest first; read by `read_stored` on
+        # its thread, hence the lock.
         self.rows: list = []
+        self._rows_sending: list = []
+        self._rows_lock = threading.Lock()
         # History entries waiting for the writer, and those it sent and Redis has not
         # confirmed, by (namespace, room id), oldest first; read by `read_history` on its
         # thread, hence the lock.
@@ -631,14 +635,40 @@ class RedisRoomStore:
             self.loaded_counts[namespace, room_id] = counts
         return rows
 
+    def read_stored(self, namespace: str, room_id: str) -> list[tuple[str, int, Any]]:
+        """What Redis holds for a namespace this store writes itself (e.g. the facade's
+        block list), with the rows still on their way there applied; StoreReadError while
+        Redis is unreachable or the read fails (never "nothing stored"). Room namespaces'
+        writes travel with the backplane and are not included."""
+        # Taken before Redis is read: rows it confirms meanwhile are then in both, alike.
+        with self._rows_lock:
+            unwritten = [change for change in (*self._rows_sending, *self.rows)
+                         if change[0] == namespace and change[1] == room_id]
+        if not self.cluster.up:
+            raise StoreReadError("the link to Redis is down")
+        try:
+            stored = self.client().hgetall(room_keys(namespace, room_id)[0])
+            rows = {}
+            for key, raw in stored.items():
+                _written, position, value = parse_stored(raw)
+                rows[decode(key)] = (position, value)
+        except (RedisError, OSError, ValueError) as exc:
+            raise StoreReadError(one_line(exc)) from exc
+        for _namespace, _room_id, upserts, deletes in unwritten:
+            for key, position, value in upserts:
+                rows[key] = (position, value)
+            for key in deletes:
+                rows.pop(key, None)
+        return [(key, position, value) for key, (position, value) in rows.items()]
+
     def save(self, changes: list) -> int:
         """Room changes: nothing to do, the backplane wrote them through. Rows of other
         namespaces (e.g. the facade's persisted block list) are queued for Redis."""
         rooms = {backplane.namespace for backplane in self.cluster.backplanes}
-        for change in changes:
-            if change[0] not in rooms:
-                self.rows.append(change)
-        if self.rows:
+        with self._rows_lock:
+            self.rows.extend(change for change in changes if change[0] not in rooms)
+            queued = bool(self.rows)
+        if queued:
             self.cluster.wake()
         self.committed += 1
         return self.committed
@@ -647,7 +677,9 @@ class RedisRoomStore:
         """Append queued rows to `commands` (the cluster's writer calls this)."""
         if not self.rows:
             return None
-        rows, self.rows = self.rows, []
+        with self._rows_lock:
+            rows, self.rows = self.rows, []
+            self._rows_sending.append(rows)
         for namespace, room_id, upserts, deletes in rows:
             values_key = room_keys(namespace, room_id)[0]
             for key, position, value in upserts:
@@ -657,8 +689,12 @@ class RedisRoomStore:
                 commands.append((b"HDEL", values_key, encode(key)))
 
         def finish(replies: list | None) -> None:
-            if replies is None or any(isinstance(reply, Exception) for reply in replies):
-                self.rows[:0] = rows  # kept, in order, and sent again
+            failed = replies is None or any(isinstance(reply, Exception) for reply in replies)
+            with self._rows_lock:
+                self._rows_sending.remove(rows)
+                if failed:
+                    self.rows[:0] = rows  # kept, in order, and sent again
+            if failed:
                 log.warning("%d stored rows could not be written to Redis; retrying", len(rows))
 
         return finish

@@ -10,15 +10,19 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conformance.cl4_client import close_all as close_cl4
 from tests.conformance.cl4_client import identified
 from tests.conformance.helpers import close_all, expect_close, http_get, joined, set_text
-from tests.conftest import RoundRobinProxy
+from tests.conftest import RoundRobinProxy, ServerProcess, redis_settings
 from tests.ops.api import TOKEN, call
+from tests.server.plugin_fixtures import append_plugins
 
 SETTLE = 0.3  # long enough for a join or a member count to reach the other node
 REPLY_TIMEOUT = 1.0
+# The Redis hash of the stored blocks of Scratch projects (`server.facade.BLOCKLIST`).
+BLOCKLIST_KEY = b"stratus:v:stratus.blocked-rooms:scratch"
 
 
 @pytest.fixture
@@ -272,3 +276,179 @@ async def until_health(node, text: str) -> None:
     while text not in http_get(node.http_url, "/healthz")[2].decode():
         assert time.monotonic() < deadline, f"/healthz never said {text!r}"
         await asyncio.sleep(0.05)
+
+
+async def until_health_clear(node, text: str) -> None:
+    """Wait until the node's /healthz no longer mentions `text`."""
+    deadline = time.monotonic() + 5
+    while text in http_get(node.http_url, "/healthz")[2].decode():
+        assert time.monotonic() < deadline, f"/healthz kept saying {text!r}"
+        await asyncio.sleep(0.05)
+
+
+async def until_logged(node, text: str, timeout: float = 5) -> None:
+    """Wait until the node's log has `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in node.log():
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{node.log()}"
+        await asyncio.sleep(0.05)
+
+
+async def refused(url: str, room: str) -> bool:
+    """Whether the node closes a join of `room` with 4004 (else it keeps the client)."""
+    ws = await joined(url, room, "probe")
+    try:
+        async with asyncio.timeout(0.5):
+            await ws.recv()
+    except TimeoutError:
+        pass
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None and exc.rcvd.code == 4004, exc
+        return True
+    await close_all(ws)
+    return False
+
+
+async def until_accepted(url: str, room: str, timeout: float = 5) -> None:
+    """Wait until the node accepts joins of `room` again."""
+    deadline = time.monotonic() + timeout
+    while await refused(url, room):
+        assert time.monotonic() < deadline, f"joins of {room} still refused"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def cuttable(redis_server, make_redis_node, tmp_path):
+    """Node A on Redis, and `node_b(plugins=None, **settings)` starting node B, which reaches
+    Redis through `link` (a proxy the test can `cut()` and `restore()`)."""
+    a_node = make_redis_node(redis_server, admin={"token": TOKEN},
+                             cluster={"node_id": "node-a", "reply_timeout": REPLY_TIMEOUT})
+    link = RoundRobinProxy([redis_server.port])
+    started: list[ServerProcess] = []
+
+    def node_b(plugins: list | None = None, **settings) -> ServerProcess:
+        workdir = tmp_path / "node-b"
+        workdir.mkdir()
+        through_link = SimpleNamespace(url=f"redis://127.0.0.1:{link.port}/0")
+        node = ServerProcess(workdir, redis_settings(
+            through_link, admin={"token": TOKEN}, cluster={"node_id": "node-b"}, **settings))
+        if plugins:
+            append_plugins(node.config_path, plugins)
+        started.append(node)
+        return node.start()
+
+    yield SimpleNamespace(a=a_node, link=link, node_b=node_b)
+    for node in started:
+        node.stop()
+    link.stop()
+
+
+async def block_then_unblock_while_b_is_cut(cuttable, b_node, room: str) -> None:
+    """Block `room` through node A (B applies it), cut B's link, unblock it through A (B
+    misses that) and restore the link."""
+    a_node, link = cuttable.a, cuttable.link
+    reply = call(a_node.port, "PUT", f"/api/v1/blocked-projects/{room}")
+    assert reply.status == 200 and reply.json["nodes"]["missing"] == [], reply
+    assert await refused(a_node.url, room) and await refused(b_node.url, room)
+    link.cut()
+    await until_health(b_node, "cluster link to Redis down")
+    reply = call(a_node.port, "DELETE", f"/api/v1/blocked-projects/{room}")
+    assert reply.status == 200 and reply.json["nodes"]["missing"] == ["node-b"], reply
+    assert not await refused(a_node.url, room)
+    assert await refused(b_node.url, room)  # B did not hear the unblock
+    link.restore()
+
+
+async def test_a_node_that_missed_an_unblock_lifts_it_when_its_link_is_back(cuttable, room):
+    """An unblock made through node A while node B's link to Redis was cut reaches B when
+    the link is back: B accepts joins of the project again within seconds, and logs it."""
+    b_node = cuttable.node_b()
+    await block_then_unblock_while_b_is_cut(cuttable, b_node, room)
+    await until_accepted(b_node.url, room)
+    assert call(b_node.port, "GET", f"/api/v1/blocked-projects/{room}").status == 404
+    assert (f"unblocked scratch room {room}: no longer stored as blocked, and this node had "
+            "missed it") in b_node.log()
+
+
+async def test_blocks_that_are_not_stored_survive_a_relink(cuttable, room):
+    """A plugin's block without persist and a [scratch] blocked_rooms entry of node B still
+    refuse joins on B after its relink lifted a stored block it had missed the unblock of."""
+    local_room, config_room = f"{room}-plugin", f"{room}-config"
+    b_node = cuttable.node_b(plugins=[{"use": "tests.server.plugin_fixtures:LocalBlocks",
+                                       "block": [local_room]}],
+                             scratch={"blocked_rooms": [config_room]})
+    assert not await refused(cuttable.a.url, local_room)  # B's own block, stored nowhere
+    await block_then_unblock_while_b_is_cut(cuttable, b_node, room)
+    await until_accepted(b_node.url, room)
+    assert await refused(b_node.url, local_room) and await refused(b_node.url, config_room)
+    assert call(b_node.port, "GET", f"/api/v1/blocked-projects/{local_room}").status == 200
+
+
+async def test_a_failed_read_of_the_stored_blocks_lifts_nothing(cuttable, redis_server, room):
+    """When node B cannot read the stored blocks once its link is back (their Redis key
+    holds something that is not a hash), B keeps refusing joins of the project it holds
+    blocked and says why; it lifts the block once the read works again."""
+    b_node = cuttable.node_b()
+    redis = redis_server.client()
+    try:
+        reply = call(cuttable.a.port, "PUT", f"/api/v1/blocked-projects/{room}")
+        assert reply.status == 200 and await refused(b_node.url, room), reply
+        cuttable.link.cut()
+        await until_health(b_node, "cluster link to Redis down")
+        assert call(cuttable.a.port, "DELETE", f"/api/v1/blocked-projects/{room}").status == 200
+        redis.set(BLOCKLIST_KEY, b"not a hash")
+        cuttable.link.restore()
+        await until_logged(b_node, "cannot read the stored blocked rooms")
+        assert "WRONGTYPE" in b_node.log()
+        assert await refused(b_node.url, room)
+        await asyncio.sleep(1.0)
+        assert await refused(b_node.url, room)
+        redis.delete(BLOCKLIST_KEY)
+        await until_accepted(b_node.url, room, timeout=10)  # read again every 5 s
+        assert "the stored blocked rooms could be read again" in b_node.log()
+    finally:
+        redis.close()
+
+
+async def test_a_block_made_on_a_node_while_its_link_is_down_survives_the_relink(
+        cuttable, redis_server, room):
+    """A project blocked through node B while B's link is cut stays blocked on B when the
+    link is back (the block B stored is still on its way to Redis when B re-reads), and
+    then is stored in Redis."""
+    b_node = cuttable.node_b()
+    cuttable.link.cut()
+    await until_health(b_node, "cluster link to Redis down")
+    reply = call(b_node.port, "PUT", f"/api/v1/blocked-projects/{room}")
+    assert reply.status == 200 and "Redis down" in reply.json["nodes"]["note"], reply
+    cuttable.link.restore()
+    await until_health_clear(b_node, "cluster link to Redis down")
+    redis = redis_server.client()
+    try:
+        deadline = time.monotonic() + 5
+        while not redis.hexists(BLOCKLIST_KEY, room):
+            assert time.monotonic() < deadline, "the block never reached Redis"
+            await asyncio.sleep(0.05)
+    finally:
+        redis.close()
+    await asyncio.sleep(SETTLE)
+    assert await refused(b_node.url, room)
+    assert "unblocked scratch room" not in b_node.log()
+
+
+async def test_blocks_changed_through_a_cut_off_node_reach_the_others_when_it_is_back(
+        cuttable, room):
+    """A project unblocked and another blocked through node B while B's link is cut are
+    unblocked and blocked on node A too once B's link is back."""
+    a_node, b_node = cuttable.a, cuttable.node_b()
+    other = f"{room}-later"
+    assert call(a_node.port, "PUT", f"/api/v1/blocked-projects/{room}").status == 200
+    assert await refused(b_node.url, room)
+    cuttable.link.cut()
+    await until_health(b_node, "cluster link to Redis down")
+    assert call(b_node.port, "DELETE", f"/api/v1/blocked-projects/{room}").status == 200
+    assert call(b_node.port, "PUT", f"/api/v1/blocked-projects/{other}").status == 200
+    assert await refused(a_node.url, room) and not await refused(a_node.url, other)
+    cuttable.link.restore()
+    await until_accepted(a_node.url, room)
+    assert await refused(a_node.url, other)
+    assert f"blocked scratch room {other}: stored as blocked" in a_node.log()

@@ -166,6 +166,15 @@ class Gatekeeper(Plugin):
             raise Refuse()
 
 
+class LocalBlocks(Plugin):
+    """Blocks the Scratch rooms of its `block` setting at start, without persist (a block of
+    this node only, stored nowhere)."""
+
+    async def start(self) -> None:
+        for room_id in self.settings["block"]:
+            self.host.block_room("scratch", room_id)
+
+
 class BadBuiltin(Plugin):
     """Registers the built-in gmsg without replace=True: start-up must fail."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.rooms import RoomLimits
+from server.rooms import BlockOrigin, RoomLimits
 from tests.server.fakes import FakeMember, FakeStore, make_registry
 
 FLUSH = 0.05
@@ -231,6 +231,21 @@ async def test_block_closes_members_and_unblock_allows_again():
     assert "R" in registry.blocked
     assert registry.block("S", 4004) == 0
     assert registry.unblock("R") and not registry.unblock("R")
+
+
+async def test_a_stored_block_stays_stored_when_blocked_again_locally():
+    """A block that came from the store keeps that origin when the room is blocked again
+    without it (so a re-read of the store can still lift it); a local block becomes stored
+    when the store has it too."""
+    registry = make_registry()
+    registry.block("R", 4004, BlockOrigin.STORED)
+    registry.block("R", 4004)
+    registry.block("S", 4004)
+    registry.block("S", 4004, BlockOrigin.STORED)
+    assert registry.blocked == {"R": BlockOrigin.STORED, "S": BlockOrigin.STORED}
+    changes = registry.block_changes
+    registry.unblock("R")
+    assert registry.block_changes == changes + 1 and "R" not in registry.blocked
 
 
 async def test_evict_closes_members_with_the_full_room_code_and_keeps_the_rest():

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from server.config import StoreSection
-from server.store import HistoryEntry, MemoryStore, SQLiteStore, StoreError, open_store
+from server.store import (
+    HistoryEntry,
+    MemoryStore,
+    SQLiteStore,
+    StoreError,
+    StoreReadError,
+    open_store,
+)
 from tests.server.disks import fill, free, remount, small_tmpfs
 
 NS = "scratch"
@@ -121,6 +128,40 @@ def test_pending_changes_keep_one_entry_per_variable(disk):
     free(disk)
     store.close()
     assert stored(disk, "r") == {'"x"': (1, "1999" * 100)}
+
+
+def test_read_stored_includes_changes_not_written_yet(disk):
+    """While writes fail, `read_stored` answers with the queued upserts and deletes applied
+    (what the store will hold), where `load` still answers what is on disk."""
+    store = open_sqlite(disk)
+    store.wait_committed(store.save([(NS, "r", [('"kept"', 0, 1), ('"gone"', 1, 2)], [])]), 5)
+    fill(disk)
+    store.save([(NS, "r", [('"new"', 2, "9" * 5000)], ['"gone"'])])
+    wait_until(lambda: store.fault is not None)
+    assert sorted(store.read_stored(NS, "r")) == [('"kept"', 0, 1), ('"new"', 2, "9" * 5000)]
+    assert sorted(store.load(NS, "r")) == [('"gone"', 1, 2), ('"kept"', 0, 1)]
+    assert store.read_stored(NS, "other") == []
+    free(disk)
+    store.close()
+
+
+def test_read_stored_raises_when_the_file_cannot_be_read(tmp_path):
+    """A read that fails raises StoreReadError naming the cause, never an empty answer."""
+    store = open_sqlite(tmp_path)
+    store.wait_committed(store.save([(NS, "r", [('"a"', 0, 1)], [])]), 5)
+    assert store.read_stored(NS, "r") == [('"a"', 0, 1)]
+    with sqlite3.connect(store.path) as other:
+        other.execute("DROP TABLE variables")
+    with pytest.raises(StoreReadError, match="no such table"):
+        store.read_stored(NS, "r")
+    store.close()
+
+
+def test_memory_store_reads_what_was_saved():
+    """The memory store's `read_stored` is its `load`: saved changes, at once."""
+    store = MemoryStore()
+    store.save([(NS, "r", [('"a"', 0, 1), ('"b"', 1, 2)], ['"b"'])])
+    assert store.read_stored(NS, "r") == store.load(NS, "r") == [('"a"', 0, 1)]
 
 
 def test_close_reports_values_that_could_not_be_written(disk):
