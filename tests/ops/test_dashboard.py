@@ -62,8 +62,9 @@ def stats(port: int) -> dict:
     return reply.json
 
 
-async def until_stats(port: int, predicate, what: str, timeout: float = 5.0) -> dict:
-    """stats.json once `predicate(document)` holds (the sampler runs every INTERVAL s)."""
+async def until_stats(port: int, predicate, what: str, timeout: float = 8.0) -> dict:
+    """stats.json of the server on `port` once `predicate(document)` holds (the sampler runs
+    every few tenths of a second in these tests)."""
     deadline = time.monotonic() + timeout
     while True:
         document = await asyncio.to_thread(stats, port)

@@ -16,6 +16,7 @@ from tests.conformance.cl4_client import close_all as close_cl4
 from tests.conformance.cl4_client import identified
 from tests.conformance.helpers import close_all, http_get, joined, set_text
 from tests.ops.api import call
+from tests.ops.test_dashboard import stats, until_stats
 
 INTERVAL = 0.3
 NODE_TIMEOUT = 3.0  # long enough to see a stopped node missing before it is gone
@@ -120,24 +121,6 @@ def two_nodes(redis_server, make_redis_node):
     return [make_redis_node(redis_server, node_timeout=NODE_TIMEOUT,
                             http={"dashboard_interval": INTERVAL}, cluster={"node_id": name})
             for name in ("node-a", "node-b")]
-
-
-def stats(port: int) -> dict:
-    reply = call(port, "GET", STATS_PATH, token=None)
-    assert reply.status == 200, reply
-    return reply.json
-
-
-async def until_stats(port: int, predicate, what: str, timeout: float = 8.0) -> dict:
-    """stats.json of the node on `port` once `predicate(document)` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        document = await asyncio.to_thread(stats, port)
-        if predicate(document):
-            return document
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s; last {document!r}")
-        await asyncio.sleep(0.05)
 
 
 async def public_names(two_nodes) -> dict[str, str]:
