@@ -11,7 +11,15 @@ from datetime import UTC, datetime, timedelta
 
 from server.logformat import JsonFormatter
 from tests.conformance.cl4_client import Cl4, status
-from tests.conformance.helpers import close_all, expect_close, handshake_text, joined, ws_connect
+from tests.conformance.helpers import (
+    close_all,
+    expect_close,
+    handshake_text,
+    joined,
+    recv,
+    set_text,
+    ws_connect,
+)
 from tests.conftest import ROOT, ServerProcess, write_toml
 from tests.server.plugin_fixtures import append_plugins
 
@@ -69,6 +77,11 @@ async def test_server_logs_json_lines(tmp_path):
     try:
         room = "evil\nroom\x1b[2J"
         client = await joined(proc.url, room, "player")
+        # The handshake is handled once the room is loaded (off the loop): a set sent after
+        # it reaching a second member proves the join (and its log line) happened.
+        await client.send(set_text("☁ seen", 1))
+        watcher = await joined(proc.url, room, "watcher")
+        assert "seen" in str(await recv(watcher))
         cl4 = await Cl4.open(proc.url, "c", quiet=False)
         await cl4.handshake()
         await cl4.send({"cmd": "boom", "listener": "b"})
