@@ -267,6 +267,12 @@ def busiest(rooms: Iterable[dict[str, Any]],
                            key=lambda room: (-members(room), room["protocol"], room["id"]))
 
 
+def nodes_part(nodes: dict[str, Any] | None) -> dict[str, Any]:
+    """What a cluster answer (an error too) adds: {"nodes": the section saying which nodes
+    answered}; nothing for one process (`nodes` None)."""
+    return {"nodes": nodes} if nodes is not None else {}
+
+
 def node_figures(facade: Facade, rooms: int) -> dict[str, Any]:
     """This node's entry in GET /stats' per-node section: its clients (connections that
     chose a protocol, not HTTP requests), rooms in memory, whether its link is up, and its
@@ -600,9 +606,7 @@ class AdminApi:
         following = offset + limit if offset + limit < len(rooms) else None
         document = {"total": len(rooms), "offset": offset, "limit": limit,
                     "next_offset": following, "rooms": page}
-        if nodes is not None:
-            document["nodes"] = nodes
-        return json_response(200, "OK", document)
+        return json_response(200, "OK", {**document, **nodes_part(nodes)})
 
     async def show_room(self, request: HttpRequest) -> Response:
         """GET /rooms/{protocol}/{id}: variables with values and members (of every node)."""
@@ -613,7 +617,7 @@ class AdminApi:
                 raise bad_request(f"a CL4 room name has at most {MAX_ID_LENGTH} characters")
             members, nodes = await self._members_everywhere(protocol, room_id)
             if not members:
-                raise not_found("no such CL4 room", {"nodes": nodes} if nodes else None)
+                raise not_found("no such CL4 room", nodes_part(nodes))
             document = {"protocol": "cl4", "id": room_id, "variables": {},
                         "members": members, "blocked": False}
         else:
@@ -624,7 +628,7 @@ class AdminApi:
             members, nodes = await self._members_everywhere(protocol, room_id)
             if variables is None and not members:
                 raise not_found("no such room (not in memory, nothing stored)",
-                                {"nodes": nodes} if nodes else None)
+                                nodes_part(nodes))
             document = {
                 "protocol": protocol,
                 "id": room_id,
@@ -633,9 +637,7 @@ class AdminApi:
                 "blocked": (self.facade.is_blocked(protocol, room_id)
                             or self._scratch().blocked_by_config(room_id)),
             }
-        if nodes is not None:
-            document["nodes"] = nodes
-        return json_response(200, "OK", document)
+        return json_response(200, "OK", {**document, **nodes_part(nodes)})
 
     async def delete_room(self, request: HttpRequest) -> Response:
         """DELETE /rooms/{protocol}/{id}: close the members (4000) on every node and delete
@@ -657,14 +659,12 @@ class AdminApi:
         closed_elsewhere = sum(answer["closed"] for answer in answers.values())
         if cleared is None and not closed_elsewhere:
             raise not_found("no such room (not in memory, nothing stored)",
-                            {"nodes": nodes} if nodes else None)
+                            nodes_part(nodes))
         closed, deleted = cleared or (0, 0)
         document = {"protocol": protocol, "id": room_id,
                     "clients_closed": closed + closed_elsewhere, "close_code": code,
                     "variables_deleted": deleted}
-        if nodes is not None:
-            document["nodes"] = nodes
-        return json_response(200, "OK", document)
+        return json_response(200, "OK", {**document, **nodes_part(nodes)})
 
     async def put_variable(self, request: HttpRequest) -> Response:
         """PUT /rooms/scratch/{id}/variables/{name} {"value": ...}: set, as a client's set."""
@@ -726,7 +726,7 @@ class AdminApi:
         message = "no client with that id is connected"
         if nodes and (nodes["missing"] or nodes.get("note")):
             message += " to the nodes that answered"
-        raise not_found(message, {"nodes": nodes} if nodes else None)
+        raise not_found(message, nodes_part(nodes))
 
     # Blocked projects (Scratch rooms)
 
@@ -753,9 +753,7 @@ class AdminApi:
         answers, nodes = await self._ask(ASK_BLOCK, {"id": room_id, "code": code})
         closed += sum(answer["closed"] for answer in answers.values())
         document = {"id": room_id, "blocked": True, "clients_closed": closed, "close_code": code}
-        if nodes is not None:
-            document["nodes"] = nodes
-        return json_response(200, "OK", document)
+        return json_response(200, "OK", {**document, **nodes_part(nodes)})
 
     async def unblock(self, request: HttpRequest) -> Response:
         """DELETE /blocked-projects/{id}: accept joins again (on every node)."""
@@ -763,11 +761,9 @@ class AdminApi:
         unblocked = self.facade.unblock_room("scratch", room_id)
         answers, nodes = await self._ask(ASK_UNBLOCK, {"id": room_id})
         if not unblocked and not any(answer["unblocked"] for answer in answers.values()):
-            raise not_found("that project is not blocked", {"nodes": nodes} if nodes else None)
+            raise not_found("that project is not blocked", nodes_part(nodes))
         document = {"id": room_id, "blocked": False}
-        if nodes is not None:
-            document["nodes"] = nodes
-        return json_response(200, "OK", document)
+        return json_response(200, "OK", {**document, **nodes_part(nodes)})
 
     # Figures
 

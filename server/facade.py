@@ -89,7 +89,7 @@ class Facade:
     def worker(self) -> int:
         """This node's worker number in its cluster (0 to 1023, the high part of its client
         ids; 0 for one process): a name for the node that says nothing about its host."""
-        return self._server.cluster.worker
+        return self._server.worker
 
     @property
     def cluster_fault(self) -> str | None:
